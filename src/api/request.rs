@@ -1,0 +1,254 @@
+//! `MachineRequest`: how many machines, and everything the operator observed about them. Pure data
+//! and admission rules; no I/O. The operator writes only `status`.
+
+// Several `printcolumn(type_ = ...)` arguments are alike by design; clippy mistakes them for
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Longest list of ids `spec.returnMachines` may carry (bounds the CEL cost).
+pub const MAX_RETURN_MACHINES: usize = 1000;
+/// How many distinct failures `status.failures` keeps (the most recent win).
+pub const MAX_FAILURES: usize = 10;
+
+/// The template a request launches from (same namespace).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub struct TemplateRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// What happens to the machines when the request is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum DeletionPolicy {
+    /// Terminate every machine and delete every resource the request made.
+    #[default]
+    Delete,
+    /// Leave everything running in AWS; only the Kubernetes object goes.
+    Orphan,
+}
+
+/// How many machines (in capacity units) a template should provide.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "orb.dev",
+    version = "v1alpha1",
+    kind = "MachineRequest",
+    namespaced,
+    status = "MachineRequestStatus",
+    shortname = "mr",
+    category = "orb",
+    doc = "A desired amount of capacity, in the capacity units of a MachineTemplate.",
+    scale(spec_replicas_path = ".spec.capacity", status_replicas_path = ".status.fulfilledCapacity"),
+    printcolumn(name = "Template", type_ = "string", json_path = ".spec.templateRef.name"),
+    printcolumn(name = "API", type_ = "string", json_path = ".status.api"),
+    printcolumn(name = "Capacity", type_ = "integer", json_path = ".spec.capacity"),
+    printcolumn(name = "Fulfilled", type_ = "integer", json_path = ".status.fulfilledCapacity"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineRequestSpec {
+    pub template_ref: TemplateRef,
+    /// Desired total capacity in capacity units (instance weights come from the template).
+    #[x_kube(validation = Rule::new("self >= 0").message("capacity must not be negative"))]
+    pub capacity: i32,
+    /// Instances that must leave this request. While `capacity` is unchanged each is replaced;
+    /// lower `capacity` to shrink. Ids that are already gone are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(length(max = 19)))]
+    #[x_kube(validation = Rule::new("self.all(id, id.matches('^i-([0-9a-f]{8}|[0-9a-f]{17})$'))").message("returnMachines entries must be EC2 instance ids like i-0123456789abcdef0"))]
+    pub return_machines: Vec<String>,
+    /// How long to keep provisioning missing capacity before settling on Partial or Failed
+    /// (Go duration, e.g. `15m`, `1h30m`).
+    #[serde(default = "default_fulfilment_timeout")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("fulfilmentTimeout must be a duration such as 90s, 15m or 1h30m"))]
+    pub fulfilment_timeout: String,
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn default_fulfilment_timeout() -> String {
+    "15m".to_string()
+}
+
+/// Lifecycle phase of a request, as shown by `kubectl get mr`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Accepted, nothing launched yet (e.g. waiting for its template).
+    Pending,
+    /// Launching or waiting for machines to run.
+    Provisioning,
+    /// All requested capacity is running.
+    Fulfilled,
+    /// The fulfilment timeout passed with some, not all, capacity running.
+    Partial,
+    /// Nothing could be provided: timeout with no capacity, or an error that needs a spec change.
+    Failed,
+    /// Deleted; releasing machines.
+    Deleting,
+}
+
+/// Outcome of one machine, in HostFactory's terms.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MachineResult {
+    Executing,
+    Succeed,
+    Fail,
+}
+
+/// One machine of the request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Machine {
+    /// Unique machine name: `<request>-<instance id without "i-">`.
+    pub name: String,
+    pub instance_id: String,
+    /// EC2 instance state: pending, running, shutting-down, terminated, stopping, stopped.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<MachineResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// `spot` or `on-demand`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_type: Option<String>,
+    /// Capacity units this machine provides.
+    pub weight: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The operator is returning this machine (named in returnMachines or a scale-down victim).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub returning: bool,
+}
+
+/// A provisioning failure, aggregated by (code, instance type, zone).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// AWS error code (e.g. `InsufficientInstanceCapacity`) or an operator code.
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    pub count: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Time>,
+}
+
+/// Cloud resources that belong to the request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fleet_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asg_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spot_fleet_request_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reservation_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_template_id: Option<String>,
+}
+
+impl Resources {
+    /// Adds `other`'s ids, keeping every list sorted and free of duplicates.
+    pub fn absorb(&mut self, other: Resources) {
+        fn union(into: &mut Vec<String>, from: Vec<String>) {
+            into.extend(from);
+            into.sort();
+            into.dedup();
+        }
+        union(&mut self.fleet_ids, other.fleet_ids);
+        union(&mut self.spot_fleet_request_ids, other.spot_fleet_request_ids);
+        union(&mut self.reservation_ids, other.reservation_ids);
+        self.asg_name = other.asg_name.or(self.asg_name.take());
+        self.launch_template_id = other.launch_template_id.or(self.launch_template_id.take());
+    }
+}
+
+/// A provisioning attempt. Written to status *before* the create call so that a crash and
+/// retry reuse the same client token (AWS then returns the original result instead of launching
+/// again).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub number: i32,
+    pub client_token: String,
+    /// Capacity units this attempt asked for.
+    pub units: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// The create call returned (successfully or not); the next attempt takes a new token.
+    pub completed: bool,
+}
+
+/// An error that needs a change to the request or its template before launching again.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Blocked {
+    pub generation: i64,
+    pub template_generation: i64,
+    pub code: String,
+    pub message: String,
+}
+
+/// What the operator observed and did for a request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineRequestStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default)]
+    pub requested_capacity: i32,
+    /// Capacity units of running machines (the scale subresource's replicas).
+    #[serde(default)]
+    pub fulfilled_capacity: i32,
+    /// Capacity units of machines launched but not yet running.
+    #[serde(default)]
+    pub pending_capacity: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// The provider that launched the machines; deletion releases through it even if the
+    /// template is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<Attempt>,
+    /// When the current shortfall began; the fulfilment timeout counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_since: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<Blocked>,
+    /// Sorted by instance id.
+    #[serde(default)]
+    pub machines: Vec<Machine>,
+    /// Bounded to the most recent distinct failures; sorted by code, instance type, zone.
+    #[serde(default)]
+    pub failures: Vec<Failure>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}

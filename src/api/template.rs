@@ -1,0 +1,256 @@
+//! `MachineTemplate`: how machines are launched. Pure data and the admission rules (CEL) that the
+//! API server enforces; no I/O. Checks that need the cloud (does the subnet exist?) live in the
+//! provider's `validate`.
+
+// Several `printcolumn(type_ = ...)` arguments are alike by design; clippy mistakes them for
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The AWS API a template provisions through.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
+pub enum Api {
+    #[serde(rename = "EC2Fleet")]
+    Ec2Fleet,
+    #[serde(rename = "ASG")]
+    Asg,
+    SpotFleet,
+    #[default]
+    RunInstances,
+}
+
+impl Api {
+    /// The name users write in `spec.api`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Ec2Fleet => "EC2Fleet",
+            Api::Asg => "ASG",
+            Api::SpotFleet => "SpotFleet",
+            Api::RunInstances => "RunInstances",
+        }
+    }
+}
+
+/// How machines are paid for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum PriceType {
+    #[default]
+    OnDemand,
+    Spot,
+    /// An on-demand part (`onDemandBase` plus `onDemandPercent` of the rest) and a spot part.
+    Heterogeneous,
+}
+
+/// Fleet request type (EC2Fleet and SpotFleet only).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FleetType {
+    Instant,
+    Request,
+    Maintain,
+}
+
+/// One instance type the template may launch, with its weight in capacity units.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceTypeSpec {
+    /// EC2 instance type, e.g. `m5.large`.
+    #[serde(rename = "type")]
+    #[schemars(length(min = 1, max = 64))]
+    pub type_: String,
+    /// Capacity units one machine of this type provides (default 1).
+    #[serde(default = "default_weight")]
+    #[x_kube(validation = Rule::new("self >= 1").message("weight must be at least 1"))]
+    pub weight: i32,
+    /// Lower is preferred when the allocation strategy is `prioritized`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+}
+
+fn default_weight() -> i32 {
+    1
+}
+
+/// Root EBS volume settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RootVolume {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub size_gi_b: Option<i32>,
+    /// EBS volume type, e.g. `gp3`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub kms_key_id: Option<String>,
+}
+
+/// An existing launch template to use; the template's own fields become overrides.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.id) != has(self.name)").message("launchTemplate needs exactly one of id or name"))]
+pub struct LaunchTemplateRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub name: Option<String>,
+    /// `$Latest`, `$Default` or a version number (default `$Default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub version: Option<String>,
+}
+
+/// How to launch machines: image, instance types and weights, network, pricing and the AWS API.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "orb.dev",
+    version = "v1alpha1",
+    kind = "MachineTemplate",
+    namespaced,
+    status = "MachineTemplateStatus",
+    shortname = "mt",
+    category = "orb",
+    doc = "How to launch machines: image, instance types and weights, network, pricing, AWS API.",
+    printcolumn(name = "API", type_ = "string", json_path = ".spec.api"),
+    printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "In Use", type_ = "integer", json_path = ".status.machinesInUse"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.launchTemplate) || size(self.instanceTypes) > 0").message("instanceTypes must list at least one instance type unless launchTemplate is given").field_path(".instanceTypes"),
+    validation = Rule::new("has(self.launchTemplate) || has(self.imageId)").message("imageId is required unless launchTemplate is given").field_path(".imageId"),
+    validation = Rule::new("!has(self.fleetType) || self.api == 'EC2Fleet' || self.api == 'SpotFleet'").message("fleetType is only valid when api is EC2Fleet or SpotFleet").field_path(".fleetType"),
+    validation = Rule::new("!has(self.spotFleetRole) || self.api == 'SpotFleet'").message("spotFleetRole is only valid when api is SpotFleet").field_path(".spotFleetRole"),
+)]
+pub struct MachineTemplateSpec {
+    /// Name of a provider in the operator's configuration.
+    #[serde(default = "default_provider")]
+    #[schemars(length(min = 1, max = 63))]
+    pub provider: String,
+    /// The AWS API to provision through.
+    #[serde(default)]
+    pub api: Api,
+    /// AMI id (`ami-...`) or `resolve:ssm:<parameter>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub image_id: Option<String>,
+    /// Instance types with their weights in capacity units.
+    #[serde(default)]
+    #[schemars(length(max = 40))]
+    pub instance_types: Vec<InstanceTypeSpec>,
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(max = 64)))]
+    pub subnet_ids: Vec<String>,
+    #[serde(default)]
+    #[schemars(length(max = 16), inner(length(max = 64)))]
+    pub security_group_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub key_name: Option<String>,
+    /// Plain text; the operator base64-encodes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    pub user_data: Option<String>,
+    /// Instance profile name or ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub instance_profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume: Option<RootVolume>,
+    #[serde(default)]
+    pub price_type: PriceType,
+    /// Percentage of capacity above `onDemandBase` that is on-demand (heterogeneous only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("onDemandPercent must be between 0 and 100"))]
+    pub on_demand_percent: Option<i32>,
+    /// Capacity units that are always on-demand (heterogeneous only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("onDemandBase must not be negative"))]
+    pub on_demand_base: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub allocation_strategy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub on_demand_allocation_strategy: Option<String>,
+    /// Maximum hourly spot price in USD, as a decimal string (e.g. `"0.05"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub max_spot_price: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_type: Option<FleetType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub spot_fleet_role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_template: Option<LaunchTemplateRef>,
+    /// Tags for every resource launched; keys under `orb.dev/` are reserved.
+    #[serde(default)]
+    #[schemars(schema_with = "tags_schema")]
+    pub tags: BTreeMap<String, String>,
+    /// Cap on machines across all requests using this template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_machines: Option<i32>,
+}
+
+/// At most 50 tags of up to 256 characters (AWS allows 50 per resource, and it bounds the CEL
+/// cost); keys under `orb.dev/` are refused at admission.
+fn tags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "Tags for every resource launched; keys under `orb.dev/` are reserved.",
+        "additionalProperties": {"type": "string", "maxLength": 256},
+        "maxProperties": 50,
+        "default": {},
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, !k.startsWith('orb.dev/'))",
+            "message": "tag keys under orb.dev/ are reserved for the operator"
+        }]
+    })
+}
+
+fn default_provider() -> String {
+    "default".to_string()
+}
+
+/// What the operator observed about a template.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineTemplateStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: the template is valid and its provider healthy; the reason and message name the
+    /// exact problem when it is not.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Machines of all requests using this template.
+    #[serde(default)]
+    pub machines_in_use: i32,
+}
+
+impl MachineTemplateSpec {
+    /// The weight of an instance type in capacity units (1 for types the template does not list,
+    /// e.g. those a launch template chose).
+    pub fn weight_of(&self, instance_type: &str) -> u32 {
+        self.instance_types.iter().find(|t| t.type_ == instance_type).map_or(1, |t| t.weight.max(1).unsigned_abs())
+    }
+}

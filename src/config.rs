@@ -1,0 +1,501 @@
+//! Operator configuration: `clusterId` and named `providers`, read from a YAML/JSON file and then
+//! overridden by `ORB_*` environment variables (DESIGN §3, the seed's semantics).
+//!
+//! Environment keys: `ORB_` + path segments joined by `__`, each in SCREAMING_SNAKE form.
+//! `ORB_CLUSTER_ID` sets `clusterId`; `ORB_PROVIDERS__DEFAULT__ENDPOINT_URL` sets
+//! `providers.default.endpointUrl`. A segment matches an existing key ignoring case, `_` and `-`;
+//! a new key is the segment in camelCase. Values starting with `[` or `{` are JSON; anything else
+//! is a string. Variables that configure the process rather than the operator (`ORB_LOG`,
+//! `ORB_CONFIG`, `ORB_E2E_*`, `ORB_TEST_*`) are not config keys. Unknown keys and bad values are
+//! errors naming the key.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// Environment variables with these prefixes are not configuration keys.
+const NON_CONFIG_VARS: &[&str] = &["ORB_LOG", "ORB_CONFIG", "ORB_E2E_", "ORB_TEST_"];
+const REDACTED: &str = "<redacted>";
+
+/// The effective operator configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// Tags every AWS resource (`orb.dev/cluster`) so several operators can share an account.
+    pub cluster_id: String,
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+/// One named provider.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ProviderConfig {
+    Sim(SimSettings),
+    Aws(AwsSettings),
+}
+
+/// The simulated cloud. Its state lives in the operator's memory and is lost on restart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SimSettings {
+    /// How long a machine stays `pending` before it is `running` (duration, default `2s`).
+    #[serde(default = "default_sim_pending", deserialize_with = "duration_text")]
+    pub pending_delay: String,
+    /// How long a machine stays `shutting-down` before it is `terminated` (default `1s`).
+    #[serde(default = "default_sim_terminating", deserialize_with = "duration_text")]
+    pub terminating_delay: String,
+    /// Instance types that always fail with `InsufficientInstanceCapacity`.
+    #[serde(default)]
+    pub insufficient_capacity: Vec<String>,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        Self {
+            pending_delay: default_sim_pending(),
+            terminating_delay: default_sim_terminating(),
+            insufficient_capacity: vec![],
+        }
+    }
+}
+
+impl SimSettings {
+    pub fn pending(&self) -> Duration {
+        crate::api::duration::parse(&self.pending_delay).unwrap_or_default()
+    }
+    pub fn terminating(&self) -> Duration {
+        crate::api::duration::parse(&self.terminating_delay).unwrap_or_default()
+    }
+}
+
+fn default_sim_pending() -> String {
+    "2s".into()
+}
+fn default_sim_terminating() -> String {
+    "1s".into()
+}
+
+/// An AWS account and region.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsSettings {
+    pub region: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Role to assume (STS AssumeRole) for every call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// External id for AssumeRole; treated as a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// Alternative endpoint for every AWS service (emulators such as moto).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// Attempts per AWS call by the SDK's standard retry mode (1-10, default 3).
+    #[serde(default, deserialize_with = "lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+/// Why configuration could not be loaded. Every variant names the key.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("{key}: {message}")]
+    Key { key: String, message: String },
+}
+
+fn key_error(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key { key: key.into(), message: message.into() }
+}
+
+impl Config {
+    /// Loads the file (if any) and applies the `ORB_*` variables from `env` on top.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut tree = match file {
+            Some(path) => read_file(path)?,
+            None => Value::Object(Map::new()),
+        };
+        let root = tree.as_object_mut().ok_or_else(|| key_error("<root>", "the config must be a mapping"))?;
+        if !root.contains_key("providers") {
+            root.insert("providers".into(), serde_json::json!({"default": {"type": "sim"}}));
+        }
+        let mut vars: Vec<_> = env.into_iter().filter(|(k, _)| is_config_var(k)).collect();
+        vars.sort();
+        for (name, value) in vars {
+            apply_env(&mut tree, &name, &value)?;
+        }
+        Self::from_tree(tree)
+    }
+
+    /// Loads from the process environment.
+    pub fn from_process(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load(file, std::env::vars())
+    }
+
+    fn from_tree(tree: Value) -> Result<Self, ConfigError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Raw {
+            #[serde(default = "default_cluster_id")]
+            cluster_id: String,
+            providers: BTreeMap<String, Value>,
+        }
+        let raw: Raw = typed(tree, "")?;
+        if !valid_cluster_id(&raw.cluster_id) {
+            return Err(key_error(
+                "clusterId",
+                format!("`{}` must be 1-63 lowercase letters, digits or '-'", raw.cluster_id),
+            ));
+        }
+        if raw.providers.is_empty() {
+            return Err(key_error("providers", "at least one provider is required"));
+        }
+        let mut providers = BTreeMap::new();
+        for (name, body) in raw.providers {
+            let prefix = format!("providers.{name}");
+            providers.insert(name, ProviderConfig::from_tree(body, &prefix)?);
+        }
+        Ok(Self { cluster_id: raw.cluster_id, providers })
+    }
+
+    /// The configuration as YAML with secrets replaced, for `config check`.
+    pub fn redacted_yaml(&self) -> String {
+        let mut shown = self.clone();
+        for provider in shown.providers.values_mut() {
+            if let ProviderConfig::Aws(aws) = provider
+                && aws.external_id.is_some()
+            {
+                aws.external_id = Some(REDACTED.into());
+            }
+        }
+        serde_yaml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+impl ProviderConfig {
+    fn from_tree(body: Value, prefix: &str) -> Result<Self, ConfigError> {
+        let mut body = match body {
+            Value::Object(map) => map,
+            _ => return Err(key_error(prefix, "a provider must be a mapping with a `type`")),
+        };
+        let kind = match body.remove("type") {
+            Some(Value::String(kind)) => kind,
+            Some(_) => return Err(key_error(format!("{prefix}.type"), "must be a string: aws or sim")),
+            None => return Err(key_error(format!("{prefix}.type"), "missing; expected aws or sim")),
+        };
+        let body = Value::Object(body);
+        match kind.as_str() {
+            "sim" => Ok(Self::Sim(typed(body, prefix)?)),
+            "aws" => {
+                let aws: AwsSettings = typed(body, prefix)?;
+                aws.check(prefix)?;
+                Ok(Self::Aws(aws))
+            }
+            other => Err(key_error(
+                format!("{prefix}.type"),
+                format!("unknown provider type `{other}`; expected aws or sim"),
+            )),
+        }
+    }
+}
+
+impl AwsSettings {
+    fn check(&self, prefix: &str) -> Result<(), ConfigError> {
+        if self.region.trim().is_empty() {
+            return Err(key_error(format!("{prefix}.region"), "must not be empty"));
+        }
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(key_error(format!("{prefix}.endpointUrl"), format!("`{url}` is not an http(s) URL")));
+        }
+        if let Some(n) = self.max_attempts
+            && !(1..=10).contains(&n)
+        {
+            return Err(key_error(format!("{prefix}.maxAttempts"), format!("{n} is outside 1-10")));
+        }
+        Ok(())
+    }
+}
+
+fn default_cluster_id() -> String {
+    "orb".into()
+}
+
+fn valid_cluster_id(id: &str) -> bool {
+    (1..=63).contains(&id.len()) && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn read_file(path: &Path) -> Result<Value, ConfigError> {
+    let file_error = |message: String| ConfigError::File { path: path.display().to_string(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    // YAML is a superset of JSON, so one parser reads both.
+    serde_yaml::from_str(&text).map_err(|e| file_error(e.to_string()))
+}
+
+/// Deserializes `tree` into `T`, reporting the failing key as a dotted path under `prefix`.
+fn typed<T: serde::de::DeserializeOwned>(tree: Value, prefix: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let inner = e.path().to_string();
+        let key = match (prefix.is_empty(), inner.as_str()) {
+            (true, _) => inner.clone(),
+            (false, ".") => prefix.to_string(),
+            (false, _) => format!("{prefix}.{inner}"),
+        };
+        key_error(key, e.into_inner().to_string())
+    })
+}
+
+fn is_config_var(name: &str) -> bool {
+    name.starts_with("ORB_") && !NON_CONFIG_VARS.iter().any(|p| name.starts_with(p))
+}
+
+/// Applies one `ORB_A__B__C=value` variable to the tree.
+fn apply_env(tree: &mut Value, name: &str, raw: &str) -> Result<(), ConfigError> {
+    let segments: Vec<&str> = name["ORB_".len()..].split("__").collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(key_error(name, "empty path segment"));
+    }
+    let value = if raw.trim_start().starts_with(['[', '{']) {
+        serde_json::from_str(raw).map_err(|e| key_error(name, format!("invalid JSON: {e}")))?
+    } else {
+        Value::String(raw.to_string())
+    };
+    let mut node = tree;
+    for (i, segment) in segments.iter().enumerate() {
+        let map = match node {
+            Value::Object(map) => map,
+            _ => return Err(key_error(name, format!("`{}` is not a mapping", segments[..i].join("__")))),
+        };
+        let key = map.keys().find(|k| same_key(k, segment)).cloned().unwrap_or_else(|| camel_case(segment));
+        if i + 1 == segments.len() {
+            map.insert(key, value);
+            return Ok(());
+        }
+        node = map.entry(key).or_insert_with(|| Value::Object(Map::new()));
+    }
+    Ok(())
+}
+
+fn normalise(key: &str) -> String {
+    key.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
+}
+
+fn same_key(existing: &str, segment: &str) -> bool {
+    normalise(existing) == normalise(segment)
+}
+
+/// `ENDPOINT_URL` -> `endpointUrl`.
+fn camel_case(segment: &str) -> String {
+    let mut out = String::new();
+    for (i, word) in segment.split('_').filter(|w| !w.is_empty()).enumerate() {
+        let lower = word.to_ascii_lowercase();
+        if i == 0 {
+            out.push_str(&lower);
+        } else {
+            let mut chars = lower.chars();
+            if let Some(first) = chars.next() {
+                out.push(first.to_ascii_uppercase());
+                out.extend(chars);
+            }
+        }
+    }
+    out
+}
+
+/// Accepts a number or a numeric string (environment values are strings).
+fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrText {
+        Num(u32),
+        Text(String),
+    }
+    match Option::<NumOrText>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumOrText::Num(n)) => Ok(Some(n)),
+        Some(NumOrText::Text(t)) => {
+            t.trim().parse().map(Some).map_err(|_| serde::de::Error::custom(format!("`{t}` is not a whole number")))
+        }
+    }
+}
+
+/// A duration string, checked with the same grammar as `fulfilmentTimeout`.
+fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::api::duration::parse(&text).map_err(serde::de::Error::custom)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn err(result: Result<Config, ConfigError>) -> String {
+        result.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn no_config_at_all_gives_one_sim_provider_named_default() {
+        let cfg = Config::load(None, env(&[])).unwrap();
+        assert_eq!(cfg.cluster_id, "orb");
+        assert_eq!(cfg.providers.len(), 1);
+        assert_eq!(cfg.providers["default"], ProviderConfig::Sim(SimSettings::default()));
+    }
+
+    #[test]
+    fn file_values_are_read_in_camel_case() {
+        let f =
+            file("clusterId: prod\nproviders:\n  east:\n    type: aws\n    region: us-east-1\n    maxAttempts: 5\n");
+        let cfg = Config::load(Some(f.path()), env(&[])).unwrap();
+        assert_eq!(cfg.cluster_id, "prod");
+        let ProviderConfig::Aws(aws) = &cfg.providers["east"] else { panic!("not aws") };
+        assert_eq!(aws.region, "us-east-1");
+        assert_eq!(aws.max_attempts, Some(5));
+        assert!(!cfg.providers.contains_key("default"), "a file with providers replaces the default");
+    }
+
+    #[test]
+    fn json_files_are_accepted_too() {
+        let f = file(r#"{"providers": {"default": {"type": "sim", "pendingDelay": "0s"}}}"#);
+        let cfg = Config::load(Some(f.path()), env(&[])).unwrap();
+        let ProviderConfig::Sim(sim) = &cfg.providers["default"] else { panic!("not sim") };
+        assert_eq!(sim.pending(), Duration::ZERO);
+    }
+
+    #[test]
+    fn environment_beats_file_and_maps_screaming_snake_to_camel_case() {
+        let f = file("providers:\n  default:\n    type: aws\n    region: us-east-1\n");
+        let cfg = Config::load(
+            Some(f.path()),
+            env(&[
+                ("ORB_PROVIDERS__DEFAULT__REGION", "us-west-2"),
+                ("ORB_PROVIDERS__DEFAULT__ENDPOINT_URL", "http://127.0.0.1:5000"),
+                ("ORB_PROVIDERS__DEFAULT__MAX_ATTEMPTS", "7"),
+                ("ORB_CLUSTER_ID", "blue"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.cluster_id, "blue");
+        let ProviderConfig::Aws(aws) = &cfg.providers["default"] else { panic!("not aws") };
+        assert_eq!(aws.region, "us-west-2");
+        assert_eq!(aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(aws.max_attempts, Some(7));
+    }
+
+    #[test]
+    fn environment_alone_can_define_a_provider() {
+        let cfg = Config::load(
+            None,
+            env(&[("ORB_PROVIDERS__DEFAULT__TYPE", "aws"), ("ORB_PROVIDERS__DEFAULT__REGION", "eu-west-1")]),
+        )
+        .unwrap();
+        assert!(matches!(&cfg.providers["default"], ProviderConfig::Aws(a) if a.region == "eu-west-1"));
+    }
+
+    #[test]
+    fn json_values_set_lists_and_maps() {
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("ORB_PROVIDERS__DEFAULT__INSUFFICIENT_CAPACITY", r#"["m5.large","c5.xlarge"]"#),
+                ("ORB_PROVIDERS__SPARE", r#"{"type":"sim","pendingDelay":"5s"}"#),
+            ]),
+        )
+        .unwrap();
+        let ProviderConfig::Sim(sim) = &cfg.providers["default"] else { panic!("not sim") };
+        assert_eq!(sim.insufficient_capacity, ["m5.large", "c5.xlarge"]);
+        assert!(matches!(&cfg.providers["spare"], ProviderConfig::Sim(s) if s.pending_delay == "5s"));
+    }
+
+    #[test]
+    fn process_variables_are_not_config_keys() {
+        let cfg = Config::load(None, env(&[("ORB_E2E_KUBECONFIG", "/x"), ("ORB_LOG", "debug"), ("PATH", "/bin")]));
+        assert!(cfg.is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let f = file("providers:\n  default:\n    type: aws\n    region: us-east-1\n    endpointUrll: http://x\n");
+        let msg = err(Config::load(Some(f.path()), env(&[])));
+        assert!(msg.starts_with("providers.default"), "{msg}");
+        assert!(msg.contains("endpointUrll"), "{msg}");
+
+        let msg = err(Config::load(None, env(&[("ORB_CLUSTR_ID", "x")])));
+        assert!(msg.contains("clustrId"), "{msg}");
+
+        let msg = err(Config::load(None, env(&[("ORB_PROVIDERS__DEFAULT__REGION", "us-east-1")])));
+        assert!(msg.starts_with("providers.default") && msg.contains("region"), "sim has no region: {msg}");
+    }
+
+    #[test]
+    fn bad_values_are_errors_that_name_the_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("ORB_PROVIDERS__DEFAULT__TYPE", "gcp")], "providers.default.type"),
+            (&[("ORB_PROVIDERS__DEFAULT__PENDING_DELAY", "soon")], "providers.default.pendingDelay"),
+            (&[("ORB_CLUSTER_ID", "Has Spaces")], "clusterId"),
+            (&[("ORB_PROVIDERS__DEFAULT__TYPE", "aws")], "providers.default"),
+            (
+                &[
+                    ("ORB_PROVIDERS__DEFAULT__TYPE", "aws"),
+                    ("ORB_PROVIDERS__DEFAULT__REGION", "r"),
+                    ("ORB_PROVIDERS__DEFAULT__MAX_ATTEMPTS", "lots"),
+                ],
+                "providers.default.maxAttempts",
+            ),
+            (
+                &[
+                    ("ORB_PROVIDERS__DEFAULT__TYPE", "aws"),
+                    ("ORB_PROVIDERS__DEFAULT__REGION", "r"),
+                    ("ORB_PROVIDERS__DEFAULT__ENDPOINT_URL", "localhost:5000"),
+                ],
+                "providers.default.endpointUrl",
+            ),
+            (&[("ORB_PROVIDERS", "[1,2")], "ORB_PROVIDERS"),
+        ];
+        for (vars, key) in cases {
+            let msg = err(Config::load(None, env(vars)));
+            assert!(msg.starts_with(key), "expected an error naming {key}, got: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_the_path() {
+        let msg = err(Config::load(Some(Path::new("/nonexistent/orb.yaml")), env(&[])));
+        assert!(msg.contains("/nonexistent/orb.yaml"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_the_printed_config() {
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("ORB_PROVIDERS__DEFAULT__TYPE", "aws"),
+                ("ORB_PROVIDERS__DEFAULT__REGION", "us-east-1"),
+                ("ORB_PROVIDERS__DEFAULT__EXTERNAL_ID", "s3cr3t"),
+            ]),
+        )
+        .unwrap();
+        let yaml = cfg.redacted_yaml();
+        assert!(!yaml.contains("s3cr3t"), "{yaml}");
+        assert!(yaml.contains("externalId: <redacted>"), "{yaml}");
+        assert!(yaml.contains("type: aws"), "{yaml}");
+    }
+}

@@ -1,0 +1,213 @@
+//! kube-runtime glue: one reconciler per kind, the shared context, error classification and the
+//! wiring that runs both controllers. The decisions live in `planner` (pure); the I/O of a
+//! request reconcile is in `request`, of a template reconcile in `template`.
+
+pub mod planner;
+pub mod request;
+pub mod template;
+
+use crate::api::{MachineRequest, MachineTemplate};
+use crate::provider::{ProviderError, Registry};
+use futures::StreamExt;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Field manager for every status write (server-side apply).
+pub const MANAGER: &str = "orb-operator";
+/// Finalizer on every request that may own cloud resources.
+pub const FINALIZER: &str = "orb.dev/cleanup";
+
+/// Requeue delays for each planner `Requeue` class and for errors.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub soon: Duration,
+    pub poll: Duration,
+    pub idle: Duration,
+    pub await_change: Duration,
+    pub error: Duration,
+    pub throttled: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            soon: Duration::from_secs(1),
+            poll: Duration::from_secs(5),
+            idle: Duration::from_secs(300),
+            await_change: Duration::from_secs(900),
+            error: Duration::from_secs(15),
+            throttled: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Timing {
+    pub fn after(&self, requeue: planner::Requeue) -> Action {
+        use planner::Requeue::*;
+        Action::requeue(match requeue {
+            Soon => self.soon,
+            Poll => self.poll,
+            Idle => self.idle,
+            AwaitChange => self.await_change,
+        })
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub registry: Registry,
+    pub templates: Store<MachineTemplate>,
+    pub requests: Store<MachineRequest>,
+    pub recorder: Recorder,
+    pub timing: Timing,
+    pub validations: template::ValidationCache,
+}
+
+impl Context {
+    /// The template `name` in `namespace`, from the controller's cache.
+    pub fn template(&self, namespace: &str, name: &str) -> Option<Arc<MachineTemplate>> {
+        self.templates.get(&ObjectRef::new(name).within(namespace))
+    }
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+    #[error("{object} has no {field}")]
+    MissingField { object: String, field: &'static str },
+    #[error(
+        "provider `{provider}` of {object} is not configured (configured: {configured}); cannot release its machines. Restore the provider, or set spec.deletionPolicy: Orphan to let them go"
+    )]
+    ProviderGone { object: String, provider: String, configured: String },
+    #[error("releasing {object}: {left}")]
+    ReleaseInProgress { object: String, left: String },
+    #[error("finalizer could not be updated: {0}")]
+    Finalizer(String),
+    #[error("status write dropped by test hook")]
+    InjectedFault,
+}
+
+impl Error {
+    /// Event reason for a failed reconcile.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Kube(_) => "KubeApiError".into(),
+            Self::Provider(e) => format!("Provider{}", e.category()),
+            Self::MissingField { .. } => "InvalidObject".into(),
+            Self::ProviderGone { .. } => "ProviderNotConfigured".into(),
+            Self::ReleaseInProgress { .. } => "Releasing".into(),
+            Self::Finalizer(_) => "FinalizerError".into(),
+            Self::InjectedFault => "InjectedFault".into(),
+        }
+    }
+
+    /// The requeue a failure deserves: throttling backs off longer; errors that need a change
+    /// wait long; the rest retry soon.
+    pub fn backoff(&self, timing: &Timing) -> Duration {
+        match self {
+            Self::Provider(e) if e.is_terminal() => timing.await_change,
+            Self::Provider(ProviderError::Throttled { .. }) => jitter(timing.throttled),
+            Self::ReleaseInProgress { .. } => timing.poll,
+            _ => jitter(timing.error),
+        }
+    }
+}
+
+/// Adds up to 20% so that many objects failing together do not retry together.
+fn jitter(base: Duration) -> Duration {
+    base + base.mul_f64(rand::random::<f64>() * 0.2)
+}
+
+/// Flattens the finalizer helper's wrapper so logs and Events name the real cause.
+pub(crate) fn flatten(error: kube::runtime::finalizer::Error<Error>) -> Error {
+    use kube::runtime::finalizer::Error as F;
+    match error {
+        F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+        F::AddFinalizer(e) | F::RemoveFinalizer(e) => Error::Kube(e),
+        other => Error::Finalizer(other.to_string()),
+    }
+}
+
+/// Fails fast, with the fix, when the CRDs are not installed.
+pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
+    let lp = kube::api::ListParams::default().limit(1);
+    for (kind, probe) in [
+        ("MachineTemplate", Api::<MachineTemplate>::all(client.clone()).list_metadata(&lp).await.map(|_| ())),
+        ("MachineRequest", Api::<MachineRequest>::all(client.clone()).list_metadata(&lp).await.map(|_| ())),
+    ] {
+        if let Err(e) = probe {
+            anyhow::bail!(
+                "cannot list {kind} objects ({e}); are the CRDs installed? Run `orb-operator crd | kubectl apply -f -`"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs both controllers until a shutdown signal, over all namespaces or only `namespace`.
+pub async fn run(client: Client, registry: Registry, namespace: Option<&str>) -> anyhow::Result<()> {
+    check_crds(&client).await?;
+    let (templates, requests) = match namespace {
+        Some(ns) => (
+            Api::<MachineTemplate>::namespaced(client.clone(), ns),
+            Api::<MachineRequest>::namespaced(client.clone(), ns),
+        ),
+        None => (Api::<MachineTemplate>::all(client.clone()), Api::<MachineRequest>::all(client.clone())),
+    };
+    let cfg = controller::Config::default().concurrency(16);
+
+    let template_ctrl = Controller::new(templates.clone(), watcher::Config::default()).with_config(cfg.clone());
+    let request_ctrl = Controller::new(requests.clone(), watcher::Config::default()).with_config(cfg);
+    let request_store = request_ctrl.store();
+    let template_store = template_ctrl.store();
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        registry,
+        templates: template_store,
+        requests: request_store.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
+        ),
+        timing: Timing::default(),
+        validations: template::ValidationCache::default(),
+    });
+
+    // A template change re-queues the requests that use it.
+    let users = request_store.clone();
+    let request_ctrl = request_ctrl
+        .watches(templates, watcher::Config::default(), move |t: MachineTemplate| {
+            let (ns, name) = (t.namespace().unwrap_or_default(), t.name_any());
+            users
+                .state()
+                .into_iter()
+                .filter(|r| r.namespace().as_deref() == Some(ns.as_str()) && r.spec.template_ref.name == name)
+                .map(|r| ObjectRef::from_obj(&*r))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(request::reconcile, request::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    // A request change re-queues its template (machinesInUse).
+    let template_ctrl = template_ctrl
+        .watches(requests, watcher::Config::default(), |r: MachineRequest| {
+            r.namespace().map(|ns| ObjectRef::new(&r.spec.template_ref.name).within(&ns))
+        })
+        .shutdown_on_signal()
+        .run(template::reconcile, template::error_policy, ctx)
+        .for_each(|_| async {});
+    tracing::info!("controllers started");
+    futures::join!(request_ctrl, template_ctrl);
+    Ok(())
+}

@@ -1,0 +1,838 @@
+//! The request planner: a pure function from (spec, previous status, what the cloud reports) to
+//! the next step and the status to write. No I/O, no clock: `now` is an input. Every rule of
+//! DESIGN §2 about capacity, returns, scale-down and the fulfilment timeout lives here.
+//!
+//! Scale-down victims, in order: machines named in `spec.returnMachines` (always returned), then
+//! pending machines before running ones, then the newest first (by launch time, then instance
+//! id). A victim is taken only while it fits in the excess, so weighted machines never take the
+//! request below its capacity.
+
+use crate::api::conditions::{self, Cond};
+use crate::api::{
+    Attempt, Blocked, Failure, MAX_FAILURES, Machine, MachineRequestSpec, MachineRequestStatus, MachineResult,
+    MachineTemplateSpec, Phase,
+};
+use crate::provider::{InstanceState, LaunchFailure, ObservedMachine, ProviderError, ProvisionOutcome};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A machine launched this recently that the cloud does not list yet is kept (the cloud's
+/// describe calls are eventually consistent).
+const VISIBILITY_GRACE: SignedDuration = SignedDuration::from_mins(2);
+const DEFAULT_TIMEOUT: SignedDuration = SignedDuration::from_mins(15);
+
+/// The request and template as of this reconcile.
+#[derive(Clone, Debug)]
+pub struct Frame<'a> {
+    pub now: Timestamp,
+    pub request_name: &'a str,
+    pub uid: &'a str,
+    pub generation: i64,
+    pub spec: &'a MachineRequestSpec,
+    pub template: &'a MachineTemplateSpec,
+    pub template_generation: i64,
+    /// Why launching is not allowed right now (template not Ready): reason and message.
+    pub launch_hold: Option<(String, String)>,
+}
+
+/// The next action.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Terminate these machines (already marked `returning` in the status to write first).
+    Return(Vec<String>),
+    /// Launch `units` capacity units under `attempt` (recorded in the status to write first).
+    Launch { units: u32, attempt: Attempt },
+    /// Nothing to do now.
+    Wait,
+}
+
+/// When to look again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Just acted: observe the effect shortly.
+    Soon,
+    /// Machines are changing state: poll.
+    Poll,
+    /// Settled: a slow resync catches changes made outside the operator.
+    Idle,
+    /// Only a change to the request or its template can help.
+    AwaitChange,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub step: Step,
+    /// Status to write before acting.
+    pub status: MachineRequestStatus,
+    pub requeue: Requeue,
+}
+
+/// Decides the next step for a request.
+pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[ObservedMachine]) -> Plan {
+    let mut status = previous.clone();
+    let spec_changed = status.observed_generation != Some(frame.generation);
+    status.observed_generation = Some(frame.generation);
+    status.api = Some(frame.template.api.as_str().into());
+    status.requested_capacity = frame.spec.capacity;
+    status.machines = merge_machines(frame, &previous.machines, observed);
+
+    let named: BTreeSet<&str> = frame.spec.return_machines.iter().map(String::as_str).collect();
+    for m in &mut status.machines {
+        if named.contains(m.instance_id.as_str()) && live(m) {
+            m.returning = true;
+            m.message = Some("returning: named in spec.returnMachines".into());
+        }
+    }
+    let capacity = frame.spec.capacity.max(0).unsigned_abs();
+    let excess = live_units(&status.machines).saturating_sub(capacity);
+    for victim in choose_victims(&status.machines, excess) {
+        if let Some(m) = status.machines.iter_mut().find(|m| m.instance_id == victim) {
+            m.returning = true;
+            m.message = Some("returning: scale-down".into());
+        }
+    }
+    let to_return: Vec<String> = status
+        .machines
+        .iter()
+        .filter(|m| m.returning && state_of(m).is_some_and(InstanceState::can_terminate))
+        .map(|m| m.instance_id.clone())
+        .collect();
+
+    let deficit = capacity.saturating_sub(live_units(&status.machines));
+    let shortfall = deficit > 0 || pending_units(&status.machines) > 0;
+    status.provisioning_since = match (&status.provisioning_since, shortfall) {
+        (_, false) => None,
+        (Some(since), true) if !spec_changed => Some(since.clone()),
+        (_, true) => Some(Time(frame.now)),
+    };
+    if status.blocked.as_ref().is_some_and(|b| !blocks(b, frame)) {
+        status.blocked = None;
+    }
+
+    let (step, requeue) = if !to_return.is_empty() {
+        (Step::Return(to_return), Requeue::Soon)
+    } else if deficit > 0 && status.blocked.is_none() && !timed_out(frame, &status) && frame.launch_hold.is_none() {
+        let attempt = next_attempt(frame, status.attempt.as_ref(), deficit);
+        status.attempt = Some(attempt.clone());
+        (Step::Launch { units: deficit, attempt }, Requeue::Soon)
+    } else if status.blocked.is_some() || (deficit > 0 && frame.launch_hold.is_some()) {
+        (Step::Wait, Requeue::AwaitChange)
+    } else if shortfall && !timed_out(frame, &status) || status.machines.iter().any(|m| m.returning) {
+        (Step::Wait, Requeue::Poll)
+    } else {
+        (Step::Wait, Requeue::Idle)
+    };
+    summarise(frame, &mut status, !matches!(step, Step::Wait));
+    Plan { step, status, requeue }
+}
+
+/// Folds a provision call's result into the status written after it.
+pub fn record_launch(
+    frame: &Frame<'_>,
+    status: &mut MachineRequestStatus,
+    result: &Result<ProvisionOutcome, ProviderError>,
+) {
+    if let Some(attempt) = status.attempt.as_mut() {
+        attempt.completed = true;
+    }
+    match result {
+        Ok(outcome) => {
+            for launched in &outcome.launched {
+                if !status.machines.iter().any(|m| m.instance_id == launched.instance_id) {
+                    status.machines.push(machine_from(frame, launched, None, false));
+                }
+            }
+            status.machines.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+            status.resources.absorb(outcome.resources.clone());
+            for failure in &outcome.failures {
+                add_failure(&mut status.failures, failure, frame.now);
+            }
+        }
+        Err(error) => {
+            add_failure(&mut status.failures, &failure_of(error), frame.now);
+            if error.is_terminal() {
+                status.blocked = Some(Blocked {
+                    generation: frame.generation,
+                    template_generation: frame.template_generation,
+                    code: error.code().to_string(),
+                    message: error.to_string(),
+                });
+            }
+        }
+    }
+    summarise(frame, status, false);
+}
+
+/// Folds a failed return call into the status.
+pub fn record_return_error(frame: &Frame<'_>, status: &mut MachineRequestStatus, error: &ProviderError) {
+    add_failure(&mut status.failures, &failure_of(error), frame.now);
+    summarise(frame, status, false);
+}
+
+/// The client token of attempt `number` of request `uid`: stable across restarts, unique per
+/// attempt, at most 64 characters as EC2 requires.
+pub fn client_token(uid: &str, number: i32) -> String {
+    let digest = Sha256::digest(format!("{uid}/{number}"));
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("orb-{number}-{hex}")
+}
+
+fn next_attempt(frame: &Frame<'_>, previous: Option<&Attempt>, units: u32) -> Attempt {
+    match previous {
+        // An attempt whose create call may have happened (a crash before its result was
+        // recorded) is retried with the same token, so the cloud answers with what it made.
+        Some(a) if !a.completed && a.units == units as i32 => a.clone(),
+        _ => {
+            let number = previous.map_or(1, |a| a.number + 1);
+            Attempt {
+                number,
+                client_token: client_token(frame.uid, number),
+                units: units as i32,
+                started_at: Some(Time(frame.now)),
+                completed: false,
+            }
+        }
+    }
+}
+
+fn blocks(blocked: &Blocked, frame: &Frame<'_>) -> bool {
+    blocked.generation == frame.generation && blocked.template_generation == frame.template_generation
+}
+
+fn timeout(frame: &Frame<'_>) -> SignedDuration {
+    crate::api::duration::parse(&frame.spec.fulfilment_timeout)
+        .ok()
+        .and_then(|d| SignedDuration::try_from(d).ok())
+        .unwrap_or(DEFAULT_TIMEOUT)
+}
+
+fn timed_out(frame: &Frame<'_>, status: &MachineRequestStatus) -> bool {
+    status.provisioning_since.as_ref().is_some_and(|since| frame.now >= since.0 + timeout(frame))
+}
+
+fn state_of(m: &Machine) -> Option<InstanceState> {
+    InstanceState::parse(&m.state)
+}
+
+/// Provides (or is about to provide) capacity and is not on its way out.
+fn live(m: &Machine) -> bool {
+    !m.returning && state_of(m).is_some_and(InstanceState::is_live)
+}
+
+fn units_where(machines: &[Machine], state: Option<InstanceState>) -> u32 {
+    machines
+        .iter()
+        .filter(|m| live(m) && (state.is_none() || state_of(m) == state))
+        .map(|m| m.weight.max(0).unsigned_abs())
+        .sum()
+}
+
+fn live_units(machines: &[Machine]) -> u32 {
+    units_where(machines, None)
+}
+fn running_units(machines: &[Machine]) -> u32 {
+    units_where(machines, Some(InstanceState::Running))
+}
+fn pending_units(machines: &[Machine]) -> u32 {
+    units_where(machines, Some(InstanceState::Pending))
+}
+
+/// Scale-down victims for `excess` units: pending before running, newest first.
+pub fn choose_victims(machines: &[Machine], excess: u32) -> Vec<String> {
+    let mut candidates: Vec<&Machine> = machines.iter().filter(|m| live(m)).collect();
+    candidates.sort_by(|a, b| {
+        let pending = |m: &Machine| state_of(m) == Some(InstanceState::Pending);
+        pending(b)
+            .cmp(&pending(a))
+            .then_with(|| b.launch_time.cmp(&a.launch_time))
+            .then_with(|| b.instance_id.cmp(&a.instance_id))
+    });
+    let mut left = excess;
+    let mut victims = vec![];
+    for m in candidates {
+        let weight = m.weight.max(0).unsigned_abs();
+        if left == 0 {
+            break;
+        }
+        if weight <= left {
+            left -= weight;
+            victims.push(m.instance_id.clone());
+        }
+    }
+    victims
+}
+
+/// The machine list: what the cloud reports, plus machines launched so recently that the cloud
+/// may not list them yet. Returned machines that reached `terminated` leave the list.
+fn merge_machines(frame: &Frame<'_>, previous: &[Machine], observed: &[ObservedMachine]) -> Vec<Machine> {
+    let before: BTreeMap<&str, &Machine> = previous.iter().map(|m| (m.instance_id.as_str(), m)).collect();
+    let mut machines: Vec<Machine> = observed
+        .iter()
+        .filter_map(|o| {
+            let prior = before.get(o.instance_id.as_str()).copied();
+            let returning = prior.is_some_and(|p| p.returning);
+            (!(returning && o.state == InstanceState::Terminated)).then(|| machine_from(frame, o, prior, returning))
+        })
+        .collect();
+    let seen: BTreeSet<&str> = observed.iter().map(|o| o.instance_id.as_str()).collect();
+    machines.extend(
+        previous
+            .iter()
+            .filter(|p| !seen.contains(p.instance_id.as_str()) && !p.returning)
+            .filter(|p| p.launch_time.as_ref().is_some_and(|t| frame.now < t.0 + VISIBILITY_GRACE))
+            .cloned(),
+    );
+    machines.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    machines
+}
+
+fn machine_from(frame: &Frame<'_>, o: &ObservedMachine, prior: Option<&Machine>, returning: bool) -> Machine {
+    let (result, message) = match (o.state, returning) {
+        (InstanceState::Running, _) => (MachineResult::Succeed, None),
+        (InstanceState::Pending, _) => (MachineResult::Executing, None),
+        (_, true) => (MachineResult::Executing, None),
+        (state, false) => (
+            MachineResult::Fail,
+            Some(format!(
+                "{} outside the operator{}",
+                match state {
+                    InstanceState::Stopping | InstanceState::Stopped => "stopped",
+                    _ => "terminated",
+                },
+                o.state_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            )),
+        ),
+    };
+    let message = message.or_else(|| prior.filter(|_| returning).and_then(|p| p.message.clone()));
+    let suffix = o.instance_id.strip_prefix("i-").unwrap_or(&o.instance_id);
+    Machine {
+        name: format!("{}-{suffix}", frame.request_name),
+        instance_id: o.instance_id.clone(),
+        state: o.state.as_str().into(),
+        result: Some(result),
+        weight: frame.template.weight_of(o.instance_type.as_deref().unwrap_or_default()) as i32,
+        instance_type: o.instance_type.clone(),
+        capacity_type: o.capacity_type.clone(),
+        zone: o.zone.clone(),
+        subnet_id: o.subnet_id.clone(),
+        private_ip: o.private_ip.clone(),
+        public_ip: o.public_ip.clone(),
+        launch_time: o.launch_time.map(Time),
+        message,
+        returning,
+    }
+}
+
+fn failure_of(error: &ProviderError) -> LaunchFailure {
+    LaunchFailure { code: error.code().to_string(), message: error.to_string(), instance_type: None, zone: None }
+}
+
+/// Adds one occurrence; keeps the `MAX_FAILURES` most recent, sorted by code, type and zone.
+fn add_failure(failures: &mut Vec<Failure>, f: &LaunchFailure, now: Timestamp) {
+    let same = |x: &Failure| x.code == f.code && x.instance_type == f.instance_type && x.zone == f.zone;
+    match failures.iter_mut().find(|x| same(x)) {
+        Some(existing) => {
+            existing.count += 1;
+            existing.message = f.message.clone();
+            existing.last_seen = Some(Time(now));
+        }
+        None => failures.push(Failure {
+            code: f.code.clone(),
+            message: f.message.clone(),
+            instance_type: f.instance_type.clone(),
+            zone: f.zone.clone(),
+            count: 1,
+            last_seen: Some(Time(now)),
+        }),
+    }
+    failures.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+    failures.truncate(MAX_FAILURES);
+    failures.sort_by(|a, b| (&a.code, &a.instance_type, &a.zone).cmp(&(&b.code, &b.instance_type, &b.zone)));
+}
+
+/// Counters, phase and conditions from the machine list and the episode.
+fn summarise(frame: &Frame<'_>, status: &mut MachineRequestStatus, acting: bool) {
+    let capacity = frame.spec.capacity.max(0).unsigned_abs();
+    let running = running_units(&status.machines);
+    let pending = pending_units(&status.machines);
+    status.fulfilled_capacity = running as i32;
+    status.pending_capacity = pending as i32;
+    status.requested_capacity = frame.spec.capacity;
+    let returning = status.machines.iter().filter(|m| m.returning).count();
+    let lost: Vec<&str> = status
+        .machines
+        .iter()
+        .filter(|m| m.result == Some(MachineResult::Fail))
+        .map(|m| m.instance_id.as_str())
+        .collect();
+    let expired = timed_out(frame, status);
+    let progress = format!("{running}/{capacity} capacity units running, {pending} pending");
+
+    let (phase, ready_reason, ready_message) = if running >= capacity {
+        (Phase::Fulfilled, "Fulfilled".to_string(), progress.clone())
+    } else if let Some(b) = &status.blocked {
+        let phase = if running > 0 { Phase::Partial } else { Phase::Failed };
+        (
+            phase,
+            b.code.clone(),
+            format!("{progress}; launching stopped: {}. Fix the template or request to retry.", b.message),
+        )
+    } else if expired {
+        let phase = if running > 0 { Phase::Partial } else { Phase::Failed };
+        let message = format!(
+            "{progress}; fulfilmentTimeout {} passed. Raise or lower spec.capacity, or edit the request, to try again.",
+            frame.spec.fulfilment_timeout
+        );
+        (phase, "FulfilmentTimeout".to_string(), message)
+    } else if let Some((reason, message)) = &frame.launch_hold {
+        (Phase::Pending, reason.clone(), format!("{progress}; {message}"))
+    } else {
+        (Phase::Provisioning, "Provisioning".to_string(), progress.clone())
+    };
+    status.phase = Some(phase);
+
+    let now = Time(frame.now);
+    let generation = Some(frame.generation);
+    let put = |conds: &mut Vec<_>, c: Cond| conditions::upsert(conds, c, generation, &now);
+    put(
+        &mut status.conditions,
+        Cond::new(conditions::READY, phase == Phase::Fulfilled, ready_reason.clone(), ready_message),
+    );
+
+    let progressing = if acting || pending > 0 || returning > 0 {
+        let reason = match (returning > 0, pending > 0 || acting) {
+            (true, _) => "Returning",
+            (false, true) if pending > 0 => "WaitingForMachines",
+            _ => "Launching",
+        };
+        Cond::new(conditions::PROGRESSING, true, reason, format!("{progress}; {returning} returning"))
+    } else {
+        Cond::new(conditions::PROGRESSING, false, ready_reason.clone(), progress.clone())
+    };
+    put(&mut status.conditions, progressing);
+
+    let recent_failure = status
+        .failures
+        .iter()
+        .filter(|f| status.provisioning_since.as_ref().is_some_and(|s| f.last_seen.as_ref().is_some_and(|l| l >= s)))
+        .max_by(|a, b| a.last_seen.cmp(&b.last_seen));
+    let degraded = if let Some(b) = &status.blocked {
+        Cond::new(conditions::DEGRADED, true, b.code.clone(), b.message.clone())
+    } else if expired && running < capacity {
+        Cond::new(conditions::DEGRADED, true, "FulfilmentTimeout", progress.clone())
+    } else if !lost.is_empty() {
+        Cond::new(
+            conditions::DEGRADED,
+            true,
+            "MachinesLost",
+            format!("{} machine(s) stopped or terminated outside the operator: {}", lost.len(), lost.join(", ")),
+        )
+    } else if let (Some(f), false) = (recent_failure, running >= capacity) {
+        Cond::new(conditions::DEGRADED, true, f.code.clone(), f.message.clone())
+    } else {
+        Cond::new(conditions::DEGRADED, false, "AsExpected", "no failures")
+    };
+    put(&mut status.conditions, degraded);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{InstanceTypeSpec, TemplateRef};
+    use crate::provider::InstanceState::*;
+
+    const UID: &str = "0b6a8b2e-uid";
+
+    fn template() -> MachineTemplateSpec {
+        MachineTemplateSpec {
+            image_id: Some("ami-12345678".into()),
+            instance_types: vec![
+                InstanceTypeSpec { type_: "m5.large".into(), weight: 1, priority: None },
+                InstanceTypeSpec { type_: "m5.xlarge".into(), weight: 2, priority: None },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn spec(capacity: i32) -> MachineRequestSpec {
+        MachineRequestSpec {
+            template_ref: TemplateRef { name: "t".into() },
+            capacity,
+            fulfilment_timeout: "10m".into(),
+            ..Default::default()
+        }
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    fn frame<'a>(spec: &'a MachineRequestSpec, template: &'a MachineTemplateSpec, now: i64) -> Frame<'a> {
+        Frame {
+            now: at(now),
+            request_name: "mr",
+            uid: UID,
+            generation: 1,
+            spec,
+            template,
+            template_generation: 1,
+            launch_hold: None,
+        }
+    }
+
+    fn obs(id: &str, state: InstanceState, type_: &str, launched: i64) -> ObservedMachine {
+        ObservedMachine {
+            instance_type: Some(type_.into()),
+            launch_time: Some(at(launched)),
+            ..ObservedMachine::new(id, state)
+        }
+    }
+
+    /// Plans once, then plans again from the result: what a reconcile sequence sees.
+    fn replan(f: &Frame<'_>, previous: &MachineRequestStatus, observed: &[ObservedMachine]) -> Plan {
+        plan(f, previous, observed)
+    }
+
+    fn cond<'a>(
+        s: &'a MachineRequestStatus,
+        type_: &str,
+    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        conditions::find(&s.conditions, type_).unwrap()
+    }
+
+    fn returning(s: &MachineRequestStatus) -> Vec<&str> {
+        s.machines.iter().filter(|m| m.returning).map(|m| m.instance_id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_new_request_launches_its_whole_capacity_under_attempt_one() {
+        let (s, t) = (spec(3), template());
+        let p = plan(&frame(&s, &t, 0), &MachineRequestStatus::default(), &[]);
+        let Step::Launch { units, attempt } = &p.step else { panic!("{:?}", p.step) };
+        assert_eq!(*units, 3);
+        assert_eq!(attempt.number, 1);
+        assert_eq!(attempt.client_token, client_token(UID, 1));
+        assert!(!attempt.completed);
+        assert_eq!(p.status.attempt.as_ref(), Some(attempt), "the attempt is written before the call");
+        assert_eq!(p.status.phase, Some(Phase::Provisioning));
+        assert_eq!(p.requeue, Requeue::Soon);
+        assert_eq!(cond(&p.status, "Progressing").status, "True");
+    }
+
+    #[test]
+    fn client_tokens_are_stable_unique_per_attempt_and_short() {
+        assert_eq!(client_token("u", 1), client_token("u", 1));
+        assert_ne!(client_token("u", 1), client_token("u", 2));
+        assert_ne!(client_token("u", 1), client_token("v", 1));
+        assert!(client_token("u", 99999).len() <= 64);
+    }
+
+    #[test]
+    fn running_machines_covering_capacity_are_fulfilled_and_ready() {
+        let (s, t) = (spec(3), template());
+        let observed = [obs("i-1", Running, "m5.large", 0), obs("i-2", Running, "m5.xlarge", 0)];
+        let p = plan(&frame(&s, &t, 60), &MachineRequestStatus::default(), &observed);
+        assert_eq!(p.step, Step::Wait);
+        assert_eq!(p.status.phase, Some(Phase::Fulfilled));
+        assert_eq!(p.status.fulfilled_capacity, 3, "weights count: 1 + 2");
+        assert_eq!(p.status.pending_capacity, 0);
+        assert_eq!(cond(&p.status, "Ready").status, "True");
+        assert_eq!(cond(&p.status, "Degraded").status, "False");
+        assert_eq!(p.requeue, Requeue::Idle);
+        assert_eq!(p.status.machines[0].name, "mr-1");
+        assert_eq!(p.status.machines[1].result, Some(MachineResult::Succeed));
+    }
+
+    #[test]
+    fn pending_machines_count_toward_capacity_but_not_toward_fulfilment() {
+        let (s, t) = (spec(3), template());
+        let observed = [obs("i-1", Pending, "m5.large", 0), obs("i-2", Running, "m5.xlarge", 0)];
+        let p = plan(&frame(&s, &t, 5), &MachineRequestStatus::default(), &observed);
+        assert_eq!(p.step, Step::Wait, "nothing missing: no second launch");
+        assert_eq!((p.status.fulfilled_capacity, p.status.pending_capacity), (2, 1));
+        assert_eq!(p.status.phase, Some(Phase::Provisioning));
+        assert_eq!(p.requeue, Requeue::Poll);
+        assert_eq!(cond(&p.status, "Progressing").reason, "WaitingForMachines");
+    }
+
+    #[test]
+    fn only_the_missing_units_are_launched() {
+        let (s, t) = (spec(10), template());
+        let observed = [
+            obs("i-1", Running, "m5.xlarge", 0),
+            obs("i-2", Running, "m5.xlarge", 0),
+            obs("i-3", Pending, "m5.xlarge", 0),
+        ];
+        let p = plan(&frame(&s, &t, 5), &MachineRequestStatus::default(), &observed);
+        assert!(matches!(p.step, Step::Launch { units: 4, .. }), "{:?}", p.step);
+    }
+
+    #[test]
+    fn machines_launched_moments_ago_but_not_yet_listed_are_kept_and_not_relaunched() {
+        let (s, t) = (spec(2), template());
+        let f = frame(&s, &t, 0);
+        let mut status = plan(&f, &MachineRequestStatus::default(), &[]).status;
+        record_launch(
+            &f,
+            &mut status,
+            &Ok(ProvisionOutcome {
+                launched: vec![obs("i-1", Pending, "m5.large", 0), obs("i-2", Pending, "m5.large", 0)],
+                ..Default::default()
+            }),
+        );
+        // The cloud's describe lags: it lists nothing yet.
+        let p = plan(&frame(&s, &t, 30), &status, &[]);
+        assert_eq!(p.step, Step::Wait);
+        assert_eq!(p.status.machines.len(), 2);
+        // Long after, a machine that never showed up is dropped and its capacity relaunched.
+        let p = plan(&frame(&s, &t, 300), &status, &[obs("i-1", Running, "m5.large", 0)]);
+        assert!(matches!(p.step, Step::Launch { units: 1, .. }), "{:?}", p.step);
+    }
+
+    #[test]
+    fn scale_down_returns_pending_before_running_and_newest_first() {
+        let (s, t) = (spec(2), template());
+        let observed = [
+            obs("i-old", Running, "m5.large", 0),
+            obs("i-new", Running, "m5.large", 50),
+            obs("i-mid", Running, "m5.large", 20),
+            obs("i-pend", Pending, "m5.large", 10),
+        ];
+        let p = plan(&frame(&s, &t, 100), &MachineRequestStatus::default(), &observed);
+        assert_eq!(p.step, Step::Return(vec!["i-new".into(), "i-pend".into()]));
+        assert_eq!(returning(&p.status), ["i-new", "i-pend"]);
+        assert_eq!(
+            p.status.machines.iter().find(|m| m.instance_id == "i-new").unwrap().message.as_deref(),
+            Some("returning: scale-down")
+        );
+    }
+
+    #[test]
+    fn scale_down_never_takes_weighted_capacity_below_the_request() {
+        let (s, t) = (spec(3), template());
+        let observed = [obs("i-1", Running, "m5.xlarge", 0), obs("i-2", Running, "m5.xlarge", 10)];
+        let p = plan(&frame(&s, &t, 100), &MachineRequestStatus::default(), &observed);
+        assert_eq!(p.step, Step::Wait, "excess 1 is smaller than any machine (weight 2)");
+        assert_eq!(p.status.phase, Some(Phase::Fulfilled));
+    }
+
+    #[test]
+    fn a_named_machine_goes_first_on_scale_down_and_only_it() {
+        let (mut s, t) = (spec(4), template());
+        s.return_machines = vec!["i-2".into()];
+        let observed: Vec<_> = (1..=5).map(|n| obs(&format!("i-{n}"), Running, "m5.large", n)).collect();
+        let p = plan(&frame(&s, &t, 100), &MachineRequestStatus::default(), &observed);
+        assert_eq!(p.step, Step::Return(vec!["i-2".into()]));
+        assert_eq!(
+            p.status.machines.iter().find(|m| m.instance_id == "i-2").unwrap().message.as_deref(),
+            Some("returning: named in spec.returnMachines")
+        );
+    }
+
+    #[test]
+    fn a_named_machine_is_replaced_while_capacity_is_unchanged() {
+        let (mut s, t) = (spec(3), template());
+        s.return_machines = vec!["i-2".into()];
+        let observed: Vec<_> = (1..=3).map(|n| obs(&format!("i-{n}"), Running, "m5.large", n)).collect();
+        let p = plan(&frame(&s, &t, 100), &MachineRequestStatus::default(), &observed);
+        assert_eq!(p.step, Step::Return(vec!["i-2".into()]));
+        // Next reconcile: the cloud is terminating it; its unit is launched again.
+        let mut observed = observed;
+        observed[1].state = ShuttingDown;
+        let p2 = replan(&frame(&s, &t, 101), &p.status, &observed);
+        assert!(matches!(p2.step, Step::Launch { units: 1, .. }), "{:?}", p2.step);
+        // Once terminated, it leaves the list.
+        observed[1].state = Terminated;
+        let p3 = replan(&frame(&s, &t, 102), &p2.status, &observed);
+        assert!(!p3.status.machines.iter().any(|m| m.instance_id == "i-2"));
+    }
+
+    #[test]
+    fn named_ids_that_are_already_gone_are_ignored() {
+        let (mut s, t) = (spec(1), template());
+        s.return_machines = vec!["i-0123456789abcdef0".into()];
+        let p = plan(&frame(&s, &t, 100), &MachineRequestStatus::default(), &[obs("i-1", Running, "m5.large", 0)]);
+        assert_eq!(p.step, Step::Wait);
+        assert_eq!(p.status.phase, Some(Phase::Fulfilled));
+    }
+
+    #[test]
+    fn a_machine_terminated_outside_the_operator_fails_and_its_capacity_is_replaced() {
+        let (s, t) = (spec(2), template());
+        let mut gone = obs("i-2", Terminated, "m5.large", 0);
+        gone.state_reason = Some("Server.SpotInstanceTermination".into());
+        let p =
+            plan(&frame(&s, &t, 100), &MachineRequestStatus::default(), &[obs("i-1", Running, "m5.large", 0), gone]);
+        assert!(matches!(p.step, Step::Launch { units: 1, .. }), "{:?}", p.step);
+        let lost = p.status.machines.iter().find(|m| m.instance_id == "i-2").unwrap();
+        assert_eq!(lost.result, Some(MachineResult::Fail));
+        assert!(lost.message.as_deref().unwrap().contains("SpotInstanceTermination"));
+        assert_eq!(cond(&p.status, "Degraded").reason, "MachinesLost");
+    }
+
+    #[test]
+    fn an_attempt_interrupted_before_its_result_was_recorded_reuses_its_token() {
+        let (s, t) = (spec(3), template());
+        let first = plan(&frame(&s, &t, 0), &MachineRequestStatus::default(), &[]);
+        // Crash: the status with the attempt was written, the result never was.
+        let again = plan(&frame(&s, &t, 30), &first.status, &[]);
+        assert_eq!(first.step, again.step, "same units, same token: the cloud answers with what it made");
+    }
+
+    #[test]
+    fn a_completed_attempt_is_followed_by_a_new_token() {
+        let (s, t) = (spec(3), template());
+        let f = frame(&s, &t, 0);
+        let mut status = plan(&f, &MachineRequestStatus::default(), &[]).status;
+        record_launch(
+            &f,
+            &mut status,
+            &Ok(ProvisionOutcome { launched: vec![obs("i-1", Pending, "m5.large", 0)], ..Default::default() }),
+        );
+        let p = plan(&frame(&s, &t, 5), &status, &[obs("i-1", Running, "m5.large", 0)]);
+        let Step::Launch { units, attempt } = p.step else { panic!() };
+        assert_eq!((units, attempt.number), (2, 2));
+        assert_eq!(attempt.client_token, client_token(UID, 2));
+    }
+
+    #[test]
+    fn after_the_fulfilment_timeout_some_capacity_is_partial_and_none_is_failed() {
+        let (s, t) = (spec(3), template());
+        let start = plan(&frame(&s, &t, 0), &MachineRequestStatus::default(), &[]).status;
+        assert_eq!(start.provisioning_since, Some(Time(at(0))));
+
+        let p = plan(&frame(&s, &t, 601), &start, &[obs("i-1", Running, "m5.large", 0)]);
+        assert_eq!(p.step, Step::Wait, "no more launches after the timeout");
+        assert_eq!(p.status.phase, Some(Phase::Partial));
+        assert_eq!(cond(&p.status, "Ready").reason, "FulfilmentTimeout");
+        assert_eq!(cond(&p.status, "Degraded").status, "True");
+
+        let p = plan(&frame(&s, &t, 601), &start, &[]);
+        assert_eq!((p.step, p.status.phase), (Step::Wait, Some(Phase::Failed)));
+
+        // Just before the deadline it keeps trying.
+        let p = plan(&frame(&s, &t, 599), &start, &[]);
+        assert!(matches!(p.step, Step::Launch { .. }));
+    }
+
+    #[test]
+    fn a_spec_change_restarts_the_fulfilment_clock() {
+        let (s, t) = (spec(3), template());
+        let start = plan(&frame(&s, &t, 0), &MachineRequestStatus::default(), &[]).status;
+        let mut f = frame(&s, &t, 700);
+        f.generation = 2;
+        let p = plan(&f, &start, &[]);
+        assert!(matches!(p.step, Step::Launch { .. }), "{:?}", p.step);
+        assert_eq!(p.status.provisioning_since, Some(Time(at(700))));
+    }
+
+    #[test]
+    fn a_terminal_error_stops_launching_until_the_request_or_template_changes() {
+        let (s, t) = (spec(2), template());
+        let f = frame(&s, &t, 0);
+        let mut status = plan(&f, &MachineRequestStatus::default(), &[]).status;
+        let error = ProviderError::invalid(
+            "spec.imageId",
+            "InvalidAMIID.NotFound",
+            "The image id 'ami-12345678' does not exist",
+        );
+        record_launch(&f, &mut status, &Err(error));
+        assert_eq!(status.phase, Some(Phase::Failed));
+        assert_eq!(cond(&status, "Ready").reason, "InvalidAMIID.NotFound");
+        assert!(cond(&status, "Ready").message.contains("spec.imageId"));
+
+        let p = plan(&frame(&s, &t, 10), &status, &[]);
+        assert_eq!((p.step.clone(), p.requeue), (Step::Wait, Requeue::AwaitChange));
+
+        let mut changed = frame(&s, &t, 20);
+        changed.template_generation = 2;
+        assert!(matches!(plan(&changed, &status, &[]).step, Step::Launch { .. }));
+    }
+
+    #[test]
+    fn capacity_failures_are_recorded_and_degrade_the_request() {
+        let (s, t) = (spec(2), template());
+        let f = frame(&s, &t, 0);
+        let mut status = plan(&f, &MachineRequestStatus::default(), &[]).status;
+        let failure = LaunchFailure {
+            code: "InsufficientInstanceCapacity".into(),
+            message: "no m5.large".into(),
+            instance_type: Some("m5.large".into()),
+            zone: Some("us-east-1a".into()),
+        };
+        let outcome = ProvisionOutcome {
+            launched: vec![obs("i-1", Pending, "m5.xlarge", 0)],
+            failures: vec![failure],
+            ..Default::default()
+        };
+        record_launch(&f, &mut status, &Ok(outcome));
+        assert_eq!(status.failures.len(), 1);
+        assert_eq!(status.failures[0].count, 1);
+        assert_eq!(cond(&status, "Degraded").reason, "InsufficientInstanceCapacity");
+        assert!(status.attempt.as_ref().unwrap().completed);
+        // Once fulfilled, old failures no longer degrade it.
+        let p = plan(&frame(&s, &t, 30), &status, &[obs("i-1", Running, "m5.xlarge", 0)]);
+        assert_eq!(p.status.phase, Some(Phase::Fulfilled));
+        assert_eq!(cond(&p.status, "Degraded").status, "False");
+    }
+
+    #[test]
+    fn failures_are_bounded_and_sorted() {
+        let mut failures = vec![];
+        let failure = |n: i64| LaunchFailure {
+            code: format!("Code{n:02}"),
+            message: "m".into(),
+            instance_type: None,
+            zone: None,
+        };
+        for n in 0..15 {
+            add_failure(&mut failures, &failure(n), at(n));
+        }
+        add_failure(&mut failures, &failure(14), at(15));
+        assert_eq!(failures.len(), MAX_FAILURES);
+        let codes: Vec<_> = failures.iter().map(|f| f.code.clone()).collect();
+        let mut sorted = codes.clone();
+        sorted.sort();
+        assert_eq!(codes, sorted);
+        assert!(failures.iter().any(|f| f.code == "Code14" && f.count == 2), "repeats are counted");
+        assert!(!failures.iter().any(|f| f.code == "Code04"), "the oldest are dropped");
+        assert!(failures.iter().any(|f| f.code == "Code05"));
+    }
+
+    #[test]
+    fn a_held_template_launches_nothing_but_still_returns_machines() {
+        let (mut s, t) = (spec(3), template());
+        let mut f = frame(&s, &t, 0);
+        f.launch_hold = Some(("TemplateNotReady".into(), "spec.imageId: no such image".into()));
+        let p = plan(&f, &MachineRequestStatus::default(), &[]);
+        assert_eq!(p.step, Step::Wait);
+        assert_eq!(p.status.phase, Some(Phase::Pending));
+        assert_eq!(cond(&p.status, "Ready").reason, "TemplateNotReady");
+
+        s.capacity = 0;
+        let mut f = frame(&s, &t, 0);
+        f.launch_hold = Some(("TemplateNotReady".into(), "x".into()));
+        let p = plan(&f, &MachineRequestStatus::default(), &[obs("i-1", Running, "m5.large", 0)]);
+        assert_eq!(p.step, Step::Return(vec!["i-1".into()]));
+    }
+
+    #[test]
+    fn capacity_zero_is_fulfilled_with_nothing_running() {
+        let (s, t) = (spec(0), template());
+        let p = plan(&frame(&s, &t, 0), &MachineRequestStatus::default(), &[]);
+        assert_eq!((p.step, p.status.phase), (Step::Wait, Some(Phase::Fulfilled)));
+    }
+
+    #[test]
+    fn planning_again_with_nothing_changed_changes_nothing() {
+        let (s, t) = (spec(3), template());
+        let observed = [obs("i-2", Running, "m5.large", 0), obs("i-1", Running, "m5.xlarge", 0)];
+        let first = plan(&frame(&s, &t, 10), &MachineRequestStatus::default(), &observed);
+        let second = plan(&frame(&s, &t, 500), &first.status, &observed);
+        assert_eq!(first.status, second.status, "a quiet status keeps GitOps diffs and API calls at zero");
+        let ids: Vec<_> = first.status.machines.iter().map(|m| m.instance_id.as_str()).collect();
+        assert_eq!(ids, ["i-1", "i-2"], "machines are sorted by instance id");
+    }
+}

@@ -1,0 +1,316 @@
+//! The MachineRequest reconciler: finalizer, template and provider lookup, then one short driver
+//! — observe (describe) -> plan (pure) -> act (at most one mutating cloud call) -> report (status
+//! by server-side apply, an Event on each phase change) — and a requeue. It never waits for the
+//! cloud inline.
+
+use super::planner::{self, Frame, Requeue, Step};
+use super::{Context, Error, FINALIZER, MANAGER};
+use crate::api::conditions::{self, Cond};
+use crate::api::{DeletionPolicy, MachineRequest, MachineRequestStatus, MachineTemplate, Phase};
+use crate::provider::{AnyProvider, Owner, Provider, ProvisionRequest, Released};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, Resource, ResourceExt};
+use std::sync::Arc;
+
+/// Where the driver writes status. The Kubernetes implementation applies `/status`; tests use
+/// an in-memory one (and can drop a write to simulate a crash).
+#[async_trait::async_trait]
+pub trait StatusSink: Send + Sync {
+    async fn write(&self, status: &MachineRequestStatus) -> Result<(), Error>;
+}
+
+/// Server-side apply of a request's status subresource.
+pub struct KubeStatus {
+    api: Api<MachineRequest>,
+    name: String,
+}
+
+#[async_trait::async_trait]
+impl StatusSink for KubeStatus {
+    async fn write(&self, status: &MachineRequestStatus) -> Result<(), Error> {
+        let patch = serde_json::json!({
+            "apiVersion": "orb.dev/v1alpha1",
+            "kind": "MachineRequest",
+            "status": status,
+        });
+        self.api.patch_status(&self.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+        Ok(())
+    }
+}
+
+/// Writes only when something changed: an unchanged status costs no API call.
+async fn write_if_changed(
+    sink: &dyn StatusSink,
+    before: &MachineRequestStatus,
+    after: &MachineRequestStatus,
+) -> Result<(), Error> {
+    if before != after { sink.write(after).await } else { Ok(()) }
+}
+
+/// The owner of a request's machines, as tags name it.
+pub fn owner_of(mr: &MachineRequest) -> Result<Owner, Error> {
+    let missing = |field| Error::MissingField { object: format!("MachineRequest {}", mr.name_any()), field };
+    Ok(Owner {
+        uid: mr.uid().ok_or_else(|| missing("metadata.uid"))?,
+        namespace: mr.namespace().ok_or_else(|| missing("metadata.namespace"))?,
+        name: mr.name_any(),
+        template: mr.spec.template_ref.name.clone(),
+    })
+}
+
+/// One pass of observe -> plan -> act -> report for a request whose template and provider are
+/// known. Returns the status it left and when to look again.
+pub async fn drive(
+    mr: &MachineRequest,
+    template: &MachineTemplate,
+    provider_name: &str,
+    provider: &AnyProvider,
+    sink: &dyn StatusSink,
+    now: jiff::Timestamp,
+) -> Result<(MachineRequestStatus, Requeue), Error> {
+    let owner = owner_of(mr)?;
+    let previous = mr.status.clone().unwrap_or_default();
+    let frame = Frame {
+        now,
+        request_name: &owner.name,
+        uid: &owner.uid,
+        generation: mr.meta().generation.unwrap_or_default(),
+        spec: &mr.spec,
+        template: &template.spec,
+        template_generation: template.meta().generation.unwrap_or_default(),
+        launch_hold: launch_hold(template),
+    };
+    let observed = provider.describe(&owner).await?;
+    let plan = planner::plan(&frame, &previous, &observed);
+    let mut status = plan.status;
+    status.provider = Some(provider_name.to_string());
+    write_if_changed(sink, &previous, &status).await?;
+    match plan.step {
+        Step::Wait => {}
+        Step::Return(ids) => {
+            tracing::info!(request = %owner.key(), machines = ?ids, "returning machines");
+            if let Err(e) = provider.return_machines(&owner, &ids).await {
+                planner::record_return_error(&frame, &mut status, &e);
+                sink.write(&status).await?;
+                return Err(e.into());
+            }
+        }
+        Step::Launch { units, attempt } => {
+            tracing::info!(request = %owner.key(), units, attempt = attempt.number, "launching");
+            let request = ProvisionRequest {
+                owner: &owner,
+                template: &template.spec,
+                units,
+                client_token: &attempt.client_token,
+            };
+            let result = provider.provision(&request).await;
+            let before = status.clone();
+            planner::record_launch(&frame, &mut status, &result);
+            write_if_changed(sink, &before, &status).await?;
+            if let Err(e) = result {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok((status, plan.requeue))
+}
+
+/// Launching waits until the template's current generation was validated: bad input never
+/// launches anything.
+fn launch_hold(template: &MachineTemplate) -> Option<(String, String)> {
+    let generation = template.meta().generation;
+    let ready = template.status.as_ref().and_then(|s| conditions::find(&s.conditions, conditions::READY));
+    match ready {
+        Some(c) if c.status == "True" && c.observed_generation == generation => None,
+        Some(c) if c.observed_generation == generation => Some((
+            "TemplateNotReady".into(),
+            format!("template {} is not Ready: {} ({})", template.name_any(), c.message, c.reason),
+        )),
+        _ => Some((
+            "TemplateNotValidated".into(),
+            format!("template {} has not been validated yet", template.name_any()),
+        )),
+    }
+}
+
+/// Reconciles one MachineRequest.
+pub async fn reconcile(mr: Arc<MachineRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = mr.namespace().unwrap_or_default();
+    let api: Api<MachineRequest> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, mr.clone(), |event| async {
+        match event {
+            Finalizer::Apply(mr) => apply(&mr, &api, &ctx).await,
+            Finalizer::Cleanup(mr) => cleanup(&mr, &api, &ctx).await,
+        }
+    })
+    .await
+    .map_err(super::flatten);
+    if let Err(error) = &result {
+        tracing::warn!(request = %format!("{ns}/{}", mr.name_any()), %error, "reconcile failed");
+        if !matches!(error, Error::ReleaseInProgress { .. }) {
+            publish(&ctx, &mr, EventType::Warning, &error.reason(), error.to_string(), "Reconcile").await;
+        }
+    }
+    result
+}
+
+pub fn error_policy(_mr: Arc<MachineRequest>, error: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(error.backoff(&ctx.timing))
+}
+
+async fn apply(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) -> Result<Action, Error> {
+    let sink = KubeStatus { api: api.clone(), name: mr.name_any() };
+    let ns = mr.namespace().unwrap_or_default();
+    let previous = mr.status.clone().unwrap_or_default();
+    let Some(template) = ctx.template(&ns, &mr.spec.template_ref.name) else {
+        let message = format!(
+            "MachineTemplate {} not found in namespace {ns}; nothing is launched until it exists",
+            mr.spec.template_ref.name
+        );
+        return wait_pending(mr, ctx, &sink, "TemplateNotFound", message).await;
+    };
+    let provider_name = template.spec.provider.clone();
+    let Some(provider) = ctx.registry.get(&provider_name) else {
+        let message = format!(
+            "template {} names provider `{provider_name}`, which the operator config does not define (configured: {})",
+            template.name_any(),
+            ctx.registry.names().join(", ")
+        );
+        return wait_pending(mr, ctx, &sink, "ProviderNotFound", message).await;
+    };
+    let (status, requeue) = drive(mr, &template, &provider_name, provider, &sink, jiff::Timestamp::now()).await?;
+    announce(ctx, mr, &previous, &status).await;
+    Ok(ctx.timing.after(requeue))
+}
+
+/// Records that the request cannot proceed (no template, no provider) without touching a cloud.
+async fn wait_pending(
+    mr: &MachineRequest,
+    ctx: &Context,
+    sink: &dyn StatusSink,
+    reason: &str,
+    message: String,
+) -> Result<Action, Error> {
+    let previous = mr.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    let now = Time(jiff::Timestamp::now());
+    let generation = mr.meta().generation;
+    status.observed_generation = generation;
+    status.requested_capacity = mr.spec.capacity;
+    status.phase = Some(Phase::Pending);
+    conditions::upsert(
+        &mut status.conditions,
+        Cond::new(conditions::READY, false, reason, message.clone()),
+        generation,
+        &now,
+    );
+    conditions::upsert(
+        &mut status.conditions,
+        Cond::new(conditions::PROGRESSING, false, reason, message),
+        generation,
+        &now,
+    );
+    write_if_changed(sink, &previous, &status).await?;
+    announce(ctx, mr, &previous, &status).await;
+    // The template (or config) appearing re-queues through the watch; this is a safety net.
+    Ok(Action::requeue(ctx.timing.idle))
+}
+
+async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) -> Result<Action, Error> {
+    let owner = owner_of(mr)?;
+    if mr.spec.deletion_policy == DeletionPolicy::Orphan {
+        publish(
+            ctx,
+            mr,
+            EventType::Normal,
+            "Orphaned",
+            "deletionPolicy Orphan: machines left running".into(),
+            "Release",
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let status = mr.status.clone().unwrap_or_default();
+    let provider_name = ctx
+        .template(&owner.namespace, &owner.template)
+        .map(|t| t.spec.provider.clone())
+        .or_else(|| status.provider.clone());
+    let Some(provider_name) = provider_name else {
+        // No template and no recorded provider: nothing was ever launched.
+        return Ok(Action::await_change());
+    };
+    let provider = ctx.registry.get(&provider_name).ok_or_else(|| Error::ProviderGone {
+        object: owner.key(),
+        provider: provider_name.clone(),
+        configured: ctx.registry.names().join(", "),
+    })?;
+    if status.phase != Some(Phase::Deleting) {
+        let mut deleting = status.clone();
+        deleting.phase = Some(Phase::Deleting);
+        let now = Time(jiff::Timestamp::now());
+        let message = "request deleted; releasing every machine it owns";
+        conditions::upsert(
+            &mut deleting.conditions,
+            Cond::new(conditions::READY, false, "Deleting", message),
+            mr.meta().generation,
+            &now,
+        );
+        KubeStatus { api: api.clone(), name: mr.name_any() }.write(&deleting).await?;
+        announce(ctx, mr, &status, &deleting).await;
+    }
+    match provider.release(&owner).await? {
+        Released::Done => {
+            tracing::info!(request = %owner.key(), "released");
+            publish(
+                ctx,
+                mr,
+                EventType::Normal,
+                "Released",
+                "every machine of the request was released".into(),
+                "Release",
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Released::InProgress(left) => Err(Error::ReleaseInProgress { object: owner.key(), left }),
+    }
+}
+
+/// An Event for each phase transition.
+async fn announce(ctx: &Context, mr: &MachineRequest, before: &MachineRequestStatus, after: &MachineRequestStatus) {
+    let (Some(phase), true) = (after.phase, after.phase != before.phase) else { return };
+    let note = conditions::find(&after.conditions, conditions::READY).map(|c| c.message.clone()).unwrap_or_default();
+    let type_ = match phase {
+        Phase::Failed | Phase::Partial => EventType::Warning,
+        _ => EventType::Normal,
+    };
+    publish(ctx, mr, type_, &format!("{phase:?}"), note, "Reconcile").await;
+}
+
+async fn publish(ctx: &Context, mr: &MachineRequest, type_: EventType, reason: &str, note: String, action: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(note, 1000)),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &mr.object_ref(&())).await {
+        tracing::warn!(%error, "could not publish event");
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}

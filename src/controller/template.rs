@@ -1,0 +1,116 @@
+//! The MachineTemplate reconciler: runs the provider's validation and health check, reports the
+//! `Ready` condition (reason and message name the exact problem), and counts `machinesInUse`
+//! across the requests that use the template. Validation results are cached per generation for
+//! a few minutes so that request churn does not turn into cloud API calls.
+
+use super::{Context, Error, MANAGER};
+use crate::api::conditions::{self, Cond};
+use crate::api::{MachineTemplate, MachineTemplateStatus};
+use crate::provider::{InstanceState, Provider, ProviderError};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a validation verdict is reused for the same template generation.
+const VALIDATION_TTL: Duration = Duration::from_secs(300);
+
+/// Last verdict per template uid: (generation, when, condition).
+#[derive(Default)]
+pub struct ValidationCache(Mutex<HashMap<String, (i64, Instant, Cond)>>);
+
+impl ValidationCache {
+    fn get(&self, uid: &str, generation: i64) -> Option<Cond> {
+        let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(uid).filter(|(g, at, _)| *g == generation && at.elapsed() < VALIDATION_TTL).map(|(_, _, c)| c.clone())
+    }
+    fn put(&self, uid: String, generation: i64, cond: Cond) {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.insert(uid, (generation, Instant::now(), cond));
+    }
+}
+
+/// The `Ready` verdict for a template: provider known, template valid, provider healthy.
+pub async fn readiness(template: &MachineTemplate, ctx: &Context) -> Cond {
+    let name = &template.spec.provider;
+    let Some(provider) = ctx.registry.get(name) else {
+        return Cond::new(
+            conditions::READY,
+            false,
+            "ProviderNotFound",
+            format!(
+                "spec.provider: no provider named `{name}` in the operator config (configured: {})",
+                ctx.registry.names().join(", ")
+            ),
+        );
+    };
+    if let Err(e) = provider.validate(&template.spec).await {
+        let reason = match &e {
+            ProviderError::Invalid { .. } => "InvalidSpec",
+            ProviderError::Auth { .. } => "NotAuthorized",
+            _ => "ValidationUnavailable",
+        };
+        return Cond::new(conditions::READY, false, reason, e.to_string());
+    }
+    match provider.health().await {
+        Ok(where_) => {
+            Cond::new(conditions::READY, true, "Valid", format!("template valid; provider `{name}` healthy: {where_}"))
+        }
+        Err(e) => Cond::new(conditions::READY, false, "ProviderUnhealthy", format!("provider `{name}`: {e}")),
+    }
+}
+
+/// Machines (pending or running, not being returned) of every request using the template.
+fn machines_in_use(template: &MachineTemplate, ctx: &Context) -> i32 {
+    let (ns, name) = (template.namespace(), template.name_any());
+    let count: usize = ctx
+        .requests
+        .state()
+        .iter()
+        .filter(|r| r.namespace() == ns && r.spec.template_ref.name == name)
+        .filter_map(|r| r.status.as_ref())
+        .flat_map(|s| s.machines.iter())
+        .filter(|m| !m.returning && InstanceState::parse(&m.state).is_some_and(InstanceState::is_live))
+        .count();
+    i32::try_from(count).unwrap_or(i32::MAX)
+}
+
+pub async fn reconcile(template: Arc<MachineTemplate>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let generation = template.meta().generation.unwrap_or_default();
+    let uid = template.uid().unwrap_or_default();
+    let ready = match ctx.validations.get(&uid, generation) {
+        Some(cond) => cond,
+        None => {
+            let cond = readiness(&template, &ctx).await;
+            // Transient trouble (throttling, outages) is re-checked soon rather than cached.
+            if cond.status || cond.reason == "InvalidSpec" || cond.reason == "ProviderNotFound" {
+                ctx.validations.put(uid, generation, cond.clone());
+            }
+            cond
+        }
+    };
+    let previous = template.status.clone().unwrap_or_default();
+    let mut status = MachineTemplateStatus {
+        observed_generation: Some(generation),
+        conditions: previous.conditions.clone(),
+        machines_in_use: machines_in_use(&template, &ctx),
+    };
+    if !ready.status {
+        tracing::info!(template = %template.name_any(), reason = %ready.reason, message = %ready.message, "template not ready");
+    }
+    conditions::upsert(&mut status.conditions, ready.clone(), Some(generation), &Time(jiff::Timestamp::now()));
+    if status != previous {
+        let api: Api<MachineTemplate> = Api::namespaced(ctx.client.clone(), &template.namespace().unwrap_or_default());
+        let patch = serde_json::json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineTemplate", "status": status});
+        api.patch_status(&template.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    }
+    Ok(Action::requeue(if ready.status { ctx.timing.idle } else { ctx.timing.error * 2 }))
+}
+
+pub fn error_policy(_template: Arc<MachineTemplate>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "template reconcile failed");
+    Action::requeue(error.backoff(&ctx.timing))
+}

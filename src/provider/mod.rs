@@ -1,0 +1,346 @@
+//! The provider seam: what the controllers need from a cloud, in domain terms (health, validate a
+//! template, provision capacity, describe a request's machines, return machines, release
+//! everything), and the registry of named providers built from configuration.
+//!
+//! Providers never touch Kubernetes; controllers never touch a cloud SDK.
+
+pub mod sim;
+
+use crate::api::{MachineTemplateSpec, Resources};
+use crate::config::{Config, ProviderConfig};
+use std::collections::BTreeMap;
+use std::future::Future;
+
+/// Tag keys the operator puts on every cloud resource (DESIGN §4.3).
+pub mod tags {
+    pub const CLUSTER: &str = "orb.dev/cluster";
+    pub const REQUEST_UID: &str = "orb.dev/request-uid";
+    pub const REQUEST: &str = "orb.dev/request";
+    pub const TEMPLATE: &str = "orb.dev/template";
+}
+
+/// The request that owns machines, as the cloud sees it (it is written into tags).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub template: String,
+}
+
+impl Owner {
+    /// `namespace/name`, the value of the `orb.dev/request` tag.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// EC2 instance states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum InstanceState {
+    Pending,
+    Running,
+    ShuttingDown,
+    Terminated,
+    Stopping,
+    Stopped,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::ShuttingDown => "shutting-down",
+            Self::Terminated => "terminated",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => Self::Pending,
+            "running" => Self::Running,
+            "shutting-down" => Self::ShuttingDown,
+            "terminated" => Self::Terminated,
+            "stopping" => Self::Stopping,
+            "stopped" => Self::Stopped,
+            _ => return None,
+        })
+    }
+
+    /// Pending or running: the machine provides (or is about to provide) capacity.
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Pending | Self::Running)
+    }
+
+    /// Not yet on its way out: terminating it is still meaningful.
+    pub fn can_terminate(self) -> bool {
+        !matches!(self, Self::ShuttingDown | Self::Terminated)
+    }
+}
+
+/// One machine as the cloud reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedMachine {
+    pub instance_id: String,
+    pub state: InstanceState,
+    pub instance_type: Option<String>,
+    /// `spot` or `on-demand`.
+    pub capacity_type: Option<String>,
+    pub zone: Option<String>,
+    pub subnet_id: Option<String>,
+    pub private_ip: Option<String>,
+    pub public_ip: Option<String>,
+    pub launch_time: Option<jiff::Timestamp>,
+    /// Why the cloud changed the state (EC2 StateReason), if it said.
+    pub state_reason: Option<String>,
+}
+
+impl ObservedMachine {
+    /// A machine with only an id and a state; the rest filled by the caller.
+    pub fn new(instance_id: impl Into<String>, state: InstanceState) -> Self {
+        Self {
+            instance_id: instance_id.into(),
+            state,
+            instance_type: None,
+            capacity_type: None,
+            zone: None,
+            subnet_id: None,
+            private_ip: None,
+            public_ip: None,
+            launch_time: None,
+            state_reason: None,
+        }
+    }
+}
+
+/// A request to provision `units` capacity units for `owner`.
+#[derive(Clone, Debug)]
+pub struct ProvisionRequest<'a> {
+    pub owner: &'a Owner,
+    pub template: &'a MachineTemplateSpec,
+    pub units: u32,
+    /// Idempotency token of this attempt; the same token never launches twice.
+    pub client_token: &'a str,
+}
+
+/// A launch that failed for one instance type / zone while others may have worked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchFailure {
+    pub code: String,
+    pub message: String,
+    pub instance_type: Option<String>,
+    pub zone: Option<String>,
+}
+
+/// What a provision call achieved.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProvisionOutcome {
+    pub launched: Vec<ObservedMachine>,
+    pub failures: Vec<LaunchFailure>,
+    pub resources: Resources,
+}
+
+/// Whether `release` finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Released {
+    /// Nothing of the request is pending or running any more.
+    Done,
+    /// Teardown started; call again later. The text says what is left.
+    InProgress(String),
+}
+
+/// Provider errors, classified (DESIGN §4.6). Each carries the cloud's error code and message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("throttled ({code}): {message}")]
+    Throttled { code: String, message: String },
+    #[error("insufficient capacity ({code}): {message}")]
+    Capacity { code: String, message: String },
+    #[error("not found ({code}): {message}")]
+    NotFound { code: String, message: String },
+    /// The template or request is wrong; `field` is the spec path (e.g. `spec.imageId`).
+    #[error("{field}: {message} ({code})")]
+    Invalid { field: String, code: String, message: String },
+    #[error("not authorized ({code}): {message}")]
+    Auth { code: String, message: String },
+    #[error("transient error ({code}): {message}")]
+    Transient { code: String, message: String },
+}
+
+impl ProviderError {
+    /// The error class, used for Event reasons and metric labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Throttled { .. } => "Throttled",
+            Self::Capacity { .. } => "Capacity",
+            Self::NotFound { .. } => "NotFound",
+            Self::Invalid { .. } => "Invalid",
+            Self::Auth { .. } => "Auth",
+            Self::Transient { .. } => "Transient",
+        }
+    }
+
+    /// The cloud's error code.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Throttled { code, .. }
+            | Self::Capacity { code, .. }
+            | Self::NotFound { code, .. }
+            | Self::Invalid { code, .. }
+            | Self::Auth { code, .. }
+            | Self::Transient { code, .. } => code,
+        }
+    }
+
+    /// Errors that retrying cannot fix: the spec or the credentials must change.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Invalid { .. } | Self::Auth { .. })
+    }
+
+    pub fn invalid(field: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid { field: field.into(), code: code.into(), message: message.into() }
+    }
+}
+
+/// What the controllers need from a cloud. Implementations must not block: long operations are
+/// started and observed on later calls.
+pub trait Provider: Send + Sync {
+    /// A cheap call proving the cloud is reachable; the text describes where (e.g. the region).
+    fn health(&self) -> impl Future<Output = Result<String, ProviderError>> + Send;
+    /// Checks what admission cannot: do the image, subnets, groups and types exist?
+    fn validate(&self, template: &MachineTemplateSpec) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// Launches up to `units` capacity units. Partial success is `Ok` with failures listed.
+    fn provision(
+        &self,
+        request: &ProvisionRequest<'_>,
+    ) -> impl Future<Output = Result<ProvisionOutcome, ProviderError>> + Send;
+    /// Every machine the owner has in the cloud (found by its tags), terminated ones included
+    /// while the cloud still reports them.
+    fn describe(&self, owner: &Owner) -> impl Future<Output = Result<Vec<ObservedMachine>, ProviderError>> + Send;
+    /// Terminates the given machines of `owner`; ids already gone are ignored.
+    fn return_machines(
+        &self,
+        owner: &Owner,
+        instance_ids: &[String],
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// Tears down everything the owner has.
+    fn release(&self, owner: &Owner) -> impl Future<Output = Result<Released, ProviderError>> + Send;
+}
+
+/// A configured provider: adding a kind is a compile error everywhere it must be handled.
+pub enum AnyProvider {
+    Sim(sim::SimProvider),
+}
+
+impl Provider for AnyProvider {
+    async fn health(&self) -> Result<String, ProviderError> {
+        match self {
+            Self::Sim(p) => p.health().await,
+        }
+    }
+    async fn validate(&self, template: &MachineTemplateSpec) -> Result<(), ProviderError> {
+        match self {
+            Self::Sim(p) => p.validate(template).await,
+        }
+    }
+    async fn provision(&self, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {
+        match self {
+            Self::Sim(p) => p.provision(request).await,
+        }
+    }
+    async fn describe(&self, owner: &Owner) -> Result<Vec<ObservedMachine>, ProviderError> {
+        match self {
+            Self::Sim(p) => p.describe(owner).await,
+        }
+    }
+    async fn return_machines(&self, owner: &Owner, instance_ids: &[String]) -> Result<(), ProviderError> {
+        match self {
+            Self::Sim(p) => p.return_machines(owner, instance_ids).await,
+        }
+    }
+    async fn release(&self, owner: &Owner) -> Result<Released, ProviderError> {
+        match self {
+            Self::Sim(p) => p.release(owner).await,
+        }
+    }
+}
+
+/// The named providers of the configuration.
+pub struct Registry {
+    providers: BTreeMap<String, AnyProvider>,
+}
+
+impl Registry {
+    /// Builds every configured provider (AWS clients are created here, once).
+    pub async fn from_config(config: &Config) -> Self {
+        let mut providers = BTreeMap::new();
+        for (name, provider) in &config.providers {
+            let built = match provider {
+                ProviderConfig::Sim(settings) => AnyProvider::Sim(sim::SimProvider::new(settings.clone())),
+                ProviderConfig::Aws(_) => {
+                    tracing::error!(provider = %name, "the aws provider is not available in this build; skipping it");
+                    continue;
+                }
+            };
+            providers.insert(name.clone(), built);
+        }
+        Self { providers }
+    }
+
+    /// A registry of explicitly built providers (tests, embedding).
+    pub fn with(providers: impl IntoIterator<Item = (String, AnyProvider)>) -> Self {
+        Self { providers: providers.into_iter().collect() }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&AnyProvider> {
+        self.providers.get(name)
+    }
+
+    /// Configured names, for error messages.
+    pub fn names(&self) -> Vec<&str> {
+        self.providers.keys().map(String::as_str).collect()
+    }
+}
+
+/// How many machines of `weight` units cover `units`: rounding up, so the surplus is always
+/// less than one machine.
+pub fn machines_for(units: u32, weight: u32) -> u32 {
+    units.div_ceil(weight.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machines_for_rounds_up_and_never_overshoots_by_a_whole_machine() {
+        assert_eq!(machines_for(10, 4), 3);
+        assert_eq!(machines_for(8, 4), 2);
+        assert_eq!(machines_for(0, 4), 0);
+        assert_eq!(machines_for(3, 1), 3);
+        assert_eq!(machines_for(3, 0), 3, "a zero weight counts as one");
+        for units in 0..50u32 {
+            for weight in 1..8u32 {
+                let n = machines_for(units, weight);
+                assert!(n * weight >= units && n * weight < units + weight);
+            }
+        }
+    }
+
+    #[test]
+    fn only_invalid_and_auth_errors_are_terminal() {
+        let e = |f: fn(String, String) -> ProviderError| f("C".into(), "m".into());
+        assert!(!e(|code, message| ProviderError::Throttled { code, message }).is_terminal());
+        assert!(!e(|code, message| ProviderError::Capacity { code, message }).is_terminal());
+        assert!(!e(|code, message| ProviderError::Transient { code, message }).is_terminal());
+        assert!(e(|code, message| ProviderError::Auth { code, message }).is_terminal());
+        assert!(ProviderError::invalid("spec.imageId", "InvalidAMIID.NotFound", "no such image").is_terminal());
+        assert_eq!(
+            ProviderError::invalid("spec.imageId", "InvalidAMIID.NotFound", "no such image").to_string(),
+            "spec.imageId: no such image (InvalidAMIID.NotFound)"
+        );
+    }
+}

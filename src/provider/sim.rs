@@ -1,0 +1,257 @@
+//! The simulated cloud (`type: sim`): an in-process stand-in for EC2 with EC2-shaped instance
+//! ids, `pending` -> `running` after a configurable delay, `shutting-down` -> `terminated` after
+//! another, injected `InsufficientInstanceCapacity` per instance type, and client-token
+//! idempotency like AWS's. It is the zero-setup default for demos and the fake behind controller
+//! tests.
+//!
+//! Its state lives in the operator's memory: a restart forgets every simulated machine.
+
+use super::{
+    InstanceState, LaunchFailure, ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome, ProvisionRequest,
+    Released, machines_for,
+};
+use crate::api::MachineTemplateSpec;
+use crate::config::SimSettings;
+use jiff::{SignedDuration, Timestamp};
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// How long terminated machines stay visible, like EC2's roughly one hour.
+const TERMINATED_RETENTION: SignedDuration = SignedDuration::from_hours(1);
+
+struct SimInstance {
+    owner_uid: String,
+    instance_type: String,
+    subnet_id: Option<String>,
+    zone: String,
+    spot: bool,
+    private_ip: String,
+    launched_at: Timestamp,
+    terminate_requested_at: Option<Timestamp>,
+}
+
+#[derive(Default)]
+struct Cloud {
+    instances: BTreeMap<String, SimInstance>,
+    /// client token -> instances launched with it.
+    tokens: BTreeMap<String, Vec<String>>,
+    next_ip: u32,
+}
+
+/// The simulated provider.
+pub struct SimProvider {
+    settings: SimSettings,
+    cloud: Mutex<Cloud>,
+}
+
+impl SimProvider {
+    pub fn new(settings: SimSettings) -> Self {
+        Self { settings, cloud: Mutex::new(Cloud::default()) }
+    }
+
+    fn cloud(&self) -> std::sync::MutexGuard<'_, Cloud> {
+        // A panic while holding the lock leaves consistent data (every write is one insert).
+        self.cloud.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn state_of(&self, instance: &SimInstance, now: Timestamp) -> InstanceState {
+        match instance.terminate_requested_at {
+            Some(at) if now >= at + self.settings.terminating() => InstanceState::Terminated,
+            Some(_) => InstanceState::ShuttingDown,
+            None if now >= instance.launched_at + self.settings.pending() => InstanceState::Running,
+            None => InstanceState::Pending,
+        }
+    }
+
+    fn observe(&self, id: &str, instance: &SimInstance, now: Timestamp) -> ObservedMachine {
+        let state = self.state_of(instance, now);
+        ObservedMachine {
+            instance_type: Some(instance.instance_type.clone()),
+            capacity_type: Some(if instance.spot { "spot" } else { "on-demand" }.into()),
+            zone: Some(instance.zone.clone()),
+            subnet_id: instance.subnet_id.clone(),
+            private_ip: (state != InstanceState::Terminated).then(|| instance.private_ip.clone()),
+            public_ip: None,
+            launch_time: Some(instance.launched_at),
+            state_reason: instance
+                .terminate_requested_at
+                .map(|_| "Client.UserInitiatedShutdown: User initiated shutdown".into()),
+            ..ObservedMachine::new(id, state)
+        }
+    }
+
+    /// Terminates machines as if from outside the operator (the console, a spot reclaim).
+    /// Returns whether the machine existed.
+    pub fn terminate_externally(&self, instance_id: &str) -> bool {
+        let mut cloud = self.cloud();
+        match cloud.instances.get_mut(instance_id) {
+            Some(instance) => {
+                instance.terminate_requested_at.get_or_insert(Timestamp::now());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many instances the owner has that are pending or running (tests, demos).
+    pub fn live_count(&self, owner_uid: &str) -> usize {
+        let now = Timestamp::now();
+        let cloud = self.cloud();
+        cloud.instances.values().filter(|i| i.owner_uid == owner_uid && self.state_of(i, now).is_live()).count()
+    }
+}
+
+/// A fresh id shaped like EC2's: `i-` and 17 hex digits.
+fn new_instance_id(existing: &BTreeMap<String, SimInstance>) -> String {
+    let mut rng = rand::rng();
+    loop {
+        let id = format!("i-{:017x}", rng.random::<u128>() & ((1u128 << 68) - 1));
+        if !existing.contains_key(&id) {
+            return id;
+        }
+    }
+}
+
+/// Shape checks for fields the simulator cannot look up; each error names the spec field.
+fn check_shapes(t: &MachineTemplateSpec) -> Result<(), ProviderError> {
+    let invalid = |field: String, message: String| Err(ProviderError::invalid(field, "InvalidParameterValue", message));
+    if let Some(image) = &t.image_id
+        && !(image.starts_with("resolve:ssm:") || is_aws_id(image, "ami-"))
+    {
+        return invalid(
+            "spec.imageId".into(),
+            format!("`{image}` is neither an AMI id (ami-...) nor resolve:ssm:<parameter>"),
+        );
+    }
+    for (i, it) in t.instance_types.iter().enumerate() {
+        if !it.type_.contains('.') {
+            return invalid(
+                format!("spec.instanceTypes[{i}].type"),
+                format!("`{}` is not an instance type such as m5.large", it.type_),
+            );
+        }
+    }
+    for (i, subnet) in t.subnet_ids.iter().enumerate() {
+        if !is_aws_id(subnet, "subnet-") {
+            return invalid(format!("spec.subnetIds[{i}]"), format!("`{subnet}` is not a subnet id (subnet-...)"));
+        }
+    }
+    for (i, sg) in t.security_group_ids.iter().enumerate() {
+        if !is_aws_id(sg, "sg-") {
+            return invalid(
+                format!("spec.securityGroupIds[{i}]"),
+                format!("`{sg}` is not a security group id (sg-...)"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn is_aws_id(text: &str, prefix: &str) -> bool {
+    text.strip_prefix(prefix)
+        .is_some_and(|hex| (8..=17).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+impl Provider for SimProvider {
+    async fn health(&self) -> Result<String, ProviderError> {
+        Ok("simulated cloud (in memory)".into())
+    }
+
+    async fn validate(&self, template: &MachineTemplateSpec) -> Result<(), ProviderError> {
+        check_shapes(template)
+    }
+
+    async fn provision(&self, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {
+        let now = Timestamp::now();
+        let mut cloud = self.cloud();
+        if let Some(ids) = cloud.tokens.get(request.client_token) {
+            // Same token, same answer: nothing new is launched.
+            let launched =
+                ids.iter().filter_map(|id| cloud.instances.get(id).map(|i| self.observe(id, i, now))).collect();
+            return Ok(ProvisionOutcome { launched, ..Default::default() });
+        }
+        let mut outcome = ProvisionOutcome::default();
+        let spot = request.template.price_type != crate::api::PriceType::OnDemand;
+        for it in &request.template.instance_types {
+            if self.settings.insufficient_capacity.contains(&it.type_) {
+                outcome.failures.push(LaunchFailure {
+                    code: "InsufficientInstanceCapacity".into(),
+                    message: format!("We currently do not have sufficient {} capacity (simulated).", it.type_),
+                    instance_type: Some(it.type_.clone()),
+                    zone: None,
+                });
+                continue;
+            }
+            let count = machines_for(request.units, it.weight.unsigned_abs());
+            let subnets = &request.template.subnet_ids;
+            let mut ids = vec![];
+            for n in 0..count {
+                let id = new_instance_id(&cloud.instances);
+                let slot = n as usize % subnets.len().max(1);
+                cloud.next_ip += 1;
+                let ip = cloud.next_ip;
+                cloud.instances.insert(
+                    id.clone(),
+                    SimInstance {
+                        owner_uid: request.owner.uid.clone(),
+                        instance_type: it.type_.clone(),
+                        subnet_id: subnets.get(slot).cloned(),
+                        zone: format!("sim-1{}", (b'a' + (slot % 3) as u8) as char),
+                        spot,
+                        private_ip: format!("10.{}.{}.{}", (ip >> 16) & 255, (ip >> 8) & 255, ip & 255),
+                        launched_at: now,
+                        terminate_requested_at: None,
+                    },
+                );
+                ids.push(id);
+            }
+            outcome.launched =
+                ids.iter().filter_map(|id| cloud.instances.get(id).map(|i| self.observe(id, i, now))).collect();
+            cloud.tokens.insert(request.client_token.to_string(), ids);
+            return Ok(outcome);
+        }
+        // Every listed type was out of capacity (or none was listed).
+        Err(ProviderError::Capacity {
+            code: "InsufficientInstanceCapacity".into(),
+            message: format!("no capacity for any of {} instance type(s) (simulated)", outcome.failures.len()),
+        })
+    }
+
+    async fn describe(&self, owner: &Owner) -> Result<Vec<ObservedMachine>, ProviderError> {
+        let now = Timestamp::now();
+        let mut cloud = self.cloud();
+        let settings_terminating = self.settings.terminating();
+        cloud.instances.retain(|_, i| {
+            i.terminate_requested_at.is_none_or(|at| now < at + settings_terminating + TERMINATED_RETENTION)
+        });
+        Ok(cloud
+            .instances
+            .iter()
+            .filter(|(_, i)| i.owner_uid == owner.uid)
+            .map(|(id, i)| self.observe(id, i, now))
+            .collect())
+    }
+
+    async fn return_machines(&self, owner: &Owner, instance_ids: &[String]) -> Result<(), ProviderError> {
+        let now = Timestamp::now();
+        let mut cloud = self.cloud();
+        for id in instance_ids {
+            if let Some(instance) = cloud.instances.get_mut(id)
+                && instance.owner_uid == owner.uid
+            {
+                instance.terminate_requested_at.get_or_insert(now);
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self, owner: &Owner) -> Result<Released, ProviderError> {
+        let now = Timestamp::now();
+        let mut cloud = self.cloud();
+        for instance in cloud.instances.values_mut().filter(|i| i.owner_uid == owner.uid) {
+            instance.terminate_requested_at.get_or_insert(now);
+        }
+        Ok(Released::Done)
+    }
+}

@@ -1,0 +1,252 @@
+//! The MachineRequest reconciler against a scripted API server (tower-test): every HTTP request
+//! the reconciler makes is checked in order — finalizer first, then the attempt written to
+//! status before the launch, then the launch result, then the Event; and on deletion the
+//! release followed by the finalizer's removal. The simulated provider is the cloud.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::store;
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use orb_operator::api::conditions::{self, Cond};
+use orb_operator::api::*;
+use orb_operator::config::SimSettings;
+use orb_operator::controller::{Context, FINALIZER, Timing, request, template::ValidationCache};
+use orb_operator::provider::{AnyProvider, Registry};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tower_test::mock::{Handle, SendResponse};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+const NS: &str = "grid";
+const UID: &str = "5f0c3a2e-0000-4000-8000-000000000001";
+
+fn ready_template() -> MachineTemplate {
+    let mut t = MachineTemplate::new(
+        "workers",
+        MachineTemplateSpec {
+            provider: "default".into(),
+            image_id: Some("ami-0123456789abcdef0".into()),
+            instance_types: vec![InstanceTypeSpec { type_: "m5.large".into(), weight: 1, priority: None }],
+            ..Default::default()
+        },
+    );
+    t.meta_mut().namespace = Some(NS.into());
+    t.meta_mut().generation = Some(1);
+    let mut status = MachineTemplateStatus::default();
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    conditions::upsert(&mut status.conditions, Cond::new(conditions::READY, true, "Valid", "ok"), Some(1), &now);
+    t.status = Some(status);
+    t
+}
+
+fn request_object(finalized: bool, deleting: bool) -> MachineRequest {
+    let mut mr = MachineRequest::new(
+        "batch",
+        MachineRequestSpec {
+            template_ref: TemplateRef { name: "workers".into() },
+            capacity: 3,
+            fulfilment_timeout: "15m".into(),
+            ..Default::default()
+        },
+    );
+    let meta = mr.meta_mut();
+    meta.namespace = Some(NS.into());
+    meta.uid = Some(UID.into());
+    meta.generation = Some(1);
+    meta.resource_version = Some("1".into());
+    if finalized {
+        meta.finalizers = Some(vec![FINALIZER.into()]);
+    }
+    if deleting {
+        meta.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    }
+    mr
+}
+
+fn context(client: Client) -> (Arc<Context>, ()) {
+    let (templates, mut writer) = store();
+    writer.apply_watcher_event(&watcher::Event::Apply(ready_template()));
+    let (requests, _w) = store();
+    let sim = SimSettings { pending_delay: "0s".into(), terminating_delay: "0s".into(), ..Default::default() };
+    let ctx = Context {
+        client: client.clone(),
+        registry: Registry::with([(
+            "default".to_string(),
+            AnyProvider::Sim(orb_operator::provider::sim::SimProvider::new(sim)),
+        )]),
+        templates,
+        requests,
+        recorder: Recorder::new(client, Reporter { controller: "orb-operator".into(), instance: None }),
+        timing: Timing::default(),
+        validations: ValidationCache::default(),
+    };
+    (Arc::new(ctx), ())
+}
+
+fn sim(ctx: &Context) -> &orb_operator::provider::sim::SimProvider {
+    match ctx.registry.get("default") {
+        Some(AnyProvider::Sim(s)) => s,
+        _ => panic!("no sim provider"),
+    }
+}
+
+/// Waits for the next request, checks its method and path, and returns its JSON body.
+async fn expect(handle: &mut ApiHandle, method: Method, path: &str) -> (Value, SendResponse<Response<Body>>) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+        .expect("service not called");
+    assert_eq!(request.method(), method, "unexpected method for {}", request.uri());
+    assert_eq!(request.uri().path(), path);
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    (body, send)
+}
+
+fn respond(send: SendResponse<Response<Body>>, object: &impl serde::Serialize) {
+    send.send_response(Response::builder().body(Body::from(serde_json::to_vec(object).unwrap())).unwrap());
+}
+
+const MR_PATH: &str = "/apis/orb.dev/v1alpha1/namespaces/grid/machinerequests/batch";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/grid/events";
+
+#[tokio::test]
+async fn a_new_request_first_gets_its_finalizer_and_nothing_else() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (ctx, _) = context(Client::new(service, NS));
+    let mr = request_object(false, false);
+    let server = tokio::spawn(async move {
+        let (patch, send) = expect(&mut handle, Method::PATCH, MR_PATH).await;
+        let ops = patch.as_array().expect("a JSON patch");
+        assert!(ops.iter().any(|op| op["op"] == "add" && op["value"] == json!([FINALIZER])), "{patch}");
+        respond(send, &request_object(true, false));
+        handle
+    });
+    let action = request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let mut handle = server.await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await.is_err(), "no further calls");
+    assert_eq!(sim(&ctx).live_count(UID), 0, "nothing is launched before the finalizer is in place");
+}
+
+#[tokio::test]
+async fn a_finalized_request_records_its_attempt_then_launches_then_reports() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (ctx, _) = context(Client::new(service, NS));
+    let mr = request_object(true, false);
+    let echo = mr.clone();
+    let server = tokio::spawn(async move {
+        // 1. The attempt and its client token are written before the cloud is called.
+        let (before, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
+        assert_eq!(before["status"]["attempt"]["number"], 1);
+        assert_eq!(before["status"]["attempt"]["completed"], false);
+        assert!(before["status"]["attempt"]["clientToken"].as_str().unwrap().starts_with("orb-1-"));
+        assert_eq!(before["status"]["machines"], json!([]));
+        assert_eq!(before["status"]["phase"], "Provisioning");
+        respond(send, &echo);
+        // 2. The launch result.
+        let (after, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
+        assert_eq!(after["status"]["attempt"]["completed"], true);
+        let machines = after["status"]["machines"].as_array().unwrap();
+        assert_eq!(machines.len(), 3);
+        let mut ids: Vec<&str> = machines.iter().map(|m| m["instanceId"].as_str().unwrap()).collect();
+        assert!(ids.iter().all(|id| id.len() == 19 && id.starts_with("i-")), "{ids:?}");
+        let sorted = {
+            let mut s = ids.clone();
+            s.sort();
+            s
+        };
+        assert_eq!(ids, sorted, "machines are sorted");
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "ids are unique");
+        // The simulator's pending delay is zero here, so the machines already run.
+        assert_eq!(after["status"]["phase"], "Fulfilled");
+        assert_eq!(after["status"]["fulfilledCapacity"], 3);
+        respond(send, &echo);
+        // 3. An Event for the phase transition.
+        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
+        assert_eq!(event["reason"], "Fulfilled");
+        assert_eq!(event["regarding"]["name"], "batch");
+        respond(send, &event);
+        handle
+    });
+    let action = request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(ctx.timing.soon));
+    server.await.unwrap();
+    assert_eq!(sim(&ctx).live_count(UID), 3);
+}
+
+#[tokio::test]
+async fn deletion_releases_every_machine_then_removes_the_finalizer() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (ctx, _) = context(Client::new(service, NS));
+    // Machines exist in the cloud for this request.
+    let owner = request::owner_of(&request_object(true, false)).unwrap();
+    let template = ready_template();
+    let launch = orb_operator::provider::ProvisionRequest {
+        owner: &owner,
+        template: &template.spec,
+        units: 2,
+        client_token: "t1",
+    };
+    orb_operator::provider::Provider::provision(sim(&ctx), &launch).await.unwrap();
+    assert_eq!(sim(&ctx).live_count(UID), 2);
+
+    let mut mr = request_object(true, true);
+    mr.status = Some(MachineRequestStatus {
+        provider: Some("default".into()),
+        phase: Some(Phase::Fulfilled),
+        ..Default::default()
+    });
+    let echo = mr.clone();
+    let server = tokio::spawn(async move {
+        let (status, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
+        assert_eq!(status["status"]["phase"], "Deleting");
+        respond(send, &echo);
+        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
+        assert_eq!(event["reason"], "Deleting");
+        respond(send, &event);
+        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
+        assert_eq!(event["reason"], "Released");
+        respond(send, &event);
+        let (patch, send) = expect(&mut handle, Method::PATCH, MR_PATH).await;
+        let ops = patch.as_array().unwrap();
+        assert!(ops.iter().any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0"), "{patch}");
+        respond(send, &echo);
+    });
+    let action = request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    server.await.unwrap();
+    assert_eq!(sim(&ctx).live_count(UID), 0, "every machine was released");
+}
+
+#[tokio::test]
+async fn a_request_whose_template_is_missing_waits_and_launches_nothing() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (ctx, _) = context(Client::new(service, NS));
+    let mut mr = request_object(true, false);
+    mr.spec.template_ref.name = "nope".into();
+    let echo = mr.clone();
+    let server = tokio::spawn(async move {
+        let (status, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
+        assert_eq!(status["status"]["phase"], "Pending");
+        let ready =
+            status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "TemplateNotFound");
+        assert!(ready["message"].as_str().unwrap().contains("nope"));
+        respond(send, &echo);
+        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
+        assert_eq!(event["reason"], "Pending");
+        respond(send, &event);
+    });
+    request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
+    server.await.unwrap();
+    assert_eq!(sim(&ctx).live_count(UID), 0);
+}

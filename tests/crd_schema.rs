@@ -1,0 +1,269 @@
+//! The generated CRDs, checked offline: committed files are up to date, the schemas are
+//! structural, every CEL rule compiles and is bounded, and the rules admit and refuse what the
+//! API server would (evaluated with kube's client-side CEL validator, defaults applied first).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use kube::core::cel::{Validator, compile_schema, estimate_rule_cost};
+use orb_operator::api::{crd_files, crds_yaml};
+use serde_json::{Value, json};
+use std::path::Path;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn crd(file: &str) -> Value {
+    let text = std::fs::read_to_string(root().join("crds").join(file)).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+fn schema_of(file: &str) -> Value {
+    crd(file)["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn template_schema() -> Value {
+    schema_of("orb.dev_machinetemplates.yaml")
+}
+fn request_schema() -> Value {
+    schema_of("orb.dev_machinerequests.yaml")
+}
+
+#[test]
+fn committed_crds_equal_the_generated_ones() {
+    for (file, generated) in crd_files().unwrap() {
+        let committed = std::fs::read_to_string(root().join("crds").join(file)).unwrap_or_default();
+        assert!(committed == generated, "crds/{file} is stale: run `make crds` and commit the result");
+    }
+}
+
+#[test]
+fn the_crd_command_prints_exactly_the_committed_files() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orb-operator")).arg("crd").output().unwrap();
+    assert!(out.status.success());
+    let committed: String = ["orb.dev_machinetemplates.yaml", "orb.dev_machinerequests.yaml"]
+        .iter()
+        .map(|f| std::fs::read_to_string(root().join("crds").join(f)).unwrap())
+        .collect();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), committed);
+    assert_eq!(crds_yaml().unwrap(), committed);
+}
+
+/// Walks every schema node, calling `visit(path, node)`.
+fn walk(path: &str, node: &Value, visit: &mut dyn FnMut(&str, &Value)) {
+    visit(path, node);
+    if let Some(props) = node.get("properties").and_then(Value::as_object) {
+        for (k, v) in props {
+            walk(&format!("{path}.{k}"), v, visit);
+        }
+    }
+    if let Some(items) = node.get("items") {
+        walk(&format!("{path}[]"), items, visit);
+    }
+    if let Some(extra) = node.get("additionalProperties").filter(|v| v.is_object()) {
+        walk(&format!("{path}{{}}"), extra, visit);
+    }
+}
+
+#[test]
+fn schemas_are_structural() {
+    for schema in [template_schema(), request_schema()] {
+        let mut problems = vec![];
+        walk("", &schema, &mut |path, node| {
+            if node.get("type").and_then(Value::as_str).is_none() {
+                problems.push(format!("{path}: no type"));
+            }
+            for forbidden in ["anyOf", "oneOf", "allOf", "not", "$ref", "x-kubernetes-preserve-unknown-fields"] {
+                if node.get(forbidden).is_some() {
+                    problems.push(format!("{path}: has {forbidden}"));
+                }
+            }
+            if node.get("type") == Some(&json!("object"))
+                && node.get("properties").is_some()
+                && node.get("additionalProperties").is_some()
+            {
+                problems.push(format!("{path}: both properties and additionalProperties"));
+            }
+        });
+        assert!(problems.is_empty(), "structural violations: {problems:#?}");
+    }
+}
+
+#[test]
+fn every_value_a_cel_rule_can_reach_is_bounded() {
+    for schema in [template_schema(), request_schema()] {
+        let mut unbounded = vec![];
+        let mut rules = 0;
+        walk("", &schema, &mut |path, node| {
+            if node.get("x-kubernetes-validations").is_none() {
+                return;
+            }
+            walk(path, node, &mut |inner, n| match n.get("type").and_then(Value::as_str) {
+                Some("string")
+                    if n.get("maxLength").is_none() && n.get("enum").is_none() && n.get("format").is_none() =>
+                {
+                    unbounded.push(format!("{inner}: string without maxLength"))
+                }
+                Some("array") if n.get("maxItems").is_none() => {
+                    unbounded.push(format!("{inner}: list without maxItems"))
+                }
+                Some("object") if n.get("additionalProperties").is_some() && n.get("maxProperties").is_none() => {
+                    unbounded.push(format!("{inner}: map without maxProperties"))
+                }
+                _ => {}
+            });
+            let compiled = compile_schema(node);
+            for rule in node["x-kubernetes-validations"].as_array().unwrap() {
+                rules += 1;
+                let text = rule["rule"].as_str().unwrap();
+                let warnings = estimate_rule_cost(text, &compiled);
+                assert!(warnings.is_empty(), "{path}: rule `{text}`: {warnings:?}");
+                assert!(
+                    rule["message"].as_str().is_some_and(|m| !m.is_empty()),
+                    "{path}: rule `{text}` has no message"
+                );
+            }
+        });
+        assert!(rules > 0);
+        unbounded.sort();
+        unbounded.dedup();
+        assert!(unbounded.is_empty(), "unbounded values under CEL rules: {unbounded:#?}");
+    }
+}
+
+#[test]
+fn every_cel_rule_compiles() {
+    let mut count = 0;
+    for schema in [template_schema(), request_schema()] {
+        walk("", &schema, &mut |path, node| {
+            let compiled = compile_schema(
+                &json!({"type": node["type"], "x-kubernetes-validations": node.get("x-kubernetes-validations").cloned().unwrap_or(json!([]))}),
+            );
+            let errors: Vec<_> = compiled.compilation_errors().iter().map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{path}: {errors:?}");
+            count += compiled.validations.len();
+        });
+    }
+    assert_eq!(count, 12, "a rule was added or lost: update this count deliberately");
+}
+
+fn template(spec: Value) -> Value {
+    json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineTemplate", "metadata": {"name": "t"}, "spec": spec})
+}
+
+fn request(spec: Value) -> Value {
+    json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineRequest", "metadata": {"name": "r"}, "spec": spec})
+}
+
+fn admission_errors(schema: &Value, object: &Value) -> Vec<String> {
+    match Validator::new().validate(schema, object, None) {
+        Ok(()) => vec![],
+        Err(errors) => errors.into_vec().into_iter().map(|e| format!("{}: {}", e.field_path, e.message)).collect(),
+    }
+}
+
+fn valid_template() -> Value {
+    json!({"imageId": "ami-0123456789abcdef0", "instanceTypes": [{"type": "m5.large"}]})
+}
+
+#[test]
+fn the_examples_are_admitted() {
+    for dir in std::fs::read_dir(root().join("examples")).unwrap() {
+        for file in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let object: Value = serde::Deserialize::deserialize(doc).unwrap();
+                let schema = match object["kind"].as_str() {
+                    Some("MachineTemplate") => template_schema(),
+                    Some("MachineRequest") => request_schema(),
+                    other => panic!("{}: unexpected kind {other:?}", path.display()),
+                };
+                let errors = admission_errors(&schema, &object);
+                assert!(errors.is_empty(), "{} refused: {errors:?}", path.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn admission_refuses_bad_templates_naming_the_field() {
+    let with = |patch: Value| {
+        let mut spec = valid_template();
+        for (k, v) in patch.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        template(spec)
+    };
+    let cases = [
+        (with(json!({"onDemandPercent": 150})), "onDemandPercent"),
+        (with(json!({"onDemandPercent": -1})), "onDemandPercent"),
+        (with(json!({"instanceTypes": [{"type": "m5.large", "weight": 0}]})), "weight"),
+        (with(json!({"instanceTypes": []})), "instanceTypes"),
+        (template(json!({"instanceTypes": [{"type": "m5.large"}]})), "imageId"),
+        (with(json!({"fleetType": "instant"})), "fleetType"),
+        (with(json!({"api": "EC2Fleet", "spotFleetRole": "arn:aws:iam::1:role/x"})), "spotFleetRole"),
+        (with(json!({"tags": {"orb.dev/request": "mine"}})), "orb.dev/"),
+        (with(json!({"launchTemplate": {"id": "lt-1", "name": "both"}})), "launchTemplate"),
+    ];
+    for (object, field) in cases {
+        let errors = admission_errors(&template_schema(), &object);
+        assert!(errors.iter().any(|e| e.contains(field)), "{object}: expected an error naming {field}, got {errors:?}");
+    }
+}
+
+#[test]
+fn admission_accepts_what_the_rules_allow() {
+    let ok = [
+        template(valid_template()),
+        template(json!({"launchTemplate": {"name": "base"}})),
+        template(
+            json!({"api": "EC2Fleet", "fleetType": "maintain", "imageId": "resolve:ssm:/aws/x", "instanceTypes": [{"type": "m5.large", "weight": 4}]}),
+        ),
+        template(
+            json!({"api": "SpotFleet", "fleetType": "request", "spotFleetRole": "arn:aws:iam::1:role/x", "imageId": "ami-1", "instanceTypes": [{"type": "c5.large"}], "priceType": "heterogeneous", "onDemandPercent": 100}),
+        ),
+        template(
+            json!({"imageId": "ami-1", "instanceTypes": [{"type": "c5.large"}], "tags": {"team": "grid", "orb.devx": "fine"}}),
+        ),
+    ];
+    for object in ok {
+        let errors = admission_errors(&template_schema(), &object);
+        assert!(errors.is_empty(), "{object} refused: {errors:?}");
+    }
+}
+
+#[test]
+fn admission_checks_requests() {
+    let base = || json!({"templateRef": {"name": "t"}, "capacity": 3});
+    let mut bad_capacity = base();
+    bad_capacity["capacity"] = json!(-1);
+    let mut bad_ids = base();
+    bad_ids["returnMachines"] = json!(["i-0123456789abcdef0", "web-1"]);
+    let mut bad_timeout = base();
+    bad_timeout["fulfilmentTimeout"] = json!("10 minutes");
+    for (spec, field) in [(bad_capacity, "capacity"), (bad_ids, "returnMachines"), (bad_timeout, "fulfilmentTimeout")] {
+        let errors = admission_errors(&request_schema(), &request(spec.clone()));
+        assert!(errors.iter().any(|e| e.contains(field)), "{spec}: expected an error naming {field}, got {errors:?}");
+    }
+    let mut good = base();
+    good["capacity"] = json!(0);
+    good["returnMachines"] = json!(["i-0123456789abcdef0", "i-01234567"]);
+    good["fulfilmentTimeout"] = json!("1h30m");
+    assert!(admission_errors(&request_schema(), &request(good)).is_empty());
+}
+
+#[test]
+fn the_scale_subresource_and_columns_are_declared() {
+    let mr = crd("orb.dev_machinerequests.yaml");
+    let version = &mr["spec"]["versions"][0];
+    assert_eq!(version["subresources"]["scale"]["specReplicasPath"], ".spec.capacity");
+    assert_eq!(version["subresources"]["scale"]["statusReplicasPath"], ".status.fulfilledCapacity");
+    assert!(version["subresources"]["status"].is_object());
+    let columns: Vec<&str> =
+        version["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, ["Template", "API", "Capacity", "Fulfilled", "Phase", "Age"]);
+    assert_eq!(mr["spec"]["names"]["shortNames"], json!(["mr"]));
+    assert_eq!(mr["spec"]["names"]["categories"], json!(["orb"]));
+    let mt = crd("orb.dev_machinetemplates.yaml");
+    assert_eq!(mt["spec"]["names"]["shortNames"], json!(["mt"]));
+}

@@ -1,0 +1,116 @@
+//! End-to-end support against a real Kubernetes API server named by `ORB_E2E_KUBECONFIG`:
+//! a client, CRDs applied and established, a unique namespace removed on drop, the operator
+//! binary started for that namespace and stopped on drop, and condition waits (no sleeps).
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{Condition, await_condition, conditions};
+use kube::{Api, Client, CustomResourceExt, Resource};
+use orb_operator::api::{MachineRequest, MachineTemplate};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The kubeconfig path, or `None` after printing why the test is skipped.
+pub fn kubeconfig(test: &str) -> Option<String> {
+    match std::env::var("ORB_E2E_KUBECONFIG") {
+        Ok(path) if !path.is_empty() => Some(path),
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: set ORB_E2E_KUBECONFIG to a kubeconfig of a real cluster (Kubernetes >= 1.32) to run it"
+            );
+            None
+        }
+    }
+}
+
+pub async fn client(path: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(path).expect("readable kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("usable kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// Applies both CRDs and waits until the API server serves them.
+pub async fn apply_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let pp = PatchParams::apply("orb-e2e").force();
+    for crd in [MachineTemplate::crd(), MachineRequest::crd()] {
+        let name = crd.meta().name.clone().unwrap();
+        crds.patch(&name, &pp, &Patch::Apply(&crd)).await.expect("CRD applied");
+        wait(&crds, &name, conditions::is_crd_established(), 30).await;
+    }
+}
+
+/// A namespace that is deleted (with everything in it) when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace created");
+        Self { name, client: client.clone() }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let (client, name) = (self.client.clone(), self.name.clone());
+        // Best effort: finalizers are gone once the operator released everything.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async move {
+                let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::default()).await;
+            })
+        })
+        .join();
+    }
+}
+
+/// The operator binary, watching one namespace; killed when dropped.
+pub struct Operator(Child);
+
+impl Operator {
+    pub fn start(kubeconfig: &str, namespace: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orb-operator"));
+        cmd.args(["run", "--namespace", namespace])
+            .env("KUBECONFIG", kubeconfig)
+            .env("ORB_LOG", "info,orb_operator=debug,kube=warn")
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self(cmd.spawn().expect("operator started"))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to `secs` for `condition` on the named object.
+pub async fn wait<K>(api: &Api<K>, name: &str, condition: impl Condition<K>, secs: u64) -> Option<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    tokio::time::timeout(Duration::from_secs(secs), await_condition(api.clone(), name, condition))
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs}s waiting on {name}"))
+        .expect("watch failed")
+}
+
+/// Reads a YAML manifest from `examples/`.
+pub fn example<T: serde::de::DeserializeOwned>(path: &str) -> T {
+    let text =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(path)).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
