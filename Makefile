@@ -11,8 +11,13 @@ export ORB_TEST_MOTO_SERVER := $(VENV)/bin/moto_server
 
 .PHONY: test check run crds fmt clippy venv clean-venv
 
+# End-to-end tests run last and uncaptured, so their SKIPPED line (no ORB_E2E_KUBECONFIG) or
+# the operator's log (with a cluster) is visible.
+E2E := --test e2e_sim --test e2e_aws
+
 test: venv
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked --all-targets -- --skip against_a_real_cluster
+	$(CARGO) test --locked $(E2E) -- --nocapture
 
 check:
 	$(CARGO) fmt --check

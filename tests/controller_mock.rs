@@ -192,6 +192,8 @@ async fn deletion_releases_every_machine_then_removes_the_finalizer() {
     let launch = orb_operator::provider::ProvisionRequest {
         owner: &owner,
         template: &template.spec,
+        capacity: 2,
+        live: Default::default(),
         units: 2,
         client_token: "t1",
     };

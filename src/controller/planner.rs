@@ -12,7 +12,7 @@ use crate::api::{
     Attempt, Blocked, Failure, MAX_FAILURES, Machine, MachineRequestSpec, MachineRequestStatus, MachineResult,
     MachineTemplateSpec, Phase,
 };
-use crate::provider::{InstanceState, LaunchFailure, ObservedMachine, ProviderError, ProvisionOutcome};
+use crate::provider::{InstanceState, LaunchFailure, MarketMix, ObservedMachine, ProviderError, ProvisionOutcome};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
@@ -237,6 +237,16 @@ fn running_units(machines: &[Machine]) -> u32 {
 }
 fn pending_units(machines: &[Machine]) -> u32 {
     units_where(machines, Some(InstanceState::Pending))
+}
+
+/// Live capacity units per market (spot vs on-demand), for the heterogeneous mix.
+pub fn live_mix(machines: &[Machine]) -> MarketMix {
+    let mut mix = MarketMix::default();
+    for m in machines.iter().filter(|m| live(m)) {
+        let units = m.weight.max(0).unsigned_abs();
+        if m.capacity_type.as_deref() == Some("spot") { mix.spot += units } else { mix.on_demand += units }
+    }
+    mix
 }
 
 /// Scale-down victims for `excess` units: pending before running, newest first.

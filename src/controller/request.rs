@@ -104,6 +104,8 @@ pub async fn drive(
             let request = ProvisionRequest {
                 owner: &owner,
                 template: &template.spec,
+                capacity: mr.spec.capacity.max(0).unsigned_abs(),
+                live: planner::live_mix(&status.machines),
                 units,
                 client_token: &attempt.client_token,
             };

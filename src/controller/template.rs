@@ -6,7 +6,7 @@
 use super::{Context, Error, MANAGER};
 use crate::api::conditions::{self, Cond};
 use crate::api::{MachineTemplate, MachineTemplateStatus};
-use crate::provider::{InstanceState, Provider, ProviderError};
+use crate::provider::{InstanceState, Provider, ProviderError, Registry};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -34,16 +34,16 @@ impl ValidationCache {
 }
 
 /// The `Ready` verdict for a template: provider known, template valid, provider healthy.
-pub async fn readiness(template: &MachineTemplate, ctx: &Context) -> Cond {
+pub async fn readiness(template: &MachineTemplate, registry: &Registry) -> Cond {
     let name = &template.spec.provider;
-    let Some(provider) = ctx.registry.get(name) else {
+    let Some(provider) = registry.get(name) else {
         return Cond::new(
             conditions::READY,
             false,
             "ProviderNotFound",
             format!(
                 "spec.provider: no provider named `{name}` in the operator config (configured: {})",
-                ctx.registry.names().join(", ")
+                registry.names().join(", ")
             ),
         );
     };
@@ -84,7 +84,7 @@ pub async fn reconcile(template: Arc<MachineTemplate>, ctx: Arc<Context>) -> Res
     let ready = match ctx.validations.get(&uid, generation) {
         Some(cond) => cond,
         None => {
-            let cond = readiness(&template, &ctx).await;
+            let cond = readiness(&template, &ctx.registry).await;
             // Transient trouble (throttling, outages) is re-checked soon rather than cached.
             if cond.status || cond.reason == "InvalidSpec" || cond.reason == "ProviderNotFound" {
                 ctx.validations.put(uid, generation, cond.clone());

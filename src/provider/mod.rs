@@ -4,6 +4,7 @@
 //!
 //! Providers never touch Kubernetes; controllers never touch a cloud SDK.
 
+pub mod aws;
 pub mod sim;
 
 use crate::api::{MachineTemplateSpec, Resources};
@@ -116,11 +117,40 @@ impl ObservedMachine {
     }
 }
 
+/// Capacity units by market.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MarketMix {
+    pub on_demand: u32,
+    pub spot: u32,
+}
+
+/// How many of `units` new capacity units to launch on-demand and how many as spot, given the
+/// request's total `capacity` and the units already live in each market. For `heterogeneous`,
+/// the on-demand share is `onDemandBase` plus `onDemandPercent` of the rest (rounded up), so
+/// top-ups restore the mix rather than repeat the split.
+pub fn market_split(template: &MachineTemplateSpec, capacity: u32, live: MarketMix, units: u32) -> MarketMix {
+    use crate::api::PriceType;
+    match template.price_type {
+        PriceType::OnDemand => MarketMix { on_demand: units, spot: 0 },
+        PriceType::Spot => MarketMix { on_demand: 0, spot: units },
+        PriceType::Heterogeneous => {
+            let base = template.on_demand_base.unwrap_or(0).max(0).unsigned_abs().min(capacity);
+            let percent = template.on_demand_percent.unwrap_or(0).clamp(0, 100).unsigned_abs();
+            let target = base + ((capacity - base) * percent).div_ceil(100);
+            let on_demand = target.saturating_sub(live.on_demand).min(units);
+            MarketMix { on_demand, spot: units - on_demand }
+        }
+    }
+}
+
 /// A request to provision `units` capacity units for `owner`.
 #[derive(Clone, Debug)]
 pub struct ProvisionRequest<'a> {
     pub owner: &'a Owner,
     pub template: &'a MachineTemplateSpec,
+    /// The request's total desired capacity and what is live per market (for the spot mix).
+    pub capacity: u32,
+    pub live: MarketMix,
     pub units: u32,
     /// Idempotency token of this attempt; the same token never launches twice.
     pub client_token: &'a str,
@@ -233,37 +263,44 @@ pub trait Provider: Send + Sync {
 /// A configured provider: adding a kind is a compile error everywhere it must be handled.
 pub enum AnyProvider {
     Sim(sim::SimProvider),
+    Aws(aws::AwsProvider),
 }
 
 impl Provider for AnyProvider {
     async fn health(&self) -> Result<String, ProviderError> {
         match self {
             Self::Sim(p) => p.health().await,
+            Self::Aws(p) => p.health().await,
         }
     }
     async fn validate(&self, template: &MachineTemplateSpec) -> Result<(), ProviderError> {
         match self {
             Self::Sim(p) => p.validate(template).await,
+            Self::Aws(p) => p.validate(template).await,
         }
     }
     async fn provision(&self, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {
         match self {
             Self::Sim(p) => p.provision(request).await,
+            Self::Aws(p) => p.provision(request).await,
         }
     }
     async fn describe(&self, owner: &Owner) -> Result<Vec<ObservedMachine>, ProviderError> {
         match self {
             Self::Sim(p) => p.describe(owner).await,
+            Self::Aws(p) => p.describe(owner).await,
         }
     }
     async fn return_machines(&self, owner: &Owner, instance_ids: &[String]) -> Result<(), ProviderError> {
         match self {
             Self::Sim(p) => p.return_machines(owner, instance_ids).await,
+            Self::Aws(p) => p.return_machines(owner, instance_ids).await,
         }
     }
     async fn release(&self, owner: &Owner) -> Result<Released, ProviderError> {
         match self {
             Self::Sim(p) => p.release(owner).await,
+            Self::Aws(p) => p.release(owner).await,
         }
     }
 }
@@ -280,9 +317,8 @@ impl Registry {
         for (name, provider) in &config.providers {
             let built = match provider {
                 ProviderConfig::Sim(settings) => AnyProvider::Sim(sim::SimProvider::new(settings.clone())),
-                ProviderConfig::Aws(_) => {
-                    tracing::error!(provider = %name, "the aws provider is not available in this build; skipping it");
-                    continue;
+                ProviderConfig::Aws(settings) => {
+                    AnyProvider::Aws(aws::AwsProvider::new(settings, &config.cluster_id).await)
                 }
             };
             providers.insert(name.clone(), built);
@@ -328,6 +364,26 @@ mod tests {
                 assert!(n * weight >= units && n * weight < units + weight);
             }
         }
+    }
+
+    #[test]
+    fn heterogeneous_splits_base_plus_percent_on_demand_and_the_rest_spot() {
+        use crate::api::PriceType;
+        let t = MachineTemplateSpec {
+            price_type: PriceType::Heterogeneous,
+            on_demand_base: Some(2),
+            on_demand_percent: Some(50),
+            ..Default::default()
+        };
+        let none = MarketMix::default();
+        assert_eq!(market_split(&t, 10, none, 10), MarketMix { on_demand: 6, spot: 4 });
+        assert_eq!(market_split(&t, 11, none, 11), MarketMix { on_demand: 7, spot: 4 }, "rounds on-demand up");
+        // A top-up after losing spot machines relaunches spot, not on-demand.
+        assert_eq!(market_split(&t, 10, MarketMix { on_demand: 6, spot: 2 }, 2), MarketMix { on_demand: 0, spot: 2 });
+        assert_eq!(market_split(&t, 1, none, 1), MarketMix { on_demand: 1, spot: 0 }, "the base is capped by capacity");
+        let spot = MachineTemplateSpec { price_type: PriceType::Spot, ..Default::default() };
+        assert_eq!(market_split(&spot, 5, none, 5), MarketMix { on_demand: 0, spot: 5 });
+        assert_eq!(market_split(&MachineTemplateSpec::default(), 5, none, 3), MarketMix { on_demand: 3, spot: 0 });
     }
 
     #[test]

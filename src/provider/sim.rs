@@ -8,7 +8,7 @@
 
 use super::{
     InstanceState, LaunchFailure, ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome, ProvisionRequest,
-    Released, machines_for,
+    Released, machines_for, market_split,
 };
 use crate::api::MachineTemplateSpec;
 use crate::config::SimSettings;
@@ -102,6 +102,55 @@ impl SimProvider {
     }
 }
 
+impl SimProvider {
+    /// Launches `units` in one market on the first listed type with capacity; returns the ids.
+    fn launch_market(
+        &self,
+        cloud: &mut Cloud,
+        request: &ProvisionRequest<'_>,
+        units: u32,
+        spot: bool,
+        now: Timestamp,
+        failures: &mut Vec<LaunchFailure>,
+    ) -> Vec<String> {
+        for it in &request.template.instance_types {
+            if self.settings.insufficient_capacity.contains(&it.type_) {
+                failures.push(LaunchFailure {
+                    code: "InsufficientInstanceCapacity".into(),
+                    message: format!("We currently do not have sufficient {} capacity (simulated).", it.type_),
+                    instance_type: Some(it.type_.clone()),
+                    zone: None,
+                });
+                continue;
+            }
+            let subnets = &request.template.subnet_ids;
+            let mut ids = vec![];
+            for n in 0..machines_for(units, it.weight.unsigned_abs()) {
+                let id = new_instance_id(&cloud.instances);
+                let slot = n as usize % subnets.len().max(1);
+                cloud.next_ip += 1;
+                let ip = cloud.next_ip;
+                cloud.instances.insert(
+                    id.clone(),
+                    SimInstance {
+                        owner_uid: request.owner.uid.clone(),
+                        instance_type: it.type_.clone(),
+                        subnet_id: subnets.get(slot).cloned(),
+                        zone: format!("sim-1{}", (b'a' + (slot % 3) as u8) as char),
+                        spot,
+                        private_ip: format!("10.{}.{}.{}", (ip >> 16) & 255, (ip >> 8) & 255, ip & 255),
+                        launched_at: now,
+                        terminate_requested_at: None,
+                    },
+                );
+                ids.push(id);
+            }
+            return ids;
+        }
+        vec![]
+    }
+}
+
 /// A fresh id shaped like EC2's: `i-` and 17 hex digits.
 fn new_instance_id(existing: &BTreeMap<String, SimInstance>) -> String {
     let mut rng = rand::rng();
@@ -171,51 +220,24 @@ impl Provider for SimProvider {
                 ids.iter().filter_map(|id| cloud.instances.get(id).map(|i| self.observe(id, i, now))).collect();
             return Ok(ProvisionOutcome { launched, ..Default::default() });
         }
+        let mix = market_split(request.template, request.capacity, request.live, request.units);
         let mut outcome = ProvisionOutcome::default();
-        let spot = request.template.price_type != crate::api::PriceType::OnDemand;
-        for it in &request.template.instance_types {
-            if self.settings.insufficient_capacity.contains(&it.type_) {
-                outcome.failures.push(LaunchFailure {
-                    code: "InsufficientInstanceCapacity".into(),
-                    message: format!("We currently do not have sufficient {} capacity (simulated).", it.type_),
-                    instance_type: Some(it.type_.clone()),
-                    zone: None,
-                });
-                continue;
+        let mut ids = vec![];
+        for (units, spot) in [(mix.on_demand, false), (mix.spot, true)] {
+            if units > 0 {
+                ids.extend(self.launch_market(&mut cloud, request, units, spot, now, &mut outcome.failures));
             }
-            let count = machines_for(request.units, it.weight.unsigned_abs());
-            let subnets = &request.template.subnet_ids;
-            let mut ids = vec![];
-            for n in 0..count {
-                let id = new_instance_id(&cloud.instances);
-                let slot = n as usize % subnets.len().max(1);
-                cloud.next_ip += 1;
-                let ip = cloud.next_ip;
-                cloud.instances.insert(
-                    id.clone(),
-                    SimInstance {
-                        owner_uid: request.owner.uid.clone(),
-                        instance_type: it.type_.clone(),
-                        subnet_id: subnets.get(slot).cloned(),
-                        zone: format!("sim-1{}", (b'a' + (slot % 3) as u8) as char),
-                        spot,
-                        private_ip: format!("10.{}.{}.{}", (ip >> 16) & 255, (ip >> 8) & 255, ip & 255),
-                        launched_at: now,
-                        terminate_requested_at: None,
-                    },
-                );
-                ids.push(id);
-            }
-            outcome.launched =
-                ids.iter().filter_map(|id| cloud.instances.get(id).map(|i| self.observe(id, i, now))).collect();
-            cloud.tokens.insert(request.client_token.to_string(), ids);
-            return Ok(outcome);
         }
-        // Every listed type was out of capacity (or none was listed).
-        Err(ProviderError::Capacity {
-            code: "InsufficientInstanceCapacity".into(),
-            message: format!("no capacity for any of {} instance type(s) (simulated)", outcome.failures.len()),
-        })
+        if ids.is_empty() {
+            return Err(ProviderError::Capacity {
+                code: "InsufficientInstanceCapacity".into(),
+                message: format!("no capacity for any of {} instance type(s) (simulated)", outcome.failures.len()),
+            });
+        }
+        outcome.launched =
+            ids.iter().filter_map(|id| cloud.instances.get(id).map(|i| self.observe(id, i, now))).collect();
+        cloud.tokens.insert(request.client_token.to_string(), ids);
+        Ok(outcome)
     }
 
     async fn describe(&self, owner: &Owner) -> Result<Vec<ObservedMachine>, ProviderError> {

@@ -1,5 +1,9 @@
-//! Shared test support: a real Kubernetes cluster for end-to-end tests (`cluster`).
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
-#![allow(dead_code)]
+//! Shared test support: a real Kubernetes cluster for end-to-end tests (`cluster`), moto for
+//! the AWS layer (`moto`), and a fault-injecting proxy in front of it (`fault_proxy`).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cluster;
+pub mod driver;
+pub mod fault_proxy;
+pub mod lifecycle;
+pub mod moto;

@@ -1,0 +1,45 @@
+//! One `SdkConfig` per configured AWS provider: region, optional shared-config profile,
+//! optional AssumeRole (with external id), optional endpoint (emulators), the SDK's standard
+//! retry mode and bounded timeouts so that no reconcile hangs on the network. Every client of
+//! a provider is built from it and shares its HTTP connection pool.
+
+use crate::config::AwsSettings;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use std::time::Duration;
+
+/// Attempts per call when the config does not say (the SDK's standard mode default).
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Longest a single HTTP attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a call may take, retries included.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the SDK configuration for one provider.
+pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(settings.region.clone()))
+        .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS)))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .operation_timeout(OPERATION_TIMEOUT)
+                .connect_timeout(Duration::from_secs(5))
+                .build(),
+        );
+    if let Some(profile) = &settings.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(url) = &settings.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let base = loader.load().await;
+    let Some(role) = &settings.role_arn else { return base };
+    let mut assume = aws_config::sts::AssumeRoleProvider::builder(role).session_name("orb-operator").configure(&base);
+    if let Some(id) = &settings.external_id {
+        assume = assume.external_id(id);
+    }
+    let credentials = assume.build().await;
+    base.into_builder().credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(credentials)).build()
+}

@@ -1,0 +1,152 @@
+//! AWS error classification: every SDK error becomes a `ProviderError` of one class (throttled,
+//! capacity, not-found, invalid, auth, transient) that keeps the AWS code and message. Errors
+//! caused by a template field name that field (`spec.imageId`, ...).
+
+use crate::provider::ProviderError;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+
+const THROTTLED: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "SlowDown",
+    "PriorRequestNotComplete",
+];
+
+const CAPACITY: &[&str] = &[
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "InsufficientHostCapacity",
+    "InsufficientReservedInstanceCapacity",
+    "InsufficientFreeAddressesInSubnet",
+    "InstanceLimitExceeded",
+    "VcpuLimitExceeded",
+    "MaxSpotInstanceCountExceeded",
+    "SpotMaxPriceTooLow",
+    "Unsupported",
+];
+
+const AUTH: &[&str] = &[
+    "UnauthorizedOperation",
+    "AuthFailure",
+    "AccessDenied",
+    "AccessDeniedException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "OptInRequired",
+    "Blocked",
+    "UnrecognizedClientException",
+];
+
+const TRANSIENT: &[&str] = &["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "RequestTimeout"];
+
+/// The template field an error code is about, if it is about one.
+pub fn field_for(code: &str) -> Option<&'static str> {
+    Some(match code {
+        c if c.starts_with("InvalidAMIID") || c == "ParameterNotFound" => "spec.imageId",
+        c if c.starts_with("InvalidSubnetID") || c == "InvalidSubnet" => "spec.subnetIds",
+        c if c.starts_with("InvalidGroup") || c.starts_with("InvalidSecurityGroupID") => "spec.securityGroupIds",
+        c if c.starts_with("InvalidKeyPair") => "spec.keyName",
+        c if c.starts_with("InvalidLaunchTemplate") => "spec.launchTemplate",
+        "InvalidInstanceType" => "spec.instanceTypes",
+        "InvalidUserData.Malformed" => "spec.userData",
+        c if c.starts_with("InvalidBlockDeviceMapping") => "spec.rootVolume",
+        _ => return None,
+    })
+}
+
+/// Classifies an AWS error code and message.
+pub fn classify_code(code: &str, message: &str, http_status: Option<u16>) -> ProviderError {
+    let (code, message) = (code.to_string(), message.to_string());
+    if THROTTLED.contains(&code.as_str()) {
+        ProviderError::Throttled { code, message }
+    } else if CAPACITY.contains(&code.as_str()) {
+        ProviderError::Capacity { code, message }
+    } else if AUTH.contains(&code.as_str()) {
+        ProviderError::Auth { code, message }
+    } else if let Some(field) = field_for(&code) {
+        ProviderError::Invalid { field: field.into(), code, message }
+    } else if code == "InvalidInstanceID.NotFound" || code.ends_with(".NotFound") || code.ends_with("NotFoundException")
+    {
+        ProviderError::NotFound { code, message }
+    } else if TRANSIENT.contains(&code.as_str()) || http_status.is_some_and(|s| s >= 500) {
+        ProviderError::Transient { code, message }
+    } else if code.starts_with("Invalid")
+        || code.starts_with("Missing")
+        || code == "ValidationError"
+        || code == "UnsupportedOperation"
+    {
+        ProviderError::Invalid { field: "spec".into(), code, message }
+    } else {
+        ProviderError::Transient { code, message }
+    }
+}
+
+/// Classifies any SDK error. `call` names the AWS operation for the message.
+pub fn classify<E>(call: &str, error: SdkError<E>) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match &error {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or("Unknown");
+            let message = format!("{call}: {}", e.message().unwrap_or("no message"));
+            classify_code(code, &message, Some(service.raw().status().as_u16()))
+        }
+        SdkError::TimeoutError(_) => {
+            ProviderError::Transient { code: "Timeout".into(), message: format!("{call}: no answer in time") }
+        }
+        SdkError::DispatchFailure(d) => ProviderError::Transient {
+            code: "DispatchFailure".into(),
+            message: format!("{call}: cannot reach the endpoint: {:?}", d.as_connector_error()),
+        },
+        SdkError::ResponseError(r) => ProviderError::Transient {
+            code: "ResponseError".into(),
+            message: format!("{call}: unreadable response (HTTP {}): {error}", r.raw().status().as_u16()),
+        },
+        _ => {
+            let code = error.code().unwrap_or("Unknown").to_string();
+            ProviderError::Transient { message: format!("{call}: {error}"), code }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_fall_into_their_classes() {
+        let class = |code: &str, status| classify_code(code, "m", status).category();
+        assert_eq!(class("RequestLimitExceeded", Some(503)), "Throttled");
+        assert_eq!(class("InsufficientInstanceCapacity", Some(500)), "Capacity", "capacity wins over the 5xx status");
+        assert_eq!(class("UnauthorizedOperation", Some(403)), "Auth");
+        assert_eq!(class("InvalidInstanceID.NotFound", Some(400)), "NotFound");
+        assert_eq!(class("InternalError", Some(500)), "Transient");
+        assert_eq!(class("SomethingNew", Some(502)), "Transient");
+        assert_eq!(class("InvalidParameterCombination", Some(400)), "Invalid");
+    }
+
+    #[test]
+    fn errors_about_a_template_field_name_it() {
+        let e = classify_code("InvalidAMIID.NotFound", "The image id '[ami-1]' does not exist", Some(400));
+        assert_eq!(
+            e,
+            ProviderError::invalid("spec.imageId", "InvalidAMIID.NotFound", "The image id '[ami-1]' does not exist")
+        );
+        assert!(e.is_terminal());
+        let field = |code| match classify_code(code, "m", Some(400)) {
+            ProviderError::Invalid { field, .. } => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field("InvalidSubnetID.NotFound"), "spec.subnetIds");
+        assert_eq!(field("InvalidGroup.NotFound"), "spec.securityGroupIds");
+        assert_eq!(field("InvalidInstanceType"), "spec.instanceTypes");
+        assert_eq!(field("ParameterNotFound"), "spec.imageId");
+    }
+}

@@ -1,0 +1,112 @@
+//! The AWS provider: one SDK configuration and one set of clients per configured provider,
+//! shared by the per-API handlers. Today the RunInstances handler; EC2 Fleet, Spot Fleet and
+//! Auto Scaling groups plug in beside it (a template naming them is refused at validation).
+
+pub mod client;
+pub mod errors;
+pub mod ops;
+pub mod run_instances;
+pub mod validate;
+
+use super::{
+    ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome, ProvisionRequest, Released, market_split, tags,
+};
+use crate::api::{Api, MachineTemplateSpec};
+use crate::config::AwsSettings;
+use errors::classify;
+use ops::Ops;
+
+/// A configured AWS account and region.
+pub struct AwsProvider {
+    ops: Ops,
+    autoscaling: aws_sdk_autoscaling::Client,
+    region: String,
+}
+
+impl AwsProvider {
+    /// Builds the SDK configuration and clients (no network call is made here).
+    pub async fn new(settings: &AwsSettings, cluster_id: &str) -> Self {
+        Self::from_sdk(&client::sdk_config(settings).await, settings, cluster_id)
+    }
+
+    /// Builds the clients from a prepared SDK configuration (tests give it fixed credentials).
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, settings: &AwsSettings, cluster_id: &str) -> Self {
+        Self {
+            ops: Ops {
+                ec2: aws_sdk_ec2::Client::new(sdk),
+                ssm: aws_sdk_ssm::Client::new(sdk),
+                cluster_id: cluster_id.to_string(),
+                zones: Default::default(),
+            },
+            autoscaling: aws_sdk_autoscaling::Client::new(sdk),
+            region: settings.region.clone(),
+        }
+    }
+
+    /// The shared Auto Scaling client (for the ASG handler).
+    pub fn autoscaling(&self) -> &aws_sdk_autoscaling::Client {
+        &self.autoscaling
+    }
+
+    /// The shared EC2 and SSM operations.
+    pub fn ops(&self) -> &Ops {
+        &self.ops
+    }
+}
+
+impl Provider for AwsProvider {
+    async fn health(&self) -> Result<String, ProviderError> {
+        let zones = self
+            .ops
+            .ec2
+            .describe_availability_zones()
+            .send()
+            .await
+            .map_err(|e| classify("DescribeAvailabilityZones", e))?;
+        Ok(format!("AWS region {} reachable ({} availability zones)", self.region, zones.availability_zones().len()))
+    }
+
+    async fn validate(&self, template: &MachineTemplateSpec) -> Result<(), ProviderError> {
+        validate::template(&self.ops, template).await
+    }
+
+    async fn provision(&self, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {
+        let mix = market_split(request.template, request.capacity, request.live, request.units);
+        match request.template.api {
+            Api::RunInstances => run_instances::provision(&self.ops, request, mix).await,
+            other => validate::check_api(other).map(|()| ProvisionOutcome::default()),
+        }
+    }
+
+    async fn describe(&self, owner: &Owner) -> Result<Vec<ObservedMachine>, ProviderError> {
+        Ok(self.ops.describe_by_owner(owner).await?.iter().filter_map(ops::observed).collect())
+    }
+
+    async fn return_machines(&self, owner: &Owner, instance_ids: &[String]) -> Result<(), ProviderError> {
+        // Only ever terminate instances that carry this request's uid.
+        let mine: Vec<String> = self
+            .ops
+            .describe_by_ids(instance_ids)
+            .await?
+            .iter()
+            .filter(|i| ops::tag_value(i, tags::REQUEST_UID) == Some(owner.uid.as_str()))
+            .filter_map(|i| i.instance_id().map(str::to_string))
+            .collect();
+        if mine.len() < instance_ids.len() {
+            tracing::warn!(request = %owner.key(), asked = instance_ids.len(), owned = mine.len(), "not returning instances this request does not own");
+        }
+        self.ops.terminate(&mine).await
+    }
+
+    async fn release(&self, owner: &Owner) -> Result<Released, ProviderError> {
+        let live: Vec<String> = self
+            .describe(owner)
+            .await?
+            .into_iter()
+            .filter(|m| m.state.can_terminate())
+            .map(|m| m.instance_id)
+            .collect();
+        self.ops.terminate(&live).await?;
+        Ok(Released::Done)
+    }
+}

@@ -1,0 +1,254 @@
+//! Shared AWS operations (the seed's operations utility): the tags every resource gets at
+//! creation, DescribeInstances by tag and by id (pages of at most 1000, always following
+//! NextToken), TerminateInstances in batches, image resolution, and the conversion of EC2
+//! instances into `ObservedMachine`s. Handlers build on these; they never page or batch alone.
+
+use super::errors::classify;
+use crate::provider::{InstanceState, ObservedMachine, Owner, ProviderError, tags};
+use aws_sdk_ec2::types::{Filter, Instance, ResourceType, Tag, TagSpecification};
+use std::collections::BTreeMap;
+
+/// DescribeInstances page size and id-list size; TerminateInstances batch size.
+pub const PAGE: usize = 1000;
+
+/// EC2 and SSM clients of one provider, plus the cluster id every resource is tagged with.
+#[derive(Clone)]
+pub struct Ops {
+    pub ec2: aws_sdk_ec2::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub cluster_id: String,
+    /// Subnet id -> availability zone (a subnet never moves), learnt from DescribeSubnets.
+    pub zones: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+}
+
+/// The `Name` tag of the request's machines. EC2 applies one tag set to every instance of a
+/// launch call, so the AWS-side name is per request; the unique per-machine name is the one in
+/// the request's status (`<request>-<instance id>`).
+pub fn name_tag(owner: &Owner) -> String {
+    format!("{}.{}", owner.namespace, owner.name)
+}
+
+/// The operator's tags plus the template's own, operator tags winning.
+pub fn resource_tags(owner: &Owner, cluster_id: &str, user: &BTreeMap<String, String>) -> Vec<Tag> {
+    let mut all: BTreeMap<String, String> = user.clone();
+    all.insert(tags::CLUSTER.into(), cluster_id.into());
+    all.insert(tags::REQUEST_UID.into(), owner.uid.clone());
+    all.insert(tags::REQUEST.into(), owner.key());
+    all.insert(tags::TEMPLATE.into(), owner.template.clone());
+    all.insert("Name".into(), name_tag(owner));
+    all.into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+}
+
+/// TagSpecifications for the instance and its volumes (and the spot request, for spot).
+pub fn tag_specifications(tags: &[Tag], spot: bool) -> Vec<TagSpecification> {
+    let mut kinds = vec![ResourceType::Instance, ResourceType::Volume];
+    if spot {
+        kinds.push(ResourceType::SpotInstancesRequest);
+    }
+    kinds
+        .into_iter()
+        .map(|kind| TagSpecification::builder().resource_type(kind).set_tags(Some(tags.to_vec())).build())
+        .collect()
+}
+
+fn filter(name: &str, values: impl IntoIterator<Item = String>) -> Filter {
+    Filter::builder().name(name).set_values(Some(values.into_iter().collect())).build()
+}
+
+/// The instance as the provider reports it.
+pub fn observed(instance: &Instance) -> Option<ObservedMachine> {
+    let id = instance.instance_id()?;
+    let state = instance.state().and_then(|s| s.name()).and_then(|n| InstanceState::parse(n.as_str()))?;
+    let spot = instance.instance_lifecycle().is_some_and(|l| l.as_str() == "spot");
+    Some(ObservedMachine {
+        instance_type: instance.instance_type().map(|t| t.as_str().to_string()),
+        capacity_type: Some(if spot { "spot" } else { "on-demand" }.into()),
+        zone: instance.placement().and_then(|p| p.availability_zone()).map(str::to_string),
+        subnet_id: instance.subnet_id().map(str::to_string),
+        private_ip: instance.private_ip_address().map(str::to_string),
+        public_ip: instance.public_ip_address().map(str::to_string),
+        launch_time: instance.launch_time().and_then(|t| jiff::Timestamp::from_second(t.secs()).ok()),
+        state_reason: instance.state_reason().and_then(|r| r.message()).map(str::to_string),
+        ..ObservedMachine::new(id, state)
+    })
+}
+
+/// The value of tag `key` on an instance.
+pub fn tag_value<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> {
+    instance.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+}
+
+/// Instance ids named in an `InvalidInstanceID.NotFound` message.
+fn missing_ids(error: &ProviderError) -> Vec<String> {
+    let ProviderError::NotFound { message, .. } = error else { return vec![] };
+    message
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("i-"))
+        .map(str::to_string)
+        .collect()
+}
+
+impl Ops {
+    /// Records the zones of described subnets.
+    pub fn remember_zones(&self, subnets: &[aws_sdk_ec2::types::Subnet]) {
+        let mut zones = self.zones.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for s in subnets {
+            if let (Some(id), Some(zone)) = (s.subnet_id(), s.availability_zone()) {
+                zones.insert(id.to_string(), zone.to_string());
+            }
+        }
+    }
+
+    /// The availability zone of a subnet, described once and then remembered.
+    pub async fn zone_of(&self, subnet: &str) -> Option<String> {
+        let known = self.zones.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(subnet).cloned();
+        if known.is_some() {
+            return known;
+        }
+        let out = self.ec2.describe_subnets().subnet_ids(subnet).send().await.ok()?;
+        self.remember_zones(out.subnets());
+        out.subnets().first().and_then(|s| s.availability_zone()).map(str::to_string)
+    }
+
+    /// Every instance tagged with the request's uid in this cluster, in all states EC2 still
+    /// reports.
+    pub async fn describe_by_owner(&self, owner: &Owner) -> Result<Vec<Instance>, ProviderError> {
+        let filters = vec![
+            filter(&format!("tag:{}", tags::REQUEST_UID), [owner.uid.clone()]),
+            filter(&format!("tag:{}", tags::CLUSTER), [self.cluster_id.clone()]),
+        ];
+        let mut pages =
+            self.ec2.describe_instances().set_filters(Some(filters)).max_results(PAGE as i32).into_paginator().send();
+        let mut instances = vec![];
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("DescribeInstances", e))?;
+            instances.extend(page.reservations().iter().flat_map(|r| r.instances().iter().cloned()));
+        }
+        Ok(instances)
+    }
+
+    /// The given instances, in id lists of at most 1000, following NextToken; ids EC2 no longer
+    /// knows are left out.
+    pub async fn describe_by_ids(&self, ids: &[String]) -> Result<Vec<Instance>, ProviderError> {
+        let mut instances = vec![];
+        for chunk in ids.chunks(PAGE) {
+            let mut wanted: Vec<String> = chunk.to_vec();
+            // A missing id fails the whole call; drop the ids EC2 names and ask again.
+            for _ in 0..3 {
+                if wanted.is_empty() {
+                    break;
+                }
+                match self.describe_ids_once(&wanted).await {
+                    Ok(found) => {
+                        instances.extend(found);
+                        break;
+                    }
+                    Err(e) => {
+                        let gone = missing_ids(&e);
+                        if gone.is_empty() {
+                            return Err(e);
+                        }
+                        wanted.retain(|id| !gone.contains(id));
+                    }
+                }
+            }
+        }
+        Ok(instances)
+    }
+
+    async fn describe_ids_once(&self, ids: &[String]) -> Result<Vec<Instance>, ProviderError> {
+        let mut pages = self.ec2.describe_instances().set_instance_ids(Some(ids.to_vec())).into_paginator().send();
+        let mut instances = vec![];
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("DescribeInstances", e))?;
+            instances.extend(page.reservations().iter().flat_map(|r| r.instances().iter().cloned()));
+        }
+        Ok(instances)
+    }
+
+    /// Terminates instances in batches; ids that are already gone count as terminated.
+    pub async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
+        for chunk in ids.chunks(PAGE) {
+            let mut batch: Vec<String> = chunk.to_vec();
+            for _ in 0..3 {
+                if batch.is_empty() {
+                    break;
+                }
+                match self.ec2.terminate_instances().set_instance_ids(Some(batch.clone())).send().await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        let error = classify("TerminateInstances", e);
+                        let gone = missing_ids(&error);
+                        if gone.is_empty() {
+                            return Err(error);
+                        }
+                        batch.retain(|id| !gone.contains(id));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An AMI id for `image`: itself, or the value of the SSM parameter of `resolve:ssm:<name>`.
+    pub async fn resolve_image(&self, image: &str) -> Result<String, ProviderError> {
+        let Some(parameter) = image.strip_prefix("resolve:ssm:") else { return Ok(image.to_string()) };
+        let out = self.ssm.get_parameter().name(parameter).send().await.map_err(|e| classify("GetParameter", e))?;
+        out.parameter().and_then(|p| p.value()).map(str::to_string).ok_or_else(|| {
+            ProviderError::invalid(
+                "spec.imageId",
+                "ParameterNotFound",
+                format!("SSM parameter {parameter} has no value"),
+            )
+        })
+    }
+
+    /// The root device name of an AMI (where `rootVolume` applies).
+    pub async fn root_device(&self, ami: &str) -> Result<Option<String>, ProviderError> {
+        let out = self.ec2.describe_images().image_ids(ami).send().await.map_err(|e| classify("DescribeImages", e))?;
+        Ok(out.images().first().and_then(|i| i.root_device_name()).map(str::to_string))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> Owner {
+        Owner { uid: "u-1".into(), namespace: "grid".into(), name: "batch".into(), template: "workers".into() }
+    }
+
+    #[test]
+    fn every_resource_carries_the_operator_tags_and_the_users() {
+        let user = BTreeMap::from([("team".to_string(), "hpc".to_string()), ("Name".to_string(), "mine".to_string())]);
+        let tags: BTreeMap<_, _> = resource_tags(&owner(), "blue", &user)
+            .into_iter()
+            .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+            .collect();
+        assert_eq!(tags["orb.dev/cluster"], "blue");
+        assert_eq!(tags["orb.dev/request-uid"], "u-1");
+        assert_eq!(tags["orb.dev/request"], "grid/batch");
+        assert_eq!(tags["orb.dev/template"], "workers");
+        assert_eq!(tags["Name"], "grid.batch", "the operator's Name wins");
+        assert_eq!(tags["team"], "hpc");
+    }
+
+    #[test]
+    fn spot_launches_also_tag_the_spot_request() {
+        let kinds = |spot| -> Vec<String> {
+            tag_specifications(&[], spot).iter().map(|s| s.resource_type().unwrap().as_str().to_string()).collect()
+        };
+        assert_eq!(kinds(false), ["instance", "volume"]);
+        assert_eq!(kinds(true), ["instance", "volume", "spot-instances-request"]);
+    }
+
+    #[test]
+    fn missing_ids_are_read_from_not_found_messages() {
+        let e = ProviderError::NotFound {
+            code: "InvalidInstanceID.NotFound".into(),
+            message: "TerminateInstances: The instance IDs 'i-0123, i-0456' do not exist".into(),
+        };
+        assert_eq!(missing_ids(&e), ["i-0123", "i-0456"]);
+        assert!(missing_ids(&ProviderError::Transient { code: "x".into(), message: "i-1".into() }).is_empty());
+    }
+}

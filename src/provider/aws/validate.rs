@@ -1,0 +1,126 @@
+//! Template validation against the account: the image (after `resolve:ssm:`), subnets,
+//! security groups, instance types and launch template must exist. Each failure names the
+//! field, down to the list index (`spec.subnetIds[1]`), with the AWS code and message.
+
+use super::errors::classify;
+use super::ops::Ops;
+use crate::api::{Api, MachineTemplateSpec};
+use crate::provider::ProviderError;
+
+/// When a check of a whole list fails, checks its values one at a time and names the first
+/// that fails (`field[i]`): error messages cannot be trusted to name the right one (moto names
+/// any id of the request), and a list check costs one call while everything is fine.
+async fn pinpoint<F, Fut>(error: ProviderError, field: &str, values: &[String], check_one: F) -> ProviderError
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ProviderError>>,
+{
+    if !matches!(error, ProviderError::Invalid { .. } | ProviderError::NotFound { .. }) {
+        return error;
+    }
+    for (i, value) in values.iter().enumerate() {
+        if let Err(e @ (ProviderError::Invalid { .. } | ProviderError::NotFound { .. })) =
+            check_one(value.clone()).await
+        {
+            return at_index(e, &format!("{field}[{i}]"), "", &[]);
+        }
+    }
+    at_index(error, field, "", &[])
+}
+
+/// Points an error at `field[i]` when its message names the i-th value.
+fn at_index(error: ProviderError, field: &str, suffix: &str, values: &[String]) -> ProviderError {
+    match error {
+        ProviderError::Invalid { code, message, .. } | ProviderError::NotFound { code, message } => {
+            let index = values.iter().position(|v| message.contains(v.as_str()));
+            let field = index.map_or_else(|| field.to_string(), |i| format!("{field}[{i}]{suffix}"));
+            ProviderError::Invalid { field, code, message }
+        }
+        other => other,
+    }
+}
+
+/// Which APIs this build can provision through.
+pub fn check_api(api: Api) -> Result<(), ProviderError> {
+    match api {
+        Api::RunInstances => Ok(()),
+        other => Err(ProviderError::invalid(
+            "spec.api",
+            "UnsupportedApi",
+            format!("api {} is not supported by this operator version yet; use RunInstances", other.as_str()),
+        )),
+    }
+}
+
+pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<(), ProviderError> {
+    check_api(t.api)?;
+    if let Some(image) = &t.image_id {
+        let ami = ops.resolve_image(image).await.map_err(|e| at_index(e, "spec.imageId", "", &[]))?;
+        let found = ops
+            .ec2
+            .describe_images()
+            .image_ids(&ami)
+            .send()
+            .await
+            .map_err(|e| at_index(classify("DescribeImages", e), "spec.imageId", "", &[]))?;
+        if found.images().is_empty() {
+            return Err(ProviderError::invalid(
+                "spec.imageId",
+                "InvalidAMIID.NotFound",
+                format!("image {ami} does not exist"),
+            ));
+        }
+    }
+    if !t.subnet_ids.is_empty() {
+        let subnets = |ids: Vec<String>| async move {
+            ops.ec2
+                .describe_subnets()
+                .set_subnet_ids(Some(ids))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeSubnets", e))
+        };
+        match subnets(t.subnet_ids.clone()).await {
+            Ok(found) => ops.remember_zones(found.subnets()),
+            Err(e) => {
+                return Err(pinpoint(e, "spec.subnetIds", &t.subnet_ids, |id| async move {
+                    subnets(vec![id]).await.map(drop)
+                })
+                .await);
+            }
+        }
+    }
+    if !t.security_group_ids.is_empty() {
+        let groups = |ids: Vec<String>| async move {
+            ops.ec2
+                .describe_security_groups()
+                .set_group_ids(Some(ids))
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| classify("DescribeSecurityGroups", e))
+        };
+        if let Err(e) = groups(t.security_group_ids.clone()).await {
+            return Err(pinpoint(e, "spec.securityGroupIds", &t.security_group_ids, |id| groups(vec![id])).await);
+        }
+    }
+    if !t.instance_types.is_empty() {
+        let names: Vec<String> = t.instance_types.iter().map(|i| i.type_.clone()).collect();
+        ops.ec2
+            .describe_instance_types()
+            .set_instance_types(Some(names.iter().map(|n| n.as_str().into()).collect()))
+            .send()
+            .await
+            .map_err(|e| at_index(classify("DescribeInstanceTypes", e), "spec.instanceTypes", ".type", &names))?;
+    }
+    if let Some(lt) = &t.launch_template {
+        ops.ec2
+            .describe_launch_templates()
+            .set_launch_template_ids(lt.id.clone().map(|id| vec![id]))
+            .set_launch_template_names(lt.name.clone().map(|name| vec![name]))
+            .send()
+            .await
+            .map_err(|e| at_index(classify("DescribeLaunchTemplates", e), "spec.launchTemplate", "", &[]))?;
+    }
+    Ok(())
+}

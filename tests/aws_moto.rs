@@ -1,0 +1,477 @@
+//! The AWS provider and its RunInstances handler against moto (a real AWS API emulator), with
+//! faults injected by our proxy. Each test has its own region. Assertions read back from moto
+//! what was launched (tags, markets, subnets, counts) and from the proxy what was sent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+mod support;
+
+use aws_sdk_ec2::types::Filter;
+use orb_operator::api::*;
+use orb_operator::config::AwsSettings;
+use orb_operator::controller::template::readiness;
+use orb_operator::provider::aws::AwsProvider;
+use orb_operator::provider::{AnyProvider, Owner, Provider, ProviderError, ProvisionRequest, Registry};
+use std::collections::BTreeMap;
+use support::driver::{MemoryStatus, converge, edited, ready, request};
+use support::fault_proxy::{Fault, FaultProxy};
+use support::moto;
+
+const CLUSTER: &str = "orb-test";
+
+/// One test's slice of moto: a provider going through the fault proxy, a direct EC2 client for
+/// setup and assertions, and an image, two subnets and a security group that exist.
+struct Aws {
+    provider: AnyProvider,
+    ec2: aws_sdk_ec2::Client,
+    proxy: FaultProxy,
+    image: String,
+    subnets: Vec<String>,
+    group: String,
+}
+
+async fn aws(test: &str) -> Option<Aws> {
+    let moto = moto::server(test)?;
+    let region = moto::region();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let settings = AwsSettings {
+        region: region.into(),
+        profile: None,
+        role_arn: None,
+        external_id: None,
+        endpoint_url: Some(proxy.endpoint.clone()),
+        max_attempts: Some(3),
+    };
+    // The SDK configuration exactly as the operator builds it, with moto's fixed credentials.
+    let sdk = orb_operator::provider::aws::client::sdk_config(&settings)
+        .await
+        .into_builder()
+        .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(moto::credentials()))
+        .build();
+    let provider = AnyProvider::Aws(AwsProvider::from_sdk(&sdk, &settings, CLUSTER));
+    let ec2 = moto::ec2(moto, region);
+    let moto::Network { image, subnets, group } = moto::network(&ec2).await;
+    Some(Aws { provider, ec2, proxy, image, subnets, group })
+}
+
+impl Aws {
+    fn template(&self, types: &[(&str, i32)]) -> MachineTemplateSpec {
+        MachineTemplateSpec {
+            provider: "default".into(),
+            api: Api::RunInstances,
+            image_id: Some(self.image.clone()),
+            instance_types: types
+                .iter()
+                .map(|(t, w)| InstanceTypeSpec { type_: t.to_string(), weight: *w, priority: None })
+                .collect(),
+            subnet_ids: self.subnets.clone(),
+            security_group_ids: vec![self.group.clone()],
+            tags: BTreeMap::from([("team".to_string(), "grid".to_string())]),
+            ..Default::default()
+        }
+    }
+
+    /// Instances tagged with the request's uid, straight from moto.
+    async fn instances_of(&self, mr: &MachineRequest) -> Vec<aws_sdk_ec2::types::Instance> {
+        let filter = Filter::builder().name("tag:orb.dev/request-uid").values(mr.metadata.uid.clone().unwrap()).build();
+        let out = self.ec2.describe_instances().filters(filter).send().await.unwrap();
+        out.reservations().iter().flat_map(|r| r.instances().iter().cloned()).collect()
+    }
+
+    async fn live_of(&self, mr: &MachineRequest) -> Vec<aws_sdk_ec2::types::Instance> {
+        self.instances_of(mr)
+            .await
+            .into_iter()
+            .filter(|i| matches!(i.state().and_then(|s| s.name()).map(|n| n.as_str()), Some("pending" | "running")))
+            .collect()
+    }
+}
+
+fn template_object(spec: MachineTemplateSpec) -> MachineTemplate {
+    ready(MachineTemplate::new("workers", spec))
+}
+
+fn owner_of(mr: &MachineRequest) -> Owner {
+    orb_operator::controller::request::owner_of(mr).unwrap()
+}
+
+fn tags_of(i: &aws_sdk_ec2::types::Instance) -> BTreeMap<String, String> {
+    i.tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string())).collect()
+}
+
+fn lifecycle(i: &aws_sdk_ec2::types::Instance) -> &str {
+    i.instance_lifecycle().map_or("on-demand", |l| l.as_str())
+}
+
+#[tokio::test]
+async fn health_names_the_region() {
+    let Some(aws) = aws("health_names_the_region").await else { return };
+    let health = aws.provider.health().await.unwrap();
+    assert!(health.contains("reachable"), "{health}");
+}
+
+#[tokio::test]
+async fn validation_names_each_bad_field() {
+    let Some(aws) = aws("validation_names_each_bad_field").await else { return };
+    let good = aws.template(&[("m5.large", 1), ("m5.xlarge", 2)]);
+    aws.provider.validate(&good).await.unwrap();
+
+    let field_of = |r: Result<(), ProviderError>| match r {
+        Err(ProviderError::Invalid { field, .. }) => field,
+        other => panic!("expected Invalid, got {other:?}"),
+    };
+    let mut t = good.clone();
+    t.image_id = Some("ami-0000000000000dead".into());
+    assert_eq!(field_of(aws.provider.validate(&t).await), "spec.imageId");
+
+    let mut t = good.clone();
+    t.subnet_ids.push("subnet-0000000000000dead".into());
+    assert_eq!(field_of(aws.provider.validate(&t).await), "spec.subnetIds[2]");
+
+    let mut t = good.clone();
+    t.security_group_ids = vec!["sg-0000000000000dead".into()];
+    assert_eq!(field_of(aws.provider.validate(&t).await), "spec.securityGroupIds[0]");
+
+    let mut t = good.clone();
+    t.instance_types[1].type_ = "m5.enormous".into();
+    assert_eq!(field_of(aws.provider.validate(&t).await), "spec.instanceTypes[1].type");
+
+    let mut t = good.clone();
+    t.image_id = Some("resolve:ssm:/orb/test/missing".into());
+    assert_eq!(field_of(aws.provider.validate(&t).await), "spec.imageId");
+
+    let mut t = good.clone();
+    t.api = Api::Ec2Fleet;
+    assert_eq!(field_of(aws.provider.validate(&t).await), "spec.api");
+}
+
+#[tokio::test]
+async fn an_image_from_an_ssm_parameter_is_resolved_and_launched() {
+    let Some(aws) = aws("an_image_from_an_ssm_parameter_is_resolved_and_launched").await else { return };
+    let AnyProvider::Aws(p) = &aws.provider else { unreachable!() };
+    p.ops()
+        .ssm
+        .put_parameter()
+        .name("/orb/test/ami")
+        .value(&aws.image)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    let mut spec = aws.template(&[("m5.large", 1)]);
+    spec.image_id = Some("resolve:ssm:/orb/test/ami".into());
+    aws.provider.validate(&spec).await.unwrap();
+    let (mut mr, sink) = (request("ssm", 1), MemoryStatus::default());
+    let (status, _) = converge(&mut mr, &template_object(spec), &aws.provider, &sink, 5).await;
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+    assert_eq!(aws.live_of(&mr).await[0].image_id(), Some(aws.image.as_str()));
+}
+
+#[tokio::test]
+async fn an_invalid_image_is_not_ready_and_launches_nothing() {
+    let Some(aws) = aws("an_invalid_image_is_not_ready_and_launches_nothing").await else { return };
+    let mut spec = aws.template(&[("m5.large", 1)]);
+    spec.image_id = Some("ami-0000000000000dead".into());
+    let mut template = MachineTemplate::new("workers", spec);
+    template.metadata.generation = Some(1);
+    let registry = Registry::with([("default".to_string(), aws.provider)]);
+    let verdict = readiness(&template, &registry).await;
+    assert!(!verdict.status);
+    assert_eq!(verdict.reason, "InvalidSpec");
+    assert!(verdict.message.contains("spec.imageId"), "{}", verdict.message);
+
+    // The template controller records the verdict; the request then waits and launches nothing.
+    let mut status = MachineTemplateStatus::default();
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    orb_operator::api::conditions::upsert(&mut status.conditions, verdict, Some(1), &now);
+    template.status = Some(status);
+    let (mut mr, sink) = (request("bad-image", 2), MemoryStatus::default());
+    let provider = registry.get("default").unwrap();
+    let (status, _) = converge(&mut mr, &template, provider, &sink, 3).await;
+    assert_eq!(status.phase, Some(Phase::Pending));
+    let ready = orb_operator::api::conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!(ready.reason, "TemplateNotReady");
+    assert!(ready.message.contains("spec.imageId"));
+    assert!(aws.proxy.calls("RunInstances").is_empty(), "nothing was launched");
+}
+
+#[tokio::test]
+async fn a_launch_tags_spreads_and_tokens_every_call() {
+    let Some(aws) = aws("a_launch_tags_spreads_and_tokens_every_call").await else { return };
+    let template = template_object(aws.template(&[("m5.large", 1)]));
+    let (mut mr, sink) = (request("shape", 3), MemoryStatus::default());
+    let (status, error) = converge(&mut mr, &template, &aws.provider, &sink, 5).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+    assert_eq!(status.fulfilled_capacity, 3);
+
+    let live = aws.live_of(&mr).await;
+    assert_eq!(live.len(), 3);
+    for i in &live {
+        let tags = tags_of(i);
+        assert_eq!(tags["orb.dev/cluster"], CLUSTER);
+        assert_eq!(tags["orb.dev/request-uid"], mr.metadata.uid.clone().unwrap());
+        assert_eq!(tags["orb.dev/request"], "grid/shape");
+        assert_eq!(tags["orb.dev/template"], "workers");
+        assert_eq!(tags["Name"], "grid.shape");
+        assert_eq!(tags["team"], "grid");
+        assert_eq!(i.instance_type().unwrap().as_str(), "m5.large");
+        assert_eq!(i.security_groups()[0].group_id(), Some(aws.group.as_str()));
+    }
+    let mut per_subnet = BTreeMap::new();
+    for i in &live {
+        *per_subnet.entry(i.subnet_id().unwrap().to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(per_subnet.values().copied().collect::<Vec<_>>().iter().sum::<i32>(), 3);
+    assert_eq!(per_subnet.len(), 2, "spread over both subnets: {per_subnet:?}");
+
+    let volumes = aws
+        .ec2
+        .describe_volumes()
+        .filters(Filter::builder().name("tag:orb.dev/request-uid").values(mr.metadata.uid.clone().unwrap()).build())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(volumes.volumes().len(), 3, "volumes are tagged at launch too");
+
+    let calls = aws.proxy.calls("RunInstances");
+    assert_eq!(calls.len(), 2, "one call per subnet");
+    let token = &status.attempt.as_ref().unwrap().client_token;
+    for (k, body) in calls.iter().enumerate() {
+        assert!(body.contains(&format!("ClientToken={token}-{}", k + 1)), "{body}");
+        let min = body.split('&').find_map(|p| p.strip_prefix("MinCount=")).unwrap();
+        let max = body.split('&').find_map(|p| p.strip_prefix("MaxCount=")).unwrap();
+        assert_eq!(min, max, "MinCount = MaxCount");
+        assert!(!body.contains("CreateTags"));
+    }
+    assert!(aws.proxy.calls("CreateTags").is_empty(), "tags come with the launch, never afterwards");
+    // Machines in status have unique names and the instance ids moto gave.
+    let names: std::collections::BTreeSet<_> = status.machines.iter().map(|m| m.name.clone()).collect();
+    assert_eq!(names.len(), 3);
+}
+
+#[tokio::test]
+async fn weighted_capacity_is_counted_in_units_with_at_most_one_machine_of_surplus() {
+    let Some(aws) = aws("weighted_capacity_is_counted_in_units_with_at_most_one_machine_of_surplus").await else {
+        return;
+    };
+    for (label, types) in
+        [("small-first", [("m5.large", 2), ("m5.xlarge", 4)]), ("large-first", [("m5.xlarge", 4), ("m5.large", 2)])]
+    {
+        let template = template_object(aws.template(&types));
+        let (mut mr, sink) = (request(label, 10), MemoryStatus::default());
+        let (status, error) = converge(&mut mr, &template, &aws.provider, &sink, 5).await;
+        assert!(error.is_none(), "{error:?}");
+        let weight = |t: &str| types.iter().find(|(n, _)| *n == t).unwrap().1;
+        let live = aws.live_of(&mr).await;
+        let units: i32 = live.iter().map(|i| weight(i.instance_type().unwrap().as_str())).sum();
+        let biggest = types.iter().map(|(_, w)| *w).max().unwrap();
+        assert!(units >= 10 && units < 10 + biggest, "{label}: {units} units from {} machines", live.len());
+        assert_eq!(status.fulfilled_capacity, units, "{label}: fulfilledCapacity is in capacity units");
+        assert_eq!(status.phase, Some(Phase::Fulfilled));
+    }
+}
+
+#[tokio::test]
+async fn spot_templates_launch_spot_with_the_price_cap() {
+    let Some(aws) = aws("spot_templates_launch_spot_with_the_price_cap").await else { return };
+    let mut spec = aws.template(&[("m5.large", 1)]);
+    spec.price_type = PriceType::Spot;
+    spec.max_spot_price = Some("0.05".into());
+    let (mut mr, sink) = (request("spot", 2), MemoryStatus::default());
+    let (status, _) = converge(&mut mr, &template_object(spec), &aws.provider, &sink, 5).await;
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+    let live = aws.live_of(&mr).await;
+    assert!(live.iter().all(|i| lifecycle(i) == "spot"), "all spot");
+    assert!(status.machines.iter().all(|m| m.capacity_type.as_deref() == Some("spot")));
+    let body = &aws.proxy.calls("RunInstances")[0];
+    assert!(body.contains("InstanceMarketOptions.MarketType=spot"), "{body}");
+    assert!(body.contains("InstanceMarketOptions.SpotOptions.MaxPrice=0.05"), "{body}");
+    assert!(body.contains("TagSpecification.3.ResourceType=spot-instances-request"), "{body}");
+}
+
+#[tokio::test]
+async fn heterogeneous_templates_split_on_demand_and_spot() {
+    let Some(aws) = aws("heterogeneous_templates_split_on_demand_and_spot").await else { return };
+    let mut spec = aws.template(&[("m5.large", 1)]);
+    spec.price_type = PriceType::Heterogeneous;
+    spec.on_demand_base = Some(2);
+    spec.on_demand_percent = Some(50);
+    let (mut mr, sink) = (request("mixed", 10), MemoryStatus::default());
+    let (status, _) = converge(&mut mr, &template_object(spec), &aws.provider, &sink, 5).await;
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+    let live = aws.live_of(&mr).await;
+    let spot = live.iter().filter(|i| lifecycle(i) == "spot").count();
+    assert_eq!((live.len() - spot, spot), (6, 4), "base 2 + 50% of 8 on-demand, the rest spot");
+}
+
+#[tokio::test]
+async fn a_capacity_error_falls_back_to_the_next_type_and_is_reported() {
+    let Some(aws) = aws("a_capacity_error_falls_back_to_the_next_type_and_is_reported").await else { return };
+    aws.proxy.inject("RunInstances", Some("InstanceType=m5.large"), 100, Fault::capacity());
+    let template = template_object(aws.template(&[("m5.large", 1), ("m5.xlarge", 2)]));
+    let (mut mr, sink) = (request("fallback", 4), MemoryStatus::default());
+    let (status, error) = converge(&mut mr, &template, &aws.provider, &sink, 5).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+    let live = aws.live_of(&mr).await;
+    assert_eq!(live.len(), 2);
+    assert!(live.iter().all(|i| i.instance_type().unwrap().as_str() == "m5.xlarge"));
+    // Both subnets were tried for m5.large; each failure names its availability zone.
+    let zones: Vec<_> = aws
+        .ec2
+        .describe_subnets()
+        .set_subnet_ids(Some(aws.subnets.clone()))
+        .send()
+        .await
+        .unwrap()
+        .subnets()
+        .iter()
+        .map(|s| s.availability_zone().unwrap().to_string())
+        .collect();
+    let failures: Vec<_> = status.failures.iter().filter(|f| f.code == "InsufficientInstanceCapacity").collect();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    for f in failures {
+        assert_eq!(f.instance_type.as_deref(), Some("m5.large"));
+        assert!(zones.contains(f.zone.as_ref().unwrap()), "{f:?}");
+        assert!(f.message.contains("RunInstances") && f.message.contains("subnet-"), "{}", f.message);
+        assert_eq!(f.count, 1);
+    }
+}
+
+#[tokio::test]
+async fn throttling_is_retried_and_surfaces_when_it_persists() {
+    let Some(aws) = aws("throttling_is_retried_and_surfaces_when_it_persists").await else { return };
+    let spec = aws.template(&[("m5.large", 1)]);
+    let mr = request("throttled", 1);
+    let owner = owner_of(&mr);
+    let launch = |token: &'static str| ProvisionRequest {
+        owner: &owner,
+        template: &spec,
+        capacity: 1,
+        live: Default::default(),
+        units: 1,
+        client_token: token,
+    };
+
+    aws.proxy.inject("RunInstances", None, 2, Fault::throttle());
+    let outcome = aws.provider.provision(&launch("t-1")).await.expect("retried past two throttles");
+    assert_eq!(outcome.launched.len(), 1);
+    assert_eq!(aws.proxy.calls("RunInstances").len(), 3, "two throttled attempts, then success");
+
+    aws.proxy.inject("RunInstances", None, 100, Fault::throttle());
+    let error = aws.provider.provision(&launch("t-2")).await.unwrap_err();
+    assert!(matches!(&error, ProviderError::Throttled { code, .. } if code == "RequestLimitExceeded"), "{error:?}");
+    assert_eq!(aws.live_of(&mr).await.len(), 1, "nothing more launched");
+}
+
+#[tokio::test]
+async fn server_errors_are_retried() {
+    let Some(aws) = aws("server_errors_are_retried").await else { return };
+    aws.proxy.inject("DescribeInstances", None, 1, Fault::server_error());
+    aws.proxy.inject("RunInstances", None, 1, Fault::server_error());
+    let template = template_object(aws.template(&[("m5.large", 1)]));
+    let (mut mr, sink) = (request("five-hundred", 2), MemoryStatus::default());
+    let (status, error) = converge(&mut mr, &template, &aws.provider, &sink, 5).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+    assert_eq!(aws.live_of(&mr).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_slow_answer_is_waited_for() {
+    let Some(aws) = aws("a_slow_answer_is_waited_for").await else { return };
+    aws.proxy.inject("RunInstances", None, 1, Fault::Delay(std::time::Duration::from_secs(2)));
+    let template = template_object(aws.template(&[("m5.large", 1)]));
+    let (mut mr, sink) = (request("slow", 1), MemoryStatus::default());
+    let (status, error) = converge(&mut mr, &template, &aws.provider, &sink, 5).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+    assert_eq!(aws.live_of(&mr).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_crash_between_launch_and_status_write_never_duplicates() {
+    let Some(aws) = aws("a_crash_between_launch_and_status_write_never_duplicates").await else { return };
+    let template = template_object(aws.template(&[("m5.large", 1)]));
+    let (mut mr, sink) = (request("crash", 3), MemoryStatus::default());
+    // Write 1 records the attempt; write 2 (after RunInstances) is lost.
+    sink.drop_write(2);
+    let (status, _) = converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+    assert_eq!(aws.live_of(&mr).await.len(), 3, "the retry adopted the instances found by tag");
+    assert_eq!(aws.proxy.calls("RunInstances").len(), 2, "no second launch after the crash");
+    assert_eq!(status.machines.len(), 3);
+}
+
+#[tokio::test]
+async fn scale_down_and_returns_terminate_exactly_the_chosen_machines() {
+    let Some(aws) = aws("scale_down_and_returns_terminate_exactly_the_chosen_machines").await else { return };
+    let template = template_object(aws.template(&[("m5.large", 1)]));
+    let (mut mr, sink) = (request("shrink", 4), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 5).await;
+    let ids = |v: Vec<aws_sdk_ec2::types::Instance>| -> std::collections::BTreeSet<String> {
+        v.iter().map(|i| i.instance_id().unwrap().to_string()).collect()
+    };
+    let four = ids(aws.live_of(&mr).await);
+    assert_eq!(four.len(), 4);
+
+    // 4 -> 3 naming the one to go.
+    let victim = four.iter().nth(2).unwrap().clone();
+    mr.spec.capacity = 3;
+    mr.spec.return_machines = vec![victim.clone()];
+    edited(&mut mr);
+    let (status, _) = converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    let three = ids(aws.live_of(&mr).await);
+    let mut expected = four.clone();
+    expected.remove(&victim);
+    assert_eq!(three, expected, "exactly the named machine left");
+    assert_eq!(status.fulfilled_capacity, 3);
+    assert!(!status.machines.iter().any(|m| m.instance_id == victim), "the returned machine left the status");
+
+    // Unchanged capacity, one more named: it is replaced.
+    let bad = three.iter().next().unwrap().clone();
+    mr.spec.return_machines.push(bad.clone());
+    edited(&mut mr);
+    let (status, _) = converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    let now = ids(aws.live_of(&mr).await);
+    assert_eq!(now.len(), 3);
+    assert!(!now.contains(&bad));
+    assert_eq!(now.intersection(&three).count(), 2, "only the named machine was replaced");
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+}
+
+#[tokio::test]
+async fn a_machine_terminated_outside_the_operator_is_failed_and_replaced() {
+    let Some(aws) = aws("a_machine_terminated_outside_the_operator_is_failed_and_replaced").await else { return };
+    let template = template_object(aws.template(&[("m5.large", 1)]));
+    let (mut mr, sink) = (request("reclaim", 2), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 5).await;
+    let gone = aws.live_of(&mr).await[0].instance_id().unwrap().to_string();
+    aws.ec2.terminate_instances().instance_ids(&gone).send().await.unwrap();
+    let (status, _) = converge(&mut mr, &template, &aws.provider, &sink, 5).await;
+    assert_eq!(aws.live_of(&mr).await.len(), 2, "its capacity was provisioned again");
+    let lost = status.machines.iter().find(|m| m.instance_id == gone).unwrap();
+    assert_eq!(lost.result, Some(MachineResult::Fail));
+    assert!(lost.message.as_deref().unwrap().contains("outside the operator"));
+    assert_eq!(orb_operator::api::conditions::find(&status.conditions, "Degraded").unwrap().reason, "MachinesLost");
+}
+
+#[tokio::test]
+async fn release_leaves_nothing_running_and_never_touches_other_requests() {
+    let Some(aws) = aws("release_leaves_nothing_running_and_never_touches_other_requests").await else { return };
+    let template = template_object(aws.template(&[("m5.large", 1)]));
+    let (mut mine, sink) = (request("mine", 3), MemoryStatus::default());
+    let (mut other, other_sink) = (request("other", 1), MemoryStatus::default());
+    converge(&mut mine, &template, &aws.provider, &sink, 5).await;
+    converge(&mut other, &template, &aws.provider, &other_sink, 5).await;
+
+    // Returning another request's instance through this request does nothing.
+    let foreign = aws.live_of(&other).await[0].instance_id().unwrap().to_string();
+    aws.provider.return_machines(&owner_of(&mine), std::slice::from_ref(&foreign)).await.unwrap();
+    assert_eq!(aws.live_of(&other).await.len(), 1);
+
+    assert_eq!(aws.provider.release(&owner_of(&mine)).await.unwrap(), orb_operator::provider::Released::Done);
+    assert!(aws.live_of(&mine).await.is_empty(), "no pending or running instance carries the request's uid");
+    assert_eq!(aws.instances_of(&mine).await.len(), 3, "they are terminated, not forgotten");
+    assert_eq!(aws.live_of(&other).await.len(), 1);
+}

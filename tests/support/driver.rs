@@ -1,0 +1,102 @@
+//! Runs the request driver (observe -> plan -> act -> report) in a loop without Kubernetes:
+//! status goes to an in-memory sink that can drop one chosen write, the way a crash between a
+//! cloud call and the status write would lose it.
+
+use orb_operator::api::conditions::{self, Cond};
+use orb_operator::api::*;
+use orb_operator::controller::Error;
+use orb_operator::controller::planner::Requeue;
+use orb_operator::controller::request::{StatusSink, drive};
+use orb_operator::provider::AnyProvider;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The API server's copy of a request's status.
+#[derive(Default)]
+pub struct MemoryStatus {
+    current: Mutex<Option<MachineRequestStatus>>,
+    writes: AtomicUsize,
+    drop_write: Mutex<Option<usize>>,
+}
+
+impl MemoryStatus {
+    /// The `n`-th write from now (1 = the next) fails as if the operator crashed before it.
+    pub fn drop_write(&self, n: usize) {
+        *self.drop_write.lock().unwrap() = Some(self.writes.load(Ordering::SeqCst) + n);
+    }
+    pub fn current(&self) -> Option<MachineRequestStatus> {
+        self.current.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl StatusSink for MemoryStatus {
+    async fn write(&self, status: &MachineRequestStatus) -> Result<(), Error> {
+        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if *self.drop_write.lock().unwrap() == Some(n) {
+            return Err(Error::InjectedFault);
+        }
+        *self.current.lock().unwrap() = Some(status.clone());
+        Ok(())
+    }
+}
+
+/// A template marked Ready at its generation, as the template controller would leave it.
+pub fn ready(mut template: MachineTemplate) -> MachineTemplate {
+    use kube::Resource;
+    let generation = template.meta().generation.or(Some(1));
+    template.meta_mut().generation = generation;
+    template.meta_mut().namespace = Some("grid".into());
+    let mut status = MachineTemplateStatus::default();
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    conditions::upsert(&mut status.conditions, Cond::new(conditions::READY, true, "Valid", "ok"), generation, &now);
+    template.status = Some(status);
+    template
+}
+
+pub fn request(name: &str, capacity: i32) -> MachineRequest {
+    use kube::Resource;
+    let mut mr = MachineRequest::new(
+        name,
+        MachineRequestSpec {
+            template_ref: TemplateRef { name: "workers".into() },
+            capacity,
+            fulfilment_timeout: "15m".into(),
+            ..Default::default()
+        },
+    );
+    mr.meta_mut().namespace = Some("grid".into());
+    mr.meta_mut().uid = Some(format!("uid-{name}-{:08x}", rand::random::<u32>()));
+    mr.meta_mut().generation = Some(1);
+    mr
+}
+
+/// Bumps the generation after a spec edit, as the API server does.
+pub fn edited(mr: &mut MachineRequest) {
+    use kube::Resource;
+    let g = mr.meta().generation.unwrap_or(1);
+    mr.meta_mut().generation = Some(g + 1);
+}
+
+/// Drives the request until the planner has nothing left to do (or `rounds` run out). Errors
+/// are kept, as the controller would retry them; the last one is returned with the status.
+pub async fn converge(
+    mr: &mut MachineRequest,
+    template: &MachineTemplate,
+    provider: &AnyProvider,
+    sink: &MemoryStatus,
+    rounds: usize,
+) -> (MachineRequestStatus, Option<Error>) {
+    let mut last_error = None;
+    for _ in 0..rounds {
+        mr.status = sink.current();
+        match drive(mr, template, "default", provider, sink, jiff::Timestamp::now()).await {
+            Ok((_, Requeue::Idle | Requeue::AwaitChange)) => {
+                return (sink.current().unwrap_or_default(), None);
+            }
+            Ok(_) => last_error = None,
+            Err(e) => last_error = Some(e),
+        }
+    }
+    (sink.current().unwrap_or_default(), last_error)
+}

@@ -1,0 +1,169 @@
+//! A fault-injecting HTTP proxy between the AWS SDK and moto. It records every call (action
+//! and body) and can answer chosen calls with an AWS error (e.g. `InsufficientInstanceCapacity`,
+//! `RequestLimitExceeded`), an HTTP 500, or a delay before forwarding.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with this AWS error in EC2's XML shape.
+    Error { status: u16, code: String, message: String },
+    /// Wait, then forward.
+    Delay(Duration),
+}
+
+impl Fault {
+    pub fn capacity() -> Self {
+        Self::Error {
+            status: 400,
+            code: "InsufficientInstanceCapacity".into(),
+            message: "We currently do not have sufficient capacity (injected).".into(),
+        }
+    }
+    pub fn throttle() -> Self {
+        Self::Error {
+            status: 503,
+            code: "RequestLimitExceeded".into(),
+            message: "Request limit exceeded (injected).".into(),
+        }
+    }
+    pub fn server_error() -> Self {
+        Self::Error {
+            status: 500,
+            code: "InternalError".into(),
+            message: "An internal error has occurred (injected).".into(),
+        }
+    }
+}
+
+struct Rule {
+    action: String,
+    body_contains: Option<String>,
+    remaining: usize,
+    fault: Fault,
+}
+
+#[derive(Default)]
+struct State {
+    rules: Vec<Rule>,
+    calls: Vec<(String, String)>,
+}
+
+#[derive(Clone)]
+pub struct FaultProxy {
+    pub endpoint: String,
+    state: Arc<Mutex<State>>,
+}
+
+/// The action of an AWS request: `Action=` in a query-protocol body, or the JSON target header.
+fn action_of(headers: &http::HeaderMap, body: &str) -> String {
+    if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
+        return target.rsplit('.').next().unwrap_or(target).to_string();
+    }
+    body.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("").to_string()
+}
+
+fn error_body(code: &str, message: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
+    )
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State::default()));
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let (upstream, shared) = (upstream.to_string(), state.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (client, upstream, state) = (client.clone(), upstream.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (client, upstream, state) = (client.clone(), upstream.clone(), state.clone());
+                        async move { Ok::<_, hyper::Error>(handle(req, &client, &upstream, &state).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { endpoint, state }
+    }
+
+    /// Answers the next `times` calls of `action` whose body contains `body_contains` with `fault`.
+    pub fn inject(&self, action: &str, body_contains: Option<&str>, times: usize, fault: Fault) {
+        self.state.lock().unwrap().rules.push(Rule {
+            action: action.into(),
+            body_contains: body_contains.map(str::to_string),
+            remaining: times,
+            fault,
+        });
+    }
+
+    /// Bodies of the calls of `action` seen so far (faulted ones included).
+    pub fn calls(&self, action: &str) -> Vec<String> {
+        self.state.lock().unwrap().calls.iter().filter(|(a, _)| a == action).map(|(_, b)| b.clone()).collect()
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    upstream: &str,
+    state: &Mutex<State>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    let action = action_of(&parts.headers, &text);
+    let fault = {
+        let mut state = state.lock().unwrap();
+        state.calls.push((action.clone(), text.clone()));
+        state
+            .rules
+            .iter_mut()
+            .find(|r| {
+                r.remaining > 0
+                    && r.action == action
+                    && r.body_contains.as_ref().is_none_or(|s| text.contains(s.as_str()))
+            })
+            .map(|r| {
+                r.remaining -= 1;
+                r.fault.clone()
+            })
+    };
+    match fault {
+        Some(Fault::Error { status, code, message }) => {
+            return Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from(error_body(&code, &message))))
+                .unwrap();
+        }
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+    let uri = format!("{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    let mut forward = Request::builder().method(parts.method).uri(uri);
+    for (name, value) in &parts.headers {
+        if name != http::header::HOST {
+            forward = forward.header(name, value);
+        }
+    }
+    match client.request(forward.body(Full::new(bytes)).unwrap()).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            Response::from_parts(parts, Full::new(bytes))
+        }
+        Err(e) => Response::builder().status(502).body(Full::new(Bytes::from(format!("proxy: {e}")))).unwrap(),
+    }
+}

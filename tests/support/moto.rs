@@ -1,0 +1,134 @@
+//! `moto_server` for the AWS tests: started once per test binary on a free port (and stopped
+//! with it), found at `ORB_TEST_MOTO_SERVER` (set by `make test`) or `.venv/bin/moto_server`.
+//! Tests isolate by region: each asks `region()` for one nobody else in the binary uses.
+//!
+//! moto gaps the tests work around: it ignores ClientToken (a repeated token launches again, so
+//! crash safety is proven by the tag lookup), instances are `running` at once, RunInstances
+//! accepts images that do not exist (our validation must refuse them), and it has no real
+//! capacity or throttling (the fault proxy injects those).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const REGIONS: &[&str] = &[
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "eu-central-1",
+    "eu-north-1",
+    "ap-south-1",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ca-central-1",
+    "sa-east-1",
+];
+
+pub struct Moto {
+    pub endpoint: String,
+    /// The watchdog shell; it ends with this process, so it is never waited for here.
+    _watchdog: std::process::Child,
+}
+
+fn binary() -> Option<PathBuf> {
+    let from_env = std::env::var("ORB_TEST_MOTO_SERVER").ok().map(PathBuf::from);
+    let in_venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    from_env.into_iter().chain([in_venv]).find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start() -> Option<Moto> {
+    let binary = binary()?;
+    let port = free_port();
+    // A watchdog shell ends moto when this test process goes away, however it ends.
+    let script = r#"m="$1"; p="$2"; parent="$3"; "$m" -H 127.0.0.1 -p "$p" >/dev/null 2>&1 & child=$!
+        trap 'kill $child 2>/dev/null' EXIT
+        while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5; done"#;
+    let mut watchdog = Command::new("bash")
+        .args(["-c", script, "moto-watchdog"])
+        .arg(&binary)
+        .arg(port.to_string())
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("moto_server started");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(Moto { endpoint: format!("http://127.0.0.1:{port}"), _watchdog: watchdog });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = watchdog.kill();
+    let _ = watchdog.wait();
+    panic!("moto_server ({}) did not listen on port {port} within 60s", binary.display());
+}
+
+/// The shared moto server, or `None` (test skipped, said on stderr) when moto is not installed
+/// outside CI. In CI (`CI` set) a missing moto fails the test.
+pub fn server(test: &str) -> Option<&'static Moto> {
+    static MOTO: OnceLock<Option<Moto>> = OnceLock::new();
+    let moto = MOTO.get_or_init(start).as_ref();
+    if moto.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "{test}: moto_server not found; `make test` installs it into .venv");
+        eprintln!("SKIPPED {test}: moto_server not found (run `make venv` or `make test`)");
+    }
+    moto
+}
+
+/// A region no other test in this binary uses.
+pub fn region() -> &'static str {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let i = NEXT.fetch_add(1, Ordering::SeqCst);
+    REGIONS
+        .get(i)
+        .copied()
+        .unwrap_or_else(|| panic!("more than {} AWS tests in one binary: add regions", REGIONS.len()))
+}
+
+/// The fixed credentials moto accepts.
+pub fn credentials() -> aws_sdk_ec2::config::Credentials {
+    aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "orb-tests")
+}
+
+/// An EC2 client straight to moto (no proxy, no retries), for setting up and checking.
+pub fn ec2(moto: &Moto, region: &str) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::from_conf(
+        aws_sdk_ec2::Config::builder()
+            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+            .region(aws_sdk_ec2::config::Region::new(region.to_string()))
+            .endpoint_url(&moto.endpoint)
+            .credentials_provider(credentials())
+            .build(),
+    )
+}
+
+/// What exists in a fresh moto region: an AMI, two default subnets, the default security group.
+pub struct Network {
+    pub image: String,
+    pub subnets: Vec<String>,
+    pub group: String,
+}
+
+pub async fn network(ec2: &aws_sdk_ec2::Client) -> Network {
+    let images = ec2.describe_images().owners("amazon").send().await.unwrap();
+    let subnets = ec2.describe_subnets().send().await.unwrap();
+    let groups = ec2.describe_security_groups().send().await.unwrap();
+    Network {
+        image: images.images()[0].image_id().unwrap().to_string(),
+        subnets: subnets.subnets().iter().take(2).map(|s| s.subnet_id().unwrap().to_string()).collect(),
+        group: groups.security_groups()[0].group_id().unwrap().to_string(),
+    }
+}
