@@ -470,8 +470,26 @@ async fn release_leaves_nothing_running_and_never_touches_other_requests() {
     aws.provider.return_machines(&owner_of(&mine), std::slice::from_ref(&foreign)).await.unwrap();
     assert_eq!(aws.live_of(&other).await.len(), 1);
 
-    assert_eq!(aws.provider.release(&owner_of(&mine)).await.unwrap(), orb_operator::provider::Released::Done);
+    // Release with the ids status knows, a foreign one slipped in: only the request's own go.
+    let mut known: Vec<String> = sink.current().unwrap().machines.iter().map(|m| m.instance_id.clone()).collect();
+    known.push(foreign.clone());
+    assert_eq!(aws.provider.release(&owner_of(&mine), &known).await.unwrap(), orb_operator::provider::Released::Done);
     assert!(aws.live_of(&mine).await.is_empty(), "no pending or running instance carries the request's uid");
     assert_eq!(aws.instances_of(&mine).await.len(), 3, "they are terminated, not forgotten");
     assert_eq!(aws.live_of(&other).await.len(), 1);
+}
+
+#[tokio::test]
+async fn release_terminates_machines_the_tag_lookup_does_not_list_yet() {
+    let Some(aws) = aws("release_terminates_machines_the_tag_lookup_does_not_list_yet").await else { return };
+    let template = template_object(aws.template(&[("m5.large", 1)]));
+    let (mut mr, sink) = (request("fresh", 2), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 5).await;
+    // EC2's listing is eventually consistent: the tag-filtered describe shows nothing yet.
+    let empty = r#"<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>lag</requestId><reservationSet/></DescribeInstancesResponse>"#;
+    aws.proxy.inject("DescribeInstances", Some("tag%3Aorb.dev%2Frequest-uid"), 1, Fault::Reply(empty.into()));
+    let known: Vec<String> = sink.current().unwrap().machines.iter().map(|m| m.instance_id.clone()).collect();
+    assert_eq!(known.len(), 2);
+    aws.provider.release(&owner_of(&mr), &known).await.unwrap();
+    assert!(aws.live_of(&mr).await.is_empty(), "the ids status knew were terminated");
 }

@@ -70,8 +70,13 @@ fn request_object(finalized: bool, deleting: bool) -> MachineRequest {
 }
 
 fn context(client: Client) -> (Arc<Context>, ()) {
+    context_with(client, ready_template())
+}
+
+/// A context whose template cache holds `cached`.
+fn context_with(client: Client, cached: MachineTemplate) -> (Arc<Context>, ()) {
     let (templates, mut writer) = store();
-    writer.apply_watcher_event(&watcher::Event::Apply(ready_template()));
+    writer.apply_watcher_event(&watcher::Event::Apply(cached));
     let (requests, _w) = store();
     let sim = SimSettings { pending_delay: "0s".into(), terminating_delay: "0s".into(), ..Default::default() };
     let ctx = Context {
@@ -107,6 +112,12 @@ async fn expect(handle: &mut ApiHandle, method: Method, path: &str) -> (Value, S
     let bytes = request.into_body().collect_bytes().await.unwrap();
     let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
     (body, send)
+}
+
+fn not_found(send: SendResponse<Response<Body>>, name: &str) {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+        "message": format!("machinetemplates.orb.dev \"{name}\" not found")});
+    send.send_response(Response::builder().status(404).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap());
 }
 
 fn respond(send: SendResponse<Response<Body>>, object: &impl serde::Serialize) {
@@ -236,6 +247,10 @@ async fn a_request_whose_template_is_missing_waits_and_launches_nothing() {
     mr.spec.template_ref.name = "nope".into();
     let echo = mr.clone();
     let server = tokio::spawn(async move {
+        // Not in the cache: the API server is asked before concluding it is missing.
+        let (_, send) =
+            expect(&mut handle, Method::GET, "/apis/orb.dev/v1alpha1/namespaces/grid/machinetemplates/nope").await;
+        not_found(send, "nope");
         let (status, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
         assert_eq!(status["status"]["phase"], "Pending");
         let ready =
@@ -251,4 +266,30 @@ async fn a_request_whose_template_is_missing_waits_and_launches_nothing() {
     request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
     server.await.unwrap();
     assert_eq!(sim(&ctx).live_count(UID), 0);
+}
+
+#[tokio::test]
+async fn a_stale_cache_does_not_hold_back_a_template_the_api_server_says_is_ready() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    // The cache still has the template as it was before validation.
+    let mut unvalidated = ready_template();
+    unvalidated.status = None;
+    let (ctx, _) = context_with(Client::new(service, NS), unvalidated);
+    let mr = request_object(true, false);
+    let echo = mr.clone();
+    let server = tokio::spawn(async move {
+        let (_, send) =
+            expect(&mut handle, Method::GET, "/apis/orb.dev/v1alpha1/namespaces/grid/machinetemplates/workers").await;
+        respond(send, &ready_template());
+        let (before, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
+        assert_eq!(before["status"]["attempt"]["number"], 1, "launching, not held");
+        respond(send, &echo);
+        let (_, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
+        respond(send, &echo);
+        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
+        respond(send, &event);
+    });
+    request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
+    server.await.unwrap();
+    assert_eq!(sim(&ctx).live_count(UID), 3);
 }

@@ -10,7 +10,7 @@ use aws_sdk_ec2::types::Filter;
 use orb_operator::api::{MachineRequest, MachineTemplate};
 use support::cluster::{self, Operator, TestNamespace};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_request_lifecycle_against_a_real_cluster_with_moto() {
     let Some(path) = cluster::kubeconfig("aws_request_lifecycle_against_a_real_cluster_with_moto") else { return };
     let moto = support::moto::server("aws_request_lifecycle_against_a_real_cluster_with_moto")
@@ -21,7 +21,7 @@ async fn aws_request_lifecycle_against_a_real_cluster_with_moto() {
 
     let client = cluster::client(&path).await;
     cluster::apply_crds(&client).await;
-    let ns = TestNamespace::create(&client, "orb-e2e-aws").await;
+    let ns = TestNamespace::create(&client, &path, "orb-e2e-aws").await;
     let _operator = Operator::start(
         &path,
         &ns.name,
@@ -40,6 +40,9 @@ async fn aws_request_lifecycle_against_a_real_cluster_with_moto() {
     template.spec.image_id = Some(network.image);
     template.spec.subnet_ids = network.subnets;
     template.spec.security_group_ids = vec![network.group];
+    // The lifecycle counts machines: one capacity unit each.
+    template.spec.instance_types.truncate(1);
+    template.spec.instance_types[0].weight = 1;
     let mut request: MachineRequest = cluster::example("aws/request.yaml");
     request.spec.template_ref.name = template.metadata.name.clone().unwrap();
     request.spec.capacity = 3;

@@ -10,12 +10,12 @@ use kube::api::PostParams;
 use orb_operator::api::{MachineRequest, MachineTemplate};
 use support::cluster::{self, Operator, TestNamespace};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_request_lifecycle_against_a_real_cluster() {
     let Some(path) = cluster::kubeconfig("sim_request_lifecycle_against_a_real_cluster") else { return };
     let client = cluster::client(&path).await;
     cluster::apply_crds(&client).await;
-    let ns = TestNamespace::create(&client, "orb-e2e-sim").await;
+    let ns = TestNamespace::create(&client, &path, "orb-e2e-sim").await;
     let _operator = Operator::start(&path, &ns.name, &[]);
 
     let template: MachineTemplate = cluster::example("sim/template.yaml");

@@ -198,8 +198,19 @@ pub struct Attempt {
     pub units: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
-    /// The create call returned (successfully or not); the next attempt takes a new token.
+    /// The create call's outcome is known; the next attempt takes a new token. An ambiguous
+    /// failure (timeout, 5xx, throttling) leaves it `false` so the retry reuses the token.
     pub completed: bool,
+    /// Attempts in a row that did not provide what they asked for.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_streak: i32,
+    /// No new launch before this time (backoff after a failed attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<Time>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// An error that needs a change to the request or its template before launching again.

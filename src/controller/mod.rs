@@ -54,6 +54,7 @@ impl Timing {
             Poll => self.poll,
             Idle => self.idle,
             AwaitChange => self.await_change,
+            After(wait) => wait.max(self.soon),
         })
     }
 }
@@ -138,12 +139,13 @@ pub(crate) fn flatten(error: kube::runtime::finalizer::Error<Error>) -> Error {
     }
 }
 
-/// Fails fast, with the fix, when the CRDs are not installed.
-pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
+/// Fails fast, with the fix, when the CRDs are not installed (or cannot be listed where the
+/// controllers will watch).
+async fn check_crds(templates: &Api<MachineTemplate>, requests: &Api<MachineRequest>) -> anyhow::Result<()> {
     let lp = kube::api::ListParams::default().limit(1);
     for (kind, probe) in [
-        ("MachineTemplate", Api::<MachineTemplate>::all(client.clone()).list_metadata(&lp).await.map(|_| ())),
-        ("MachineRequest", Api::<MachineRequest>::all(client.clone()).list_metadata(&lp).await.map(|_| ())),
+        ("MachineTemplate", templates.list_metadata(&lp).await.map(|_| ())),
+        ("MachineRequest", requests.list_metadata(&lp).await.map(|_| ())),
     ] {
         if let Err(e) = probe {
             anyhow::bail!(
@@ -156,7 +158,6 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
 
 /// Runs both controllers until a shutdown signal, over all namespaces or only `namespace`.
 pub async fn run(client: Client, registry: Registry, namespace: Option<&str>) -> anyhow::Result<()> {
-    check_crds(&client).await?;
     let (templates, requests) = match namespace {
         Some(ns) => (
             Api::<MachineTemplate>::namespaced(client.clone(), ns),
@@ -164,6 +165,7 @@ pub async fn run(client: Client, registry: Registry, namespace: Option<&str>) ->
         ),
         None => (Api::<MachineTemplate>::all(client.clone()), Api::<MachineRequest>::all(client.clone())),
     };
+    check_crds(&templates, &requests).await?;
     let cfg = controller::Config::default().concurrency(16);
 
     let template_ctrl = Controller::new(templates.clone(), watcher::Config::default()).with_config(cfg.clone());
@@ -184,10 +186,23 @@ pub async fn run(client: Client, registry: Registry, namespace: Option<&str>) ->
         validations: template::ValidationCache::default(),
     });
 
-    // A template change re-queues the requests that use it.
+    // A template change re-queues the requests that use it: a new generation or a new Ready
+    // verdict, not every status write (machinesInUse changes with every machine).
     let users = request_store.clone();
+    let seen = std::sync::Mutex::new(std::collections::HashMap::new());
     let request_ctrl = request_ctrl
         .watches(templates, watcher::Config::default(), move |t: MachineTemplate| {
+            let verdict = t
+                .status
+                .as_ref()
+                .and_then(|s| crate::api::conditions::find(&s.conditions, crate::api::conditions::READY));
+            let key =
+                (t.metadata.generation, verdict.map(|c| (c.status.clone(), c.reason.clone(), c.observed_generation)));
+            let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.insert(t.uid().unwrap_or_default(), key.clone()) == Some(key) {
+                return vec![];
+            }
+            drop(seen);
             let (ns, name) = (t.namespace().unwrap_or_default(), t.name_any());
             users
                 .state()

@@ -22,6 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// describe calls are eventually consistent).
 const VISIBILITY_GRACE: SignedDuration = SignedDuration::from_mins(2);
 const DEFAULT_TIMEOUT: SignedDuration = SignedDuration::from_mins(15);
+/// Backoff after a failed attempt: 10s, doubling, at most 5 minutes.
+const FIRST_BACKOFF: SignedDuration = SignedDuration::from_secs(10);
+const MAX_BACKOFF: SignedDuration = SignedDuration::from_mins(5);
 
 /// The request and template as of this reconcile.
 #[derive(Clone, Debug)]
@@ -59,6 +62,8 @@ pub enum Requeue {
     Idle,
     /// Only a change to the request or its template can help.
     AwaitChange,
+    /// Backing off after a failed attempt: look again after this long.
+    After(std::time::Duration),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -100,8 +105,26 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
         .map(|m| m.instance_id.clone())
         .collect();
 
+    let listed: BTreeSet<&str> = status.machines.iter().map(|m| m.instance_id.as_str()).collect();
+    let mut reservations: Vec<String> = observed
+        .iter()
+        .filter(|o| listed.contains(o.instance_id.as_str()))
+        .filter_map(|o| o.reservation_id.clone())
+        .collect();
+    reservations.sort();
+    reservations.dedup();
+    status.resources.reservation_ids = reservations;
+
     let deficit = capacity.saturating_sub(live_units(&status.machines));
     let shortfall = deficit > 0 || pending_units(&status.machines) > 0;
+    if deficit == 0
+        && let Some(a) = status.attempt.as_mut()
+    {
+        // Satisfied: the next shortfall starts without a backoff.
+        a.failed_streak = 0;
+        a.retry_after = None;
+    }
+    let backing_off = status.attempt.as_ref().and_then(|a| a.retry_after.as_ref()).filter(|t| frame.now < t.0).cloned();
     status.provisioning_since = match (&status.provisioning_since, shortfall) {
         (_, false) => None,
         (Some(since), true) if !spec_changed => Some(since.clone()),
@@ -111,9 +134,14 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
         status.blocked = None;
     }
 
+    let may_launch =
+        deficit > 0 && status.blocked.is_none() && !timed_out(frame, &status) && frame.launch_hold.is_none();
     let (step, requeue) = if !to_return.is_empty() {
         (Step::Return(to_return), Requeue::Soon)
-    } else if deficit > 0 && status.blocked.is_none() && !timed_out(frame, &status) && frame.launch_hold.is_none() {
+    } else if let (true, Some(until)) = (may_launch, &backing_off) {
+        let wait = until.0.duration_since(frame.now).unsigned_abs();
+        (Step::Wait, Requeue::After(wait))
+    } else if may_launch {
         let attempt = next_attempt(frame, status.attempt.as_ref(), deficit);
         status.attempt = Some(attempt.clone());
         (Step::Launch { units: deficit, attempt }, Requeue::Soon)
@@ -134,8 +162,26 @@ pub fn record_launch(
     status: &mut MachineRequestStatus,
     result: &Result<ProvisionOutcome, ProviderError>,
 ) {
+    let launched: u32 = match result {
+        Ok(outcome) => outcome
+            .launched
+            .iter()
+            .map(|m| frame.template.weight_of(m.instance_type.as_deref().unwrap_or_default()))
+            .sum(),
+        Err(_) => 0,
+    };
     if let Some(attempt) = status.attempt.as_mut() {
-        attempt.completed = true;
+        // Without an answer the cloud may have launched: keep the token for the retry.
+        attempt.completed = !matches!(result, Err(ProviderError::Transient { .. } | ProviderError::Throttled { .. }));
+        if launched >= attempt.units.max(0).unsigned_abs() {
+            attempt.failed_streak = 0;
+            attempt.retry_after = None;
+        } else {
+            attempt.failed_streak += 1;
+            let doublings = u32::try_from(attempt.failed_streak - 1).unwrap_or(0).min(16);
+            let backoff = (FIRST_BACKOFF * 2i32.pow(doublings.min(10))).min(MAX_BACKOFF);
+            attempt.retry_after = Some(Time(frame.now + backoff));
+        }
     }
     match result {
         Ok(outcome) => {
@@ -192,6 +238,8 @@ fn next_attempt(frame: &Frame<'_>, previous: Option<&Attempt>, units: u32) -> At
                 units: units as i32,
                 started_at: Some(Time(frame.now)),
                 completed: false,
+                failed_streak: previous.map_or(0, |a| a.failed_streak),
+                retry_after: None,
             }
         }
     }
@@ -329,7 +377,8 @@ fn machine_from(frame: &Frame<'_>, o: &ObservedMachine, prior: Option<&Machine>,
         subnet_id: o.subnet_id.clone(),
         private_ip: o.private_ip.clone(),
         public_ip: o.public_ip.clone(),
-        launch_time: o.launch_time.map(Time),
+        // Whole seconds, as the API server stores them: anything finer would differ on every read.
+        launch_time: o.launch_time.and_then(|t| Timestamp::from_second(t.as_second()).ok()).map(Time),
         message,
         returning,
     }
@@ -411,7 +460,19 @@ fn summarise(frame: &Frame<'_>, status: &mut MachineRequestStatus, acting: bool)
         Cond::new(conditions::READY, phase == Phase::Fulfilled, ready_reason.clone(), ready_message),
     );
 
-    let progressing = if acting || pending > 0 || returning > 0 {
+    let backoff = status
+        .attempt
+        .as_ref()
+        .and_then(|a| a.retry_after.as_ref().map(|t| (a.failed_streak, t)))
+        .filter(|(_, t)| frame.now < t.0);
+    let progressing = if let (Some((streak, until)), false) = (backoff, acting || returning > 0) {
+        Cond::new(
+            conditions::PROGRESSING,
+            true,
+            "BackingOff",
+            format!("{progress}; {streak} attempt(s) in a row fell short; next launch after {}", until.0),
+        )
+    } else if acting || pending > 0 || returning > 0 {
         let reason = match (returning > 0, pending > 0 || acting) {
             (true, _) => "Returning",
             (false, true) if pending > 0 => "WaitingForMachines",
@@ -701,10 +762,66 @@ mod tests {
             &mut status,
             &Ok(ProvisionOutcome { launched: vec![obs("i-1", Pending, "m5.large", 0)], ..Default::default() }),
         );
-        let p = plan(&frame(&s, &t, 5), &status, &[obs("i-1", Running, "m5.large", 0)]);
-        let Step::Launch { units, attempt } = p.step else { panic!() };
+        // It fell short (1 of 3 units): the next attempt comes after the first backoff.
+        let p = plan(&frame(&s, &t, 10), &status, &[obs("i-1", Running, "m5.large", 0)]);
+        let Step::Launch { units, attempt } = p.step else { panic!("{:?}", p.step) };
         assert_eq!((units, attempt.number), (2, 2));
         assert_eq!(attempt.client_token, client_token(UID, 2));
+    }
+
+    fn capacity_error() -> ProviderError {
+        ProviderError::Capacity { code: "InsufficientInstanceCapacity".into(), message: "none".into() }
+    }
+
+    #[test]
+    fn a_failed_attempt_backs_off_doubling_before_the_next() {
+        let (s, t) = (spec(2), template());
+        let mut status = MachineRequestStatus::default();
+        let mut now = 0;
+        for (streak, backoff) in [(1, 10), (2, 20), (3, 40)] {
+            let f = frame(&s, &t, now);
+            let p = plan(&f, &status, &[]);
+            assert!(matches!(p.step, Step::Launch { .. }), "at {now}: {:?}", p.step);
+            status = p.status;
+            record_launch(&f, &mut status, &Err(capacity_error()));
+            let attempt = status.attempt.clone().unwrap();
+            assert_eq!((attempt.failed_streak, attempt.retry_after), (streak, Some(Time(at(now + backoff)))));
+            assert!(attempt.completed, "a capacity answer is definite");
+            // Status writes wake the reconciler at once; it must not launch again yet.
+            let p = plan(&frame(&s, &t, now + 1), &status, &[]);
+            assert_eq!(p.step, Step::Wait);
+            assert_eq!(p.requeue, Requeue::After(std::time::Duration::from_secs(backoff as u64 - 1)));
+            assert_eq!(cond(&p.status, "Progressing").reason, "BackingOff");
+            now += backoff;
+        }
+    }
+
+    #[test]
+    fn the_backoff_is_forgotten_once_capacity_is_met() {
+        let (s, t) = (spec(1), template());
+        let f = frame(&s, &t, 0);
+        let mut status = plan(&f, &MachineRequestStatus::default(), &[]).status;
+        record_launch(&f, &mut status, &Err(capacity_error()));
+        let p = plan(&frame(&s, &t, 20), &status, &[obs("i-1", Running, "m5.large", 0)]);
+        let attempt = p.status.attempt.unwrap();
+        assert_eq!((attempt.failed_streak, attempt.retry_after), (0, None));
+    }
+
+    #[test]
+    fn an_ambiguous_failure_retries_with_the_same_token() {
+        let (s, t) = (spec(2), template());
+        let f = frame(&s, &t, 0);
+        let first = plan(&f, &MachineRequestStatus::default(), &[]);
+        let mut status = first.status.clone();
+        let timeout =
+            ProviderError::Transient { code: "Timeout".into(), message: "RunInstances: no answer in time".into() };
+        record_launch(&f, &mut status, &Err(timeout));
+        assert!(!status.attempt.as_ref().unwrap().completed, "the cloud may have launched");
+        let retry = plan(&frame(&s, &t, 10), &status, &[]);
+        let (Step::Launch { attempt: a, .. }, Step::Launch { attempt: b, .. }) = (&first.step, &retry.step) else {
+            panic!("{:?}", retry.step)
+        };
+        assert_eq!((a.number, &a.client_token), (b.number, &b.client_token));
     }
 
     #[test]

@@ -63,26 +63,28 @@ pub fn owner_of(mr: &MachineRequest) -> Result<Owner, Error> {
 }
 
 /// One pass of observe -> plan -> act -> report for a request whose template and provider are
-/// known. Returns the status it left and when to look again.
+/// known. `hold` stops launches for a reason of the caller's (the template's own readiness is
+/// checked here). Returns the status it left and when to look again.
 pub async fn drive(
     mr: &MachineRequest,
     template: &MachineTemplate,
-    provider_name: &str,
-    provider: &AnyProvider,
+    (provider_name, provider): (&str, &AnyProvider),
+    hold: Option<(String, String)>,
     sink: &dyn StatusSink,
     now: jiff::Timestamp,
 ) -> Result<(MachineRequestStatus, Requeue), Error> {
     let owner = owner_of(mr)?;
     let previous = mr.status.clone().unwrap_or_default();
     let frame = Frame {
-        now,
+        // Whole seconds, as the API server stores times.
+        now: jiff::Timestamp::from_second(now.as_second()).unwrap_or(now),
         request_name: &owner.name,
         uid: &owner.uid,
         generation: mr.meta().generation.unwrap_or_default(),
         spec: &mr.spec,
         template: &template.spec,
         template_generation: template.meta().generation.unwrap_or_default(),
-        launch_hold: launch_hold(template),
+        launch_hold: hold.or_else(|| launch_hold(template)),
     };
     let observed = provider.describe(&owner).await?;
     let plan = planner::plan(&frame, &previous, &observed);
@@ -168,14 +170,38 @@ async fn apply(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) ->
     let sink = KubeStatus { api: api.clone(), name: mr.name_any() };
     let ns = mr.namespace().unwrap_or_default();
     let previous = mr.status.clone().unwrap_or_default();
-    let Some(template) = ctx.template(&ns, &mr.spec.template_ref.name) else {
+    let name = &mr.spec.template_ref.name;
+    let template = match ctx.template(&ns, name) {
+        Some(t) if launch_hold(&t).is_none() => Some(t),
+        // The cache is fed by another watch than the one that woke this reconcile: when it says
+        // "missing" or "not ready", ask the API server, which may already know better.
+        _ => Api::<MachineTemplate>::namespaced(ctx.client.clone(), &ns).get_opt(name).await?.map(Arc::new),
+    };
+    let Some(template) = template else {
         let message = format!(
             "MachineTemplate {} not found in namespace {ns}; nothing is launched until it exists",
             mr.spec.template_ref.name
         );
         return wait_pending(mr, ctx, &sink, "TemplateNotFound", message).await;
     };
-    let provider_name = template.spec.provider.clone();
+    // Machines stay with the provider that launched them: after the template's provider changes,
+    // they can still be returned through it, but nothing new is launched until they are gone.
+    let live_machines =
+        previous.machines.iter().any(|m| !m.returning && m.result != Some(crate::api::MachineResult::Fail));
+    let (provider_name, hold) = match &previous.provider {
+        Some(old) if *old != template.spec.provider && live_machines => (
+            old.clone(),
+            Some((
+                "ProviderChanged".to_string(),
+                format!(
+                    "template {} now names provider `{}` but this request's machines were launched by `{old}`; scale the request to 0 or recreate it to move",
+                    template.name_any(),
+                    template.spec.provider
+                ),
+            )),
+        ),
+        _ => (template.spec.provider.clone(), None),
+    };
     let Some(provider) = ctx.registry.get(&provider_name) else {
         let message = format!(
             "template {} names provider `{provider_name}`, which the operator config does not define (configured: {})",
@@ -184,7 +210,8 @@ async fn apply(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) ->
         );
         return wait_pending(mr, ctx, &sink, "ProviderNotFound", message).await;
     };
-    let (status, requeue) = drive(mr, &template, &provider_name, provider, &sink, jiff::Timestamp::now()).await?;
+    let (status, requeue) =
+        drive(mr, &template, (&provider_name, provider), hold, &sink, jiff::Timestamp::now()).await?;
     announce(ctx, mr, &previous, &status).await;
     Ok(ctx.timing.after(requeue))
 }
@@ -237,10 +264,11 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
         return Ok(Action::await_change());
     }
     let status = mr.status.clone().unwrap_or_default();
-    let provider_name = ctx
-        .template(&owner.namespace, &owner.template)
-        .map(|t| t.spec.provider.clone())
-        .or_else(|| status.provider.clone());
+    // The provider that launched the machines, even if the template now names another.
+    let provider_name = status
+        .provider
+        .clone()
+        .or_else(|| ctx.template(&owner.namespace, &owner.template).map(|t| t.spec.provider.clone()));
     let Some(provider_name) = provider_name else {
         // No template and no recorded provider: nothing was ever launched.
         return Ok(Action::await_change());
@@ -264,7 +292,8 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
         KubeStatus { api: api.clone(), name: mr.name_any() }.write(&deleting).await?;
         announce(ctx, mr, &status, &deleting).await;
     }
-    match provider.release(&owner).await? {
+    let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
+    match provider.release(&owner, &known).await? {
         Released::Done => {
             tracing::info!(request = %owner.key(), "released");
             publish(

@@ -97,6 +97,8 @@ pub struct ObservedMachine {
     pub launch_time: Option<jiff::Timestamp>,
     /// Why the cloud changed the state (EC2 StateReason), if it said.
     pub state_reason: Option<String>,
+    /// The launch (EC2 reservation) the machine came from.
+    pub reservation_id: Option<String>,
 }
 
 impl ObservedMachine {
@@ -113,6 +115,7 @@ impl ObservedMachine {
             public_ip: None,
             launch_time: None,
             state_reason: None,
+            reservation_id: None,
         }
     }
 }
@@ -256,8 +259,9 @@ pub trait Provider: Send + Sync {
         owner: &Owner,
         instance_ids: &[String],
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
-    /// Tears down everything the owner has.
-    fn release(&self, owner: &Owner) -> impl Future<Output = Result<Released, ProviderError>> + Send;
+    /// Tears down everything the owner has; `known` are the instance ids the request's status
+    /// lists (the cloud's own listing may lag behind a recent launch).
+    fn release(&self, owner: &Owner, known: &[String]) -> impl Future<Output = Result<Released, ProviderError>> + Send;
 }
 
 /// A configured provider: adding a kind is a compile error everywhere it must be handled.
@@ -297,10 +301,10 @@ impl Provider for AnyProvider {
             Self::Aws(p) => p.return_machines(owner, instance_ids).await,
         }
     }
-    async fn release(&self, owner: &Owner) -> Result<Released, ProviderError> {
+    async fn release(&self, owner: &Owner, known: &[String]) -> Result<Released, ProviderError> {
         match self {
-            Self::Sim(p) => p.release(owner).await,
-            Self::Aws(p) => p.release(owner).await,
+            Self::Sim(p) => p.release(owner, known).await,
+            Self::Aws(p) => p.release(owner, known).await,
         }
     }
 }

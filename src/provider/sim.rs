@@ -268,7 +268,8 @@ impl Provider for SimProvider {
         Ok(())
     }
 
-    async fn release(&self, owner: &Owner) -> Result<Released, ProviderError> {
+    /// The simulator's listing never lags, so `known` adds nothing.
+    async fn release(&self, owner: &Owner, _known: &[String]) -> Result<Released, ProviderError> {
         let now = Timestamp::now();
         let mut cloud = self.cloud();
         for instance in cloud.instances.values_mut().filter(|i| i.owner_uid == owner.uid) {

@@ -44,28 +44,33 @@ pub async fn apply_crds(client: &Client) {
     }
 }
 
-/// A namespace that is deleted (with everything in it) when dropped.
+/// A namespace that is deleted (with everything in it) when dropped, also when the test fails.
 pub struct TestNamespace {
     pub name: String,
-    client: Client,
+    kubeconfig: String,
 }
 
 impl TestNamespace {
-    pub async fn create(client: &Client, prefix: &str) -> Self {
+    pub async fn create(client: &Client, kubeconfig: &str, prefix: &str) -> Self {
         let name = format!("{prefix}-{:08x}", rand::random::<u32>());
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace created");
-        Self { name, client: client.clone() }
+        Self { name, kubeconfig: kubeconfig.to_string() }
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let (client, name) = (self.client.clone(), self.name.clone());
-        // Best effort: finalizers are gone once the operator released everything.
+        let (kubeconfig, name) = (self.kubeconfig.clone(), self.name.clone());
+        // Its own thread, runtime and client: the test's client is driven by the test's runtime,
+        // which this drop may be blocking. Best effort; a failure leaves a namespace to delete.
         let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new().unwrap().block_on(async move {
-                let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::default()).await;
+            let Ok(runtime) = tokio::runtime::Runtime::new() else { return };
+            runtime.block_on(async move {
+                let client = self::client(&kubeconfig).await;
+                if let Err(e) = Api::<Namespace>::all(client).delete(&name, &DeleteParams::default()).await {
+                    eprintln!("could not delete test namespace {name}: {e}");
+                }
             })
         })
         .join();

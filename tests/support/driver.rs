@@ -90,8 +90,8 @@ pub async fn converge(
     let mut last_error = None;
     for _ in 0..rounds {
         mr.status = sink.current();
-        match drive(mr, template, "default", provider, sink, jiff::Timestamp::now()).await {
-            Ok((_, Requeue::Idle | Requeue::AwaitChange)) => {
+        match drive(mr, template, ("default", provider), None, sink, jiff::Timestamp::now()).await {
+            Ok((_, Requeue::Idle | Requeue::AwaitChange | Requeue::After(_))) => {
                 return (sink.current().unwrap_or_default(), None);
             }
             Ok(_) => last_error = None,

@@ -15,6 +15,8 @@ pub enum Fault {
     Error { status: u16, code: String, message: String },
     /// Wait, then forward.
     Delay(Duration),
+    /// Answer 200 with this body instead of forwarding (e.g. a listing that lags behind).
+    Reply(String),
 }
 
 impl Fault {
@@ -148,6 +150,7 @@ async fn handle(
                 .body(Full::new(Bytes::from(error_body(&code, &message))))
                 .unwrap();
         }
+        Some(Fault::Reply(body)) => return Response::builder().status(200).body(Full::new(Bytes::from(body))).unwrap(),
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         None => {}
     }

@@ -31,6 +31,19 @@ const REGIONS: &[&str] = &[
     "ap-southeast-2",
     "ca-central-1",
     "sa-east-1",
+    "af-south-1",
+    "ap-east-1",
+    "ap-northeast-3",
+    "ap-south-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "eu-central-2",
+    "eu-south-1",
+    "eu-south-2",
+    "me-south-1",
+    "me-central-1",
+    "il-central-1",
+    "ca-west-1",
 ];
 
 pub struct Moto {

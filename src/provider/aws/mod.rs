@@ -48,6 +48,23 @@ impl AwsProvider {
         &self.autoscaling
     }
 
+    /// Those of `ids` that carry the owner's uid tag and can still be terminated: the operator
+    /// never terminates an instance it did not launch for this request.
+    async fn owned(&self, owner: &Owner, ids: &[String]) -> Result<Vec<String>, ProviderError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        Ok(self
+            .ops
+            .describe_by_ids(ids)
+            .await?
+            .iter()
+            .filter(|i| ops::tag_value(i, tags::REQUEST_UID) == Some(owner.uid.as_str()))
+            .filter(|i| ops::observed(i, None).is_some_and(|m| m.state.can_terminate()))
+            .filter_map(|i| i.instance_id().map(str::to_string))
+            .collect())
+    }
+
     /// The shared EC2 and SSM operations.
     pub fn ops(&self) -> &Ops {
         &self.ops
@@ -79,33 +96,30 @@ impl Provider for AwsProvider {
     }
 
     async fn describe(&self, owner: &Owner) -> Result<Vec<ObservedMachine>, ProviderError> {
-        Ok(self.ops.describe_by_owner(owner).await?.iter().filter_map(ops::observed).collect())
+        self.ops.describe_by_owner(owner).await
     }
 
     async fn return_machines(&self, owner: &Owner, instance_ids: &[String]) -> Result<(), ProviderError> {
-        // Only ever terminate instances that carry this request's uid.
-        let mine: Vec<String> = self
-            .ops
-            .describe_by_ids(instance_ids)
-            .await?
-            .iter()
-            .filter(|i| ops::tag_value(i, tags::REQUEST_UID) == Some(owner.uid.as_str()))
-            .filter_map(|i| i.instance_id().map(str::to_string))
-            .collect();
+        let mine = self.owned(owner, instance_ids).await?;
         if mine.len() < instance_ids.len() {
             tracing::warn!(request = %owner.key(), asked = instance_ids.len(), owned = mine.len(), "not returning instances this request does not own");
         }
         self.ops.terminate(&mine).await
     }
 
-    async fn release(&self, owner: &Owner) -> Result<Released, ProviderError> {
-        let live: Vec<String> = self
+    async fn release(&self, owner: &Owner, known: &[String]) -> Result<Released, ProviderError> {
+        // The tag lookup may not list instances launched moments ago; the ids the request's
+        // status knows cover them.
+        let mut live: Vec<String> = self
             .describe(owner)
             .await?
             .into_iter()
             .filter(|m| m.state.can_terminate())
             .map(|m| m.instance_id)
             .collect();
+        live.extend(self.owned(owner, known).await?);
+        live.sort();
+        live.dedup();
         self.ops.terminate(&live).await?;
         Ok(Released::Done)
     }

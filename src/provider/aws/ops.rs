@@ -56,7 +56,7 @@ fn filter(name: &str, values: impl IntoIterator<Item = String>) -> Filter {
 }
 
 /// The instance as the provider reports it.
-pub fn observed(instance: &Instance) -> Option<ObservedMachine> {
+pub fn observed(instance: &Instance, reservation: Option<&str>) -> Option<ObservedMachine> {
     let id = instance.instance_id()?;
     let state = instance.state().and_then(|s| s.name()).and_then(|n| InstanceState::parse(n.as_str()))?;
     let spot = instance.instance_lifecycle().is_some_and(|l| l.as_str() == "spot");
@@ -69,6 +69,7 @@ pub fn observed(instance: &Instance) -> Option<ObservedMachine> {
         public_ip: instance.public_ip_address().map(str::to_string),
         launch_time: instance.launch_time().and_then(|t| jiff::Timestamp::from_second(t.secs()).ok()),
         state_reason: instance.state_reason().and_then(|r| r.message()).map(str::to_string),
+        reservation_id: reservation.map(str::to_string),
         ..ObservedMachine::new(id, state)
     })
 }
@@ -86,6 +87,31 @@ fn missing_ids(error: &ProviderError) -> Vec<String> {
         .filter(|w| w.starts_with("i-"))
         .map(str::to_string)
         .collect()
+}
+
+/// Calls `call` with `ids`; when EC2 answers that some ids do not exist, drops the ids it names
+/// and calls again (a missing id fails a whole EC2 call). `None` when no id was left. Any other
+/// error, or one that names no id, is returned.
+async fn without_missing<T, F, Fut>(ids: &[String], call: F) -> Result<Option<T>, ProviderError>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProviderError>>,
+{
+    let mut ids = ids.to_vec();
+    while !ids.is_empty() {
+        match call(ids.clone()).await {
+            Ok(value) => return Ok(Some(value)),
+            Err(error) => {
+                let gone = missing_ids(&error);
+                let before = ids.len();
+                ids.retain(|id| !gone.contains(id));
+                if ids.len() == before {
+                    return Err(error);
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 impl Ops {
@@ -112,7 +138,7 @@ impl Ops {
 
     /// Every instance tagged with the request's uid in this cluster, in all states EC2 still
     /// reports.
-    pub async fn describe_by_owner(&self, owner: &Owner) -> Result<Vec<Instance>, ProviderError> {
+    pub async fn describe_by_owner(&self, owner: &Owner) -> Result<Vec<ObservedMachine>, ProviderError> {
         let filters = vec![
             filter(&format!("tag:{}", tags::REQUEST_UID), [owner.uid.clone()]),
             filter(&format!("tag:{}", tags::CLUSTER), [self.cluster_id.clone()]),
@@ -122,7 +148,9 @@ impl Ops {
         let mut instances = vec![];
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify("DescribeInstances", e))?;
-            instances.extend(page.reservations().iter().flat_map(|r| r.instances().iter().cloned()));
+            for r in page.reservations() {
+                instances.extend(r.instances().iter().filter_map(|i| observed(i, r.reservation_id())));
+            }
         }
         Ok(instances)
     }
@@ -132,32 +160,14 @@ impl Ops {
     pub async fn describe_by_ids(&self, ids: &[String]) -> Result<Vec<Instance>, ProviderError> {
         let mut instances = vec![];
         for chunk in ids.chunks(PAGE) {
-            let mut wanted: Vec<String> = chunk.to_vec();
-            // A missing id fails the whole call; drop the ids EC2 names and ask again.
-            for _ in 0..3 {
-                if wanted.is_empty() {
-                    break;
-                }
-                match self.describe_ids_once(&wanted).await {
-                    Ok(found) => {
-                        instances.extend(found);
-                        break;
-                    }
-                    Err(e) => {
-                        let gone = missing_ids(&e);
-                        if gone.is_empty() {
-                            return Err(e);
-                        }
-                        wanted.retain(|id| !gone.contains(id));
-                    }
-                }
-            }
+            let found = without_missing(chunk, |ids| self.describe_ids_once(ids)).await?;
+            instances.extend(found.unwrap_or_default());
         }
         Ok(instances)
     }
 
-    async fn describe_ids_once(&self, ids: &[String]) -> Result<Vec<Instance>, ProviderError> {
-        let mut pages = self.ec2.describe_instances().set_instance_ids(Some(ids.to_vec())).into_paginator().send();
+    async fn describe_ids_once(&self, ids: Vec<String>) -> Result<Vec<Instance>, ProviderError> {
+        let mut pages = self.ec2.describe_instances().set_instance_ids(Some(ids)).into_paginator().send();
         let mut instances = vec![];
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify("DescribeInstances", e))?;
@@ -169,23 +179,16 @@ impl Ops {
     /// Terminates instances in batches; ids that are already gone count as terminated.
     pub async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
         for chunk in ids.chunks(PAGE) {
-            let mut batch: Vec<String> = chunk.to_vec();
-            for _ in 0..3 {
-                if batch.is_empty() {
-                    break;
-                }
-                match self.ec2.terminate_instances().set_instance_ids(Some(batch.clone())).send().await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        let error = classify("TerminateInstances", e);
-                        let gone = missing_ids(&error);
-                        if gone.is_empty() {
-                            return Err(error);
-                        }
-                        batch.retain(|id| !gone.contains(id));
-                    }
-                }
-            }
+            without_missing(chunk, |ids| async move {
+                self.ec2
+                    .terminate_instances()
+                    .set_instance_ids(Some(ids))
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| classify("TerminateInstances", e))
+            })
+            .await?;
         }
         Ok(())
     }

@@ -185,7 +185,7 @@ impl Runner<'_> {
         if let Some(reservation) = out.reservation_id() {
             self.outcome.resources.reservation_ids.push(reservation.to_string());
         }
-        self.outcome.launched.extend(out.instances().iter().filter_map(ops::observed));
+        self.outcome.launched.extend(out.instances().iter().filter_map(|i| ops::observed(i, out.reservation_id())));
         Ok(())
     }
 }
