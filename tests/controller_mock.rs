@@ -69,36 +69,56 @@ fn request_object(finalized: bool, deleting: bool) -> MachineRequest {
     mr
 }
 
-fn context(client: Client) -> (Arc<Context>, ()) {
+fn context(client: Client) -> Arc<Context> {
     context_with(client, ready_template())
 }
 
+fn sim_provider() -> AnyProvider {
+    let sim = SimSettings { pending_delay: "0s".into(), terminating_delay: "0s".into(), ..Default::default() };
+    AnyProvider::Sim(orb_operator::provider::sim::SimProvider::new(sim))
+}
+
 /// A context whose template cache holds `cached`.
-fn context_with(client: Client, cached: MachineTemplate) -> (Arc<Context>, ()) {
+fn context_with(client: Client, cached: MachineTemplate) -> Arc<Context> {
     let (templates, mut writer) = store();
     writer.apply_watcher_event(&watcher::Event::Apply(cached));
     let (requests, _w) = store();
-    let sim = SimSettings { pending_delay: "0s".into(), terminating_delay: "0s".into(), ..Default::default() };
     let ctx = Context {
         client: client.clone(),
-        registry: Registry::with([(
-            "default".to_string(),
-            AnyProvider::Sim(orb_operator::provider::sim::SimProvider::new(sim)),
-        )]),
+        registry: Registry::with([("default".to_string(), sim_provider()), ("old".to_string(), sim_provider())]),
         templates,
         requests,
         recorder: Recorder::new(client, Reporter { controller: "orb-operator".into(), instance: None }),
         timing: Timing::default(),
         validations: ValidationCache::default(),
     };
-    (Arc::new(ctx), ())
+    Arc::new(ctx)
 }
 
 fn sim(ctx: &Context) -> &orb_operator::provider::sim::SimProvider {
-    match ctx.registry.get("default") {
+    sim_named(ctx, "default")
+}
+
+fn sim_named<'a>(ctx: &'a Context, name: &str) -> &'a orb_operator::provider::sim::SimProvider {
+    match ctx.registry.get(name) {
         Some(AnyProvider::Sim(s)) => s,
         _ => panic!("no sim provider"),
     }
+}
+
+/// Launches `units` machines for the test request straight through provider `name`.
+async fn launch_in(ctx: &Context, name: &str, units: u32) -> Vec<orb_operator::provider::ObservedMachine> {
+    let owner = request::owner_of(&request_object(true, false)).unwrap();
+    let template = ready_template();
+    let launch = orb_operator::provider::ProvisionRequest {
+        owner: &owner,
+        template: &template.spec,
+        capacity: units,
+        live: Default::default(),
+        units,
+        client_token: "fixture",
+    };
+    orb_operator::provider::Provider::provision(sim_named(ctx, name), &launch).await.unwrap().launched
 }
 
 /// Waits for the next request, checks its method and path, and returns its JSON body.
@@ -130,7 +150,7 @@ const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/grid/events";
 #[tokio::test]
 async fn a_new_request_first_gets_its_finalizer_and_nothing_else() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (ctx, _) = context(Client::new(service, NS));
+    let ctx = context(Client::new(service, NS));
     let mr = request_object(false, false);
     let server = tokio::spawn(async move {
         let (patch, send) = expect(&mut handle, Method::PATCH, MR_PATH).await;
@@ -149,7 +169,7 @@ async fn a_new_request_first_gets_its_finalizer_and_nothing_else() {
 #[tokio::test]
 async fn a_finalized_request_records_its_attempt_then_launches_then_reports() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (ctx, _) = context(Client::new(service, NS));
+    let ctx = context(Client::new(service, NS));
     let mr = request_object(true, false);
     let echo = mr.clone();
     let server = tokio::spawn(async move {
@@ -196,19 +216,9 @@ async fn a_finalized_request_records_its_attempt_then_launches_then_reports() {
 #[tokio::test]
 async fn deletion_releases_every_machine_then_removes_the_finalizer() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (ctx, _) = context(Client::new(service, NS));
+    let ctx = context(Client::new(service, NS));
     // Machines exist in the cloud for this request.
-    let owner = request::owner_of(&request_object(true, false)).unwrap();
-    let template = ready_template();
-    let launch = orb_operator::provider::ProvisionRequest {
-        owner: &owner,
-        template: &template.spec,
-        capacity: 2,
-        live: Default::default(),
-        units: 2,
-        client_token: "t1",
-    };
-    orb_operator::provider::Provider::provision(sim(&ctx), &launch).await.unwrap();
+    launch_in(&ctx, "default", 2).await;
     assert_eq!(sim(&ctx).live_count(UID), 2);
 
     let mut mr = request_object(true, true);
@@ -242,7 +252,7 @@ async fn deletion_releases_every_machine_then_removes_the_finalizer() {
 #[tokio::test]
 async fn a_request_whose_template_is_missing_waits_and_launches_nothing() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (ctx, _) = context(Client::new(service, NS));
+    let ctx = context(Client::new(service, NS));
     let mut mr = request_object(true, false);
     mr.spec.template_ref.name = "nope".into();
     let echo = mr.clone();
@@ -274,7 +284,7 @@ async fn a_stale_cache_does_not_hold_back_a_template_the_api_server_says_is_read
     // The cache still has the template as it was before validation.
     let mut unvalidated = ready_template();
     unvalidated.status = None;
-    let (ctx, _) = context_with(Client::new(service, NS), unvalidated);
+    let ctx = context_with(Client::new(service, NS), unvalidated);
     let mr = request_object(true, false);
     let echo = mr.clone();
     let server = tokio::spawn(async move {
@@ -292,4 +302,41 @@ async fn a_stale_cache_does_not_hold_back_a_template_the_api_server_says_is_read
     request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
     server.await.unwrap();
     assert_eq!(sim(&ctx).live_count(UID), 3);
+}
+
+#[tokio::test]
+async fn machines_stay_with_the_provider_that_launched_them_when_the_template_changes_provider() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, NS));
+    let machines = launch_in(&ctx, "old", 2)
+        .await
+        .iter()
+        .map(|m| Machine {
+            name: m.instance_id.clone(),
+            instance_id: m.instance_id.clone(),
+            state: "running".into(),
+            weight: 1,
+            launch_time: m.launch_time.map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+            ..Default::default()
+        })
+        .collect();
+    // The request (capacity 3) has 2 machines from provider `old`; the template now says `default`.
+    let mut mr = request_object(true, false);
+    mr.status = Some(MachineRequestStatus { provider: Some("old".into()), machines, ..Default::default() });
+    let echo = mr.clone();
+    let server = tokio::spawn(async move {
+        let (status, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
+        assert_eq!(status["status"]["provider"], "old");
+        assert!(status["status"].get("attempt").is_none(), "nothing launched: {status}");
+        let ready =
+            status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+        assert_eq!(ready["reason"], "ProviderChanged");
+        respond(send, &echo);
+        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
+        respond(send, &event);
+    });
+    request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
+    server.await.unwrap();
+    assert_eq!(sim_named(&ctx, "old").live_count(UID), 2, "the old machines are untouched");
+    assert_eq!(sim(&ctx).live_count(UID), 0, "nothing launched through the new provider");
 }

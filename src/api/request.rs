@@ -138,6 +138,13 @@ pub struct Machine {
     pub returning: bool,
 }
 
+impl Machine {
+    /// Pending or running and not being returned: it holds (or will hold) capacity.
+    pub fn counts_as_live(&self) -> bool {
+        !self.returning && matches!(self.state.as_str(), "pending" | "running")
+    }
+}
+
 /// A provisioning failure, aggregated by (code, instance type, zone).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]

@@ -22,6 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// describe calls are eventually consistent).
 const VISIBILITY_GRACE: SignedDuration = SignedDuration::from_mins(2);
 const DEFAULT_TIMEOUT: SignedDuration = SignedDuration::from_mins(15);
+/// How often a request capped by `maxMachines` looks for freed machines.
+const CAP_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 /// Backoff after a failed attempt: 10s, doubling, at most 5 minutes.
 const FIRST_BACKOFF: SignedDuration = SignedDuration::from_secs(10);
 const MAX_BACKOFF: SignedDuration = SignedDuration::from_mins(5);
@@ -38,6 +40,8 @@ pub struct Frame<'a> {
     pub template_generation: i64,
     /// Why launching is not allowed right now (template not Ready): reason and message.
     pub launch_hold: Option<(String, String)>,
+    /// Live machines of the template's other requests (for `maxMachines`).
+    pub machines_elsewhere: u32,
 }
 
 /// The next action.
@@ -134,26 +138,52 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
         status.blocked = None;
     }
 
-    let may_launch =
-        deficit > 0 && status.blocked.is_none() && !timed_out(frame, &status) && frame.launch_hold.is_none();
+    let (allowed, cap_hold) = machine_cap(frame, &status.machines, deficit);
+    let hold = frame.launch_hold.clone().or(cap_hold);
+    let may_launch = deficit > 0 && status.blocked.is_none() && !timed_out(frame, &status) && hold.is_none();
     let (step, requeue) = if !to_return.is_empty() {
         (Step::Return(to_return), Requeue::Soon)
     } else if let (true, Some(until)) = (may_launch, &backing_off) {
         let wait = until.0.duration_since(frame.now).unsigned_abs();
         (Step::Wait, Requeue::After(wait))
     } else if may_launch {
-        let attempt = next_attempt(frame, status.attempt.as_ref(), deficit);
+        let attempt = next_attempt(frame, status.attempt.as_ref(), allowed);
         status.attempt = Some(attempt.clone());
-        (Step::Launch { units: deficit, attempt }, Requeue::Soon)
+        (Step::Launch { units: allowed, attempt }, Requeue::Soon)
     } else if status.blocked.is_some() || (deficit > 0 && frame.launch_hold.is_some()) {
         (Step::Wait, Requeue::AwaitChange)
+    } else if deficit > 0 && hold.is_some() {
+        // Capped by maxMachines: other requests may give machines back at any time.
+        (Step::Wait, Requeue::After(CAP_RECHECK))
     } else if shortfall && !timed_out(frame, &status) || status.machines.iter().any(|m| m.returning) {
         (Step::Wait, Requeue::Poll)
     } else {
         (Step::Wait, Requeue::Idle)
     };
-    summarise(frame, &mut status, !matches!(step, Step::Wait));
+    summarise(frame, &mut status, !matches!(step, Step::Wait), hold.as_ref());
     Plan { step, status, requeue }
+}
+
+/// Units this request may launch now under the template's `maxMachines` (all of `deficit`
+/// without a cap), and the hold to report when that is nothing. Units are capped at the
+/// headroom times the smallest weight, so no choice of instance type can exceed the headroom.
+fn machine_cap(frame: &Frame<'_>, machines: &[Machine], deficit: u32) -> (u32, Option<(String, String)>) {
+    let Some(max) = frame.template.max_machines else { return (deficit, None) };
+    let max = max.max(0).unsigned_abs();
+    let own = u32::try_from(machines.iter().filter(|m| live(m)).count()).unwrap_or(u32::MAX);
+    let in_use = own.saturating_add(frame.machines_elsewhere);
+    let smallest = frame.template.instance_types.iter().map(|t| t.weight.max(1).unsigned_abs()).min().unwrap_or(1);
+    let allowed = deficit.min(max.saturating_sub(in_use).saturating_mul(smallest));
+    let hold = (allowed == 0 && deficit > 0).then(|| {
+        (
+            "MaxMachinesReached".to_string(),
+            format!(
+                "template {} allows {max} machines (spec.maxMachines) and {in_use} are in use; launching resumes when machines are returned",
+                frame.spec.template_ref.name
+            ),
+        )
+    });
+    (allowed, hold)
 }
 
 /// Folds a provision call's result into the status written after it.
@@ -208,13 +238,13 @@ pub fn record_launch(
             }
         }
     }
-    summarise(frame, status, false);
+    summarise(frame, status, false, frame.launch_hold.as_ref());
 }
 
 /// Folds a failed return call into the status.
 pub fn record_return_error(frame: &Frame<'_>, status: &mut MachineRequestStatus, error: &ProviderError) {
     add_failure(&mut status.failures, &failure_of(error), frame.now);
-    summarise(frame, status, false);
+    summarise(frame, status, false, frame.launch_hold.as_ref());
 }
 
 /// The client token of attempt `number` of request `uid`: stable across restarts, unique per
@@ -266,7 +296,7 @@ fn state_of(m: &Machine) -> Option<InstanceState> {
 
 /// Provides (or is about to provide) capacity and is not on its way out.
 fn live(m: &Machine) -> bool {
-    !m.returning && state_of(m).is_some_and(InstanceState::is_live)
+    m.counts_as_live()
 }
 
 fn units_where(machines: &[Machine], state: Option<InstanceState>) -> u32 {
@@ -412,7 +442,7 @@ fn add_failure(failures: &mut Vec<Failure>, f: &LaunchFailure, now: Timestamp) {
 }
 
 /// Counters, phase and conditions from the machine list and the episode.
-fn summarise(frame: &Frame<'_>, status: &mut MachineRequestStatus, acting: bool) {
+fn summarise(frame: &Frame<'_>, status: &mut MachineRequestStatus, acting: bool, hold: Option<&(String, String)>) {
     let capacity = frame.spec.capacity.max(0).unsigned_abs();
     let running = running_units(&status.machines);
     let pending = pending_units(&status.machines);
@@ -445,8 +475,9 @@ fn summarise(frame: &Frame<'_>, status: &mut MachineRequestStatus, acting: bool)
             frame.spec.fulfilment_timeout
         );
         (phase, "FulfilmentTimeout".to_string(), message)
-    } else if let Some((reason, message)) = &frame.launch_hold {
-        (Phase::Pending, reason.clone(), format!("{progress}; {message}"))
+    } else if let Some((reason, message)) = hold {
+        let phase = if running > 0 || pending > 0 { Phase::Provisioning } else { Phase::Pending };
+        (phase, reason.clone(), format!("{progress}; {message}"))
     } else {
         (Phase::Provisioning, "Provisioning".to_string(), progress.clone())
     };
@@ -550,6 +581,7 @@ mod tests {
             template,
             template_generation: 1,
             launch_hold: None,
+            machines_elsewhere: 0,
         }
     }
 
@@ -943,6 +975,27 @@ mod tests {
         f.launch_hold = Some(("TemplateNotReady".into(), "x".into()));
         let p = plan(&f, &MachineRequestStatus::default(), &[obs("i-1", Running, "m5.large", 0)]);
         assert_eq!(p.step, Step::Return(vec!["i-1".into()]));
+    }
+
+    #[test]
+    fn max_machines_caps_launches_across_the_templates_requests() {
+        let (s, mut t) = (spec(10), template());
+        t.max_machines = Some(6);
+        let mut f = frame(&s, &t, 0);
+        f.machines_elsewhere = 2;
+        let observed = [obs("i-1", Running, "m5.large", 0)];
+        // 6 allowed, 2 elsewhere, 1 here: 3 more machines, i.e. 3 units at the smallest weight.
+        let p = plan(&f, &MachineRequestStatus::default(), &observed);
+        assert!(matches!(p.step, Step::Launch { units: 3, .. }), "{:?}", p.step);
+
+        f.machines_elsewhere = 5;
+        let p = plan(&f, &MachineRequestStatus::default(), &observed);
+        assert_eq!(p.step, Step::Wait);
+        assert_eq!(p.requeue, Requeue::After(CAP_RECHECK));
+        let ready = cond(&p.status, "Ready");
+        assert_eq!(ready.reason, "MaxMachinesReached");
+        assert!(ready.message.contains("spec.maxMachines"), "{}", ready.message);
+        assert_eq!(p.status.phase, Some(Phase::Provisioning), "one machine already runs");
     }
 
     #[test]

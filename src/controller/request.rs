@@ -62,17 +62,26 @@ pub fn owner_of(mr: &MachineRequest) -> Result<Owner, Error> {
     })
 }
 
+/// What the caller settled for one pass of `drive`.
+pub struct Target<'a> {
+    pub provider_name: &'a str,
+    pub provider: &'a AnyProvider,
+    /// A reason of the caller's to launch nothing (the template's readiness is checked here).
+    pub hold: Option<(String, String)>,
+    /// Live machines of the template's other requests, for `maxMachines`.
+    pub machines_elsewhere: u32,
+}
+
 /// One pass of observe -> plan -> act -> report for a request whose template and provider are
-/// known. `hold` stops launches for a reason of the caller's (the template's own readiness is
-/// checked here). Returns the status it left and when to look again.
+/// known. Returns the status it left and when to look again.
 pub async fn drive(
     mr: &MachineRequest,
     template: &MachineTemplate,
-    (provider_name, provider): (&str, &AnyProvider),
-    hold: Option<(String, String)>,
+    target: Target<'_>,
     sink: &dyn StatusSink,
     now: jiff::Timestamp,
 ) -> Result<(MachineRequestStatus, Requeue), Error> {
+    let Target { provider_name, provider, hold, machines_elsewhere } = target;
     let owner = owner_of(mr)?;
     let previous = mr.status.clone().unwrap_or_default();
     let frame = Frame {
@@ -85,6 +94,7 @@ pub async fn drive(
         template: &template.spec,
         template_generation: template.meta().generation.unwrap_or_default(),
         launch_hold: hold.or_else(|| launch_hold(template)),
+        machines_elsewhere,
     };
     let observed = provider.describe(&owner).await?;
     let plan = planner::plan(&frame, &previous, &observed);
@@ -210,10 +220,26 @@ async fn apply(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) ->
         );
         return wait_pending(mr, ctx, &sink, "ProviderNotFound", message).await;
     };
-    let (status, requeue) =
-        drive(mr, &template, (&provider_name, provider), hold, &sink, jiff::Timestamp::now()).await?;
+    let target =
+        Target { provider_name: &provider_name, provider, hold, machines_elsewhere: machines_elsewhere(ctx, mr) };
+    let (status, requeue) = drive(mr, &template, target, &sink, jiff::Timestamp::now()).await?;
     announce(ctx, mr, &previous, &status).await;
     Ok(ctx.timing.after(requeue))
+}
+
+/// Live machines of the other requests on the same template (from the controller's cache).
+fn machines_elsewhere(ctx: &Context, mr: &MachineRequest) -> u32 {
+    let (ns, uid) = (mr.namespace(), mr.uid());
+    let count = ctx
+        .requests
+        .state()
+        .iter()
+        .filter(|r| r.namespace() == ns && r.uid() != uid && r.spec.template_ref.name == mr.spec.template_ref.name)
+        .filter_map(|r| r.status.as_ref())
+        .flat_map(|s| s.machines.iter())
+        .filter(|m| m.counts_as_live())
+        .count();
+    u32::try_from(count).unwrap_or(u32::MAX)
 }
 
 /// Records that the request cannot proceed (no template, no provider) without touching a cloud.

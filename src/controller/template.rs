@@ -6,7 +6,7 @@
 use super::{Context, Error, MANAGER};
 use crate::api::conditions::{self, Cond};
 use crate::api::{MachineTemplate, MachineTemplateStatus};
-use crate::provider::{InstanceState, Provider, ProviderError, Registry};
+use crate::provider::{Provider, ProviderError, Registry};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -73,7 +73,7 @@ fn machines_in_use(template: &MachineTemplate, ctx: &Context) -> i32 {
         .filter(|r| r.namespace() == ns && r.spec.template_ref.name == name)
         .filter_map(|r| r.status.as_ref())
         .flat_map(|s| s.machines.iter())
-        .filter(|m| !m.returning && InstanceState::parse(&m.state).is_some_and(InstanceState::is_live))
+        .filter(|m| m.counts_as_live())
         .count();
     i32::try_from(count).unwrap_or(i32::MAX)
 }

@@ -6,7 +6,7 @@ use orb_operator::api::conditions::{self, Cond};
 use orb_operator::api::*;
 use orb_operator::controller::Error;
 use orb_operator::controller::planner::Requeue;
-use orb_operator::controller::request::{StatusSink, drive};
+use orb_operator::controller::request::{StatusSink, Target, drive};
 use orb_operator::provider::AnyProvider;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,7 +90,8 @@ pub async fn converge(
     let mut last_error = None;
     for _ in 0..rounds {
         mr.status = sink.current();
-        match drive(mr, template, ("default", provider), None, sink, jiff::Timestamp::now()).await {
+        let target = Target { provider_name: "default", provider, hold: None, machines_elsewhere: 0 };
+        match drive(mr, template, target, sink, jiff::Timestamp::now()).await {
             Ok((_, Requeue::Idle | Requeue::AwaitChange | Requeue::After(_))) => {
                 return (sink.current().unwrap_or_default(), None);
             }
