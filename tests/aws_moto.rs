@@ -493,3 +493,33 @@ async fn release_terminates_machines_the_tag_lookup_does_not_list_yet() {
     aws.provider.release(&owner_of(&mr), &known).await.unwrap();
     assert!(aws.live_of(&mr).await.is_empty(), "the ids status knew were terminated");
 }
+
+#[tokio::test]
+async fn every_aws_example_template_launches() {
+    let Some(aws) = aws("every_aws_example_template_launches").await else { return };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/aws");
+    let mut launched = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let object: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        if object["kind"] != "MachineTemplate" {
+            continue;
+        }
+        let mut template: MachineTemplate = serde_json::from_value(object).unwrap();
+        // The examples' placeholder ids become moto's.
+        template.spec.image_id = Some(aws.image.clone());
+        template.spec.subnet_ids = aws.subnets.clone();
+        template.spec.security_group_ids = vec![aws.group.clone()];
+        aws.provider.validate(&template.spec).await.unwrap();
+        let name = template.metadata.name.clone().unwrap();
+        let (mut mr, sink) = (request(&name, 4), MemoryStatus::default());
+        let (status, error) = converge(&mut mr, &ready(template), &aws.provider, &sink, 5).await;
+        assert!(error.is_none(), "{name}: {error:?}");
+        assert_eq!(status.phase, Some(Phase::Fulfilled), "{name}");
+        launched += 1;
+    }
+    assert_eq!(launched, 3, "on-demand, spot and heterogeneous");
+    let body = aws.proxy.calls("RunInstances").join("\n");
+    assert!(body.contains("BlockDeviceMapping.1.Ebs.VolumeType=gp3"), "root volume sent");
+    assert!(body.contains("UserData="), "user data sent");
+}

@@ -68,6 +68,15 @@ impl Drop for TestNamespace {
             let Ok(runtime) = tokio::runtime::Runtime::new() else { return };
             runtime.block_on(async move {
                 let client = self::client(&kubeconfig).await;
+                // A failed test may leave requests whose finalizer no operator will remove any
+                // more; drop those finalizers so the namespace does not hang in Terminating.
+                let requests: Api<MachineRequest> = Api::namespaced(client.clone(), &name);
+                let no_finalizers = Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}}));
+                for mr in requests.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+                    let _ = requests
+                        .patch(&mr.metadata.name.unwrap_or_default(), &PatchParams::default(), &no_finalizers)
+                        .await;
+                }
                 if let Err(e) = Api::<Namespace>::all(client).delete(&name, &DeleteParams::default()).await {
                     eprintln!("could not delete test namespace {name}: {e}");
                 }
