@@ -71,6 +71,22 @@ pub struct Context {
 }
 
 impl Context {
+    /// Live machines (pending or running, not being returned) of the requests on template
+    /// `template` in `namespace`, except the request `except` (by uid), from the cache.
+    pub fn live_machines_on(&self, namespace: Option<&str>, template: &str, except: Option<&str>) -> u32 {
+        let count = self
+            .requests
+            .state()
+            .iter()
+            .filter(|r| r.namespace().as_deref() == namespace && r.spec.template_ref.name == template)
+            .filter(|r| except.is_none() || r.uid().as_deref() != except)
+            .filter_map(|r| r.status.as_ref())
+            .flat_map(|s| s.machines.iter())
+            .filter(|m| m.counts_as_live())
+            .count();
+        u32::try_from(count).unwrap_or(u32::MAX)
+    }
+
     /// The template `name` in `namespace`, from the controller's cache.
     pub fn template(&self, namespace: &str, name: &str) -> Option<Arc<MachineTemplate>> {
         self.templates.get(&ObjectRef::new(name).within(namespace))

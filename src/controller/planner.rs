@@ -128,7 +128,7 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
         a.failed_streak = 0;
         a.retry_after = None;
     }
-    let backing_off = status.attempt.as_ref().and_then(|a| a.retry_after.as_ref()).filter(|t| frame.now < t.0).cloned();
+    let backing_off = backoff_pending(&status, frame.now).and_then(|a| a.retry_after.clone());
     status.provisioning_since = match (&status.provisioning_since, shortfall) {
         (_, false) => None,
         (Some(since), true) if !spec_changed => Some(since.clone()),
@@ -208,8 +208,9 @@ pub fn record_launch(
             attempt.retry_after = None;
         } else {
             attempt.failed_streak += 1;
-            let doublings = u32::try_from(attempt.failed_streak - 1).unwrap_or(0).min(16);
-            let backoff = (FIRST_BACKOFF * 2i32.pow(doublings.min(10))).min(MAX_BACKOFF);
+            // 2^10 times the first backoff is far past the cap, so larger exponents change nothing.
+            let doublings = u32::try_from(attempt.failed_streak - 1).unwrap_or(0).min(10);
+            let backoff = (FIRST_BACKOFF * 2i32.pow(doublings)).min(MAX_BACKOFF);
             attempt.retry_after = Some(Time(frame.now + backoff));
         }
     }
@@ -273,6 +274,11 @@ fn next_attempt(frame: &Frame<'_>, previous: Option<&Attempt>, units: u32) -> At
             }
         }
     }
+}
+
+/// The current attempt, if it is still in its backoff at `now`.
+fn backoff_pending(status: &MachineRequestStatus, now: Timestamp) -> Option<&Attempt> {
+    status.attempt.as_ref().filter(|a| a.retry_after.as_ref().is_some_and(|t| now < t.0))
 }
 
 fn blocks(blocked: &Blocked, frame: &Frame<'_>) -> bool {
@@ -491,17 +497,13 @@ fn summarise(frame: &Frame<'_>, status: &mut MachineRequestStatus, acting: bool,
         Cond::new(conditions::READY, phase == Phase::Fulfilled, ready_reason.clone(), ready_message),
     );
 
-    let backoff = status
-        .attempt
-        .as_ref()
-        .and_then(|a| a.retry_after.as_ref().map(|t| (a.failed_streak, t)))
-        .filter(|(_, t)| frame.now < t.0);
-    let progressing = if let (Some((streak, until)), false) = (backoff, acting || returning > 0) {
+    let backoff = backoff_pending(status, frame.now).filter(|_| !acting && returning == 0);
+    let progressing = if let Some(Attempt { failed_streak, retry_after: Some(until), .. }) = backoff {
         Cond::new(
             conditions::PROGRESSING,
             true,
             "BackingOff",
-            format!("{progress}; {streak} attempt(s) in a row fell short; next launch after {}", until.0),
+            format!("{progress}; {failed_streak} attempt(s) in a row fell short; next launch after {}", until.0),
         )
     } else if acting || pending > 0 || returning > 0 {
         let reason = match (returning > 0, pending > 0 || acting) {

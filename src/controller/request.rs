@@ -196,8 +196,7 @@ async fn apply(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) ->
     };
     // Machines stay with the provider that launched them: after the template's provider changes,
     // they can still be returned through it, but nothing new is launched until they are gone.
-    let live_machines =
-        previous.machines.iter().any(|m| !m.returning && m.result != Some(crate::api::MachineResult::Fail));
+    let live_machines = previous.machines.iter().any(crate::api::Machine::counts_as_live);
     let (provider_name, hold) = match &previous.provider {
         Some(old) if *old != template.spec.provider && live_machines => (
             old.clone(),
@@ -220,26 +219,15 @@ async fn apply(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) ->
         );
         return wait_pending(mr, ctx, &sink, "ProviderNotFound", message).await;
     };
-    let target =
-        Target { provider_name: &provider_name, provider, hold, machines_elsewhere: machines_elsewhere(ctx, mr) };
+    let target = Target {
+        provider_name: &provider_name,
+        provider,
+        hold,
+        machines_elsewhere: ctx.live_machines_on(Some(&ns), name, mr.uid().as_deref()),
+    };
     let (status, requeue) = drive(mr, &template, target, &sink, jiff::Timestamp::now()).await?;
     announce(ctx, mr, &previous, &status).await;
     Ok(ctx.timing.after(requeue))
-}
-
-/// Live machines of the other requests on the same template (from the controller's cache).
-fn machines_elsewhere(ctx: &Context, mr: &MachineRequest) -> u32 {
-    let (ns, uid) = (mr.namespace(), mr.uid());
-    let count = ctx
-        .requests
-        .state()
-        .iter()
-        .filter(|r| r.namespace() == ns && r.uid() != uid && r.spec.template_ref.name == mr.spec.template_ref.name)
-        .filter_map(|r| r.status.as_ref())
-        .flat_map(|s| s.machines.iter())
-        .filter(|m| m.counts_as_live())
-        .count();
-    u32::try_from(count).unwrap_or(u32::MAX)
 }
 
 /// Records that the request cannot proceed (no template, no provider) without touching a cloud.

@@ -63,21 +63,6 @@ pub async fn readiness(template: &MachineTemplate, registry: &Registry) -> Cond 
     }
 }
 
-/// Machines (pending or running, not being returned) of every request using the template.
-fn machines_in_use(template: &MachineTemplate, ctx: &Context) -> i32 {
-    let (ns, name) = (template.namespace(), template.name_any());
-    let count: usize = ctx
-        .requests
-        .state()
-        .iter()
-        .filter(|r| r.namespace() == ns && r.spec.template_ref.name == name)
-        .filter_map(|r| r.status.as_ref())
-        .flat_map(|s| s.machines.iter())
-        .filter(|m| m.counts_as_live())
-        .count();
-    i32::try_from(count).unwrap_or(i32::MAX)
-}
-
 pub async fn reconcile(template: Arc<MachineTemplate>, ctx: Arc<Context>) -> Result<Action, Error> {
     let generation = template.meta().generation.unwrap_or_default();
     let uid = template.uid().unwrap_or_default();
@@ -96,7 +81,12 @@ pub async fn reconcile(template: Arc<MachineTemplate>, ctx: Arc<Context>) -> Res
     let mut status = MachineTemplateStatus {
         observed_generation: Some(generation),
         conditions: previous.conditions.clone(),
-        machines_in_use: machines_in_use(&template, &ctx),
+        machines_in_use: i32::try_from(ctx.live_machines_on(
+            template.namespace().as_deref(),
+            &template.name_any(),
+            None,
+        ))
+        .unwrap_or(i32::MAX),
     };
     if !ready.status {
         tracing::info!(template = %template.name_any(), reason = %ready.reason, message = %ready.message, "template not ready");

@@ -100,9 +100,7 @@ impl SimProvider {
         let cloud = self.cloud();
         cloud.instances.values().filter(|i| i.owner_uid == owner_uid && self.state_of(i, now).is_live()).count()
     }
-}
 
-impl SimProvider {
     /// Launches `units` in one market on the first listed type with capacity; returns the ids.
     fn launch_market(
         &self,

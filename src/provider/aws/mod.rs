@@ -110,14 +110,13 @@ impl Provider for AwsProvider {
     async fn release(&self, owner: &Owner, known: &[String]) -> Result<Released, ProviderError> {
         // The tag lookup may not list instances launched moments ago; the ids the request's
         // status knows cover them.
-        let mut live: Vec<String> = self
-            .describe(owner)
-            .await?
-            .into_iter()
-            .filter(|m| m.state.can_terminate())
-            .map(|m| m.instance_id)
-            .collect();
-        live.extend(self.owned(owner, known).await?);
+        let listed = self.describe(owner).await?;
+        let unlisted: Vec<String> =
+            known.iter().filter(|id| !listed.iter().any(|m| &m.instance_id == *id)).cloned().collect();
+        let mut live: Vec<String> =
+            listed.into_iter().filter(|m| m.state.can_terminate()).map(|m| m.instance_id).collect();
+        // Only the ids the listing missed need the ownership check (usually none: no call).
+        live.extend(self.owned(owner, &unlisted).await?);
         live.sort();
         live.dedup();
         self.ops.terminate(&live).await?;

@@ -89,6 +89,18 @@ fn missing_ids(error: &ProviderError) -> Vec<String> {
         .collect()
 }
 
+/// Every reservation a DescribeInstances call returns, following NextToken to the last page.
+async fn all_reservations(
+    call: aws_sdk_ec2::operation::describe_instances::builders::DescribeInstancesFluentBuilder,
+) -> Result<Vec<aws_sdk_ec2::types::Reservation>, ProviderError> {
+    let mut pages = call.into_paginator().send();
+    let mut reservations = vec![];
+    while let Some(page) = pages.next().await {
+        reservations.extend(page.map_err(|e| classify("DescribeInstances", e))?.reservations().iter().cloned());
+    }
+    Ok(reservations)
+}
+
 /// Calls `call` with `ids`; when EC2 answers that some ids do not exist, drops the ids it names
 /// and calls again (a missing id fails a whole EC2 call). `None` when no id was left. Any other
 /// error, or one that names no id, is returned.
@@ -143,16 +155,12 @@ impl Ops {
             filter(&format!("tag:{}", tags::REQUEST_UID), [owner.uid.clone()]),
             filter(&format!("tag:{}", tags::CLUSTER), [self.cluster_id.clone()]),
         ];
-        let mut pages =
-            self.ec2.describe_instances().set_filters(Some(filters)).max_results(PAGE as i32).into_paginator().send();
-        let mut instances = vec![];
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("DescribeInstances", e))?;
-            for r in page.reservations() {
-                instances.extend(r.instances().iter().filter_map(|i| observed(i, r.reservation_id())));
-            }
-        }
-        Ok(instances)
+        let call = self.ec2.describe_instances().set_filters(Some(filters)).max_results(PAGE as i32);
+        let reservations = all_reservations(call).await?;
+        Ok(reservations
+            .iter()
+            .flat_map(|r| r.instances().iter().filter_map(|i| observed(i, r.reservation_id())))
+            .collect())
     }
 
     /// The given instances, in id lists of at most 1000, following NextToken; ids EC2 no longer
@@ -167,13 +175,8 @@ impl Ops {
     }
 
     async fn describe_ids_once(&self, ids: Vec<String>) -> Result<Vec<Instance>, ProviderError> {
-        let mut pages = self.ec2.describe_instances().set_instance_ids(Some(ids)).into_paginator().send();
-        let mut instances = vec![];
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("DescribeInstances", e))?;
-            instances.extend(page.reservations().iter().flat_map(|r| r.instances().iter().cloned()));
-        }
-        Ok(instances)
+        let reservations = all_reservations(self.ec2.describe_instances().set_instance_ids(Some(ids))).await?;
+        Ok(reservations.iter().flat_map(|r| r.instances().iter().cloned()).collect())
     }
 
     /// Terminates instances in batches; ids that are already gone count as terminated.
