@@ -5,9 +5,11 @@
 //! `ORB_CLUSTER_ID` sets `clusterId`; `ORB_PROVIDERS__DEFAULT__ENDPOINT_URL` sets
 //! `providers.default.endpointUrl`. A segment matches an existing key ignoring case, `_` and `-`;
 //! a new key is the segment in camelCase. Values starting with `[` or `{` are JSON; anything else
-//! is a string. Variables that configure the process rather than the operator (`ORB_LOG`,
-//! `ORB_CONFIG`, `ORB_E2E_*`, `ORB_TEST_*`) are not config keys. Unknown keys and bad values are
-//! errors naming the key.
+//! is a string. Only `ORB_CLUSTER_ID` and `ORB_PROVIDERS__*` are configuration: Kubernetes
+//! injects `ORB_OPERATOR_PORT`, `ORB_OPERATOR_SERVICE_HOST`, ... into pods for a Service named
+//! `orb-operator`, and those must not stop the operator (they are ignored, with a debug log).
+//! Unknown keys and bad values are errors naming the variable (or file key). The built-in sim
+//! `default` provider exists only when no provider is configured by any source.
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -15,8 +17,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-/// Environment variables with these prefixes are not configuration keys.
-const NON_CONFIG_VARS: &[&str] = &["ORB_LOG", "ORB_CONFIG", "ORB_E2E_", "ORB_TEST_"];
+/// The environment variables that are configuration: exactly these names and those below
+/// `ORB_PROVIDERS__`.
+const CONFIG_VARS: &[&str] = &["ORB_CLUSTER_ID", "ORB_PROVIDERS"];
+const PROVIDER_VARS: &str = "ORB_PROVIDERS__";
 const REDACTED: &str = "<redacted>";
 
 /// The effective operator configuration.
@@ -118,16 +122,27 @@ impl Config {
             Some(path) => read_file(path)?,
             None => Value::Object(Map::new()),
         };
-        let root = tree.as_object_mut().ok_or_else(|| key_error("<root>", "the config must be a mapping"))?;
-        if !root.contains_key("providers") {
+        if !tree.is_object() {
+            return Err(key_error("<root>", "the config must be a mapping"));
+        }
+        let (mut vars, ignored): (Vec<_>, Vec<_>) =
+            env.into_iter().filter(|(k, _)| k.starts_with("ORB_")).partition(|(k, _)| is_config_var(k));
+        if !ignored.is_empty() {
+            let names: Vec<&str> = ignored.iter().map(|(k, _)| k.as_str()).collect();
+            tracing::debug!(variables = ?names, "ORB_* variables that are not configuration (ORB_CLUSTER_ID, ORB_PROVIDERS__*) ignored");
+        }
+        vars.sort();
+        let mut sources = vec![];
+        for (name, value) in vars {
+            let path = apply_env(&mut tree, &name, &value)?;
+            sources.push((path, name));
+        }
+        if let Some(root) = tree.as_object_mut()
+            && root.get("providers").is_none_or(|p| p.as_object().is_some_and(Map::is_empty))
+        {
             root.insert("providers".into(), serde_json::json!({"default": {"type": "sim"}}));
         }
-        let mut vars: Vec<_> = env.into_iter().filter(|(k, _)| is_config_var(k)).collect();
-        vars.sort();
-        for (name, value) in vars {
-            apply_env(&mut tree, &name, &value)?;
-        }
-        Self::from_tree(tree)
+        Self::from_tree(tree).map_err(|e| name_variable(e, &sources))
     }
 
     /// Loads from the process environment.
@@ -253,11 +268,28 @@ fn typed<T: serde::de::DeserializeOwned>(tree: Value, prefix: &str) -> Result<T,
 }
 
 fn is_config_var(name: &str) -> bool {
-    name.starts_with("ORB_") && !NON_CONFIG_VARS.iter().any(|p| name.starts_with(p))
+    CONFIG_VARS.contains(&name) || name.starts_with(PROVIDER_VARS)
 }
 
-/// Applies one `ORB_A__B__C=value` variable to the tree.
-fn apply_env(tree: &mut Value, name: &str, raw: &str) -> Result<(), ConfigError> {
+/// Puts the variable that set a failing key into the error: `ORB_PROVIDERS__DEFAULT__REGIONN
+/// (providers.default.regionn): unknown field ...`. The variable whose path is the longest prefix
+/// of the key (or that the key is a prefix of, for a missing field) is the one named.
+fn name_variable(error: ConfigError, sources: &[(String, String)]) -> ConfigError {
+    let ConfigError::Key { key, message } = error else { return error };
+    let under = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}.")) || a.starts_with(&format!("{b}["));
+    let var = sources
+        .iter()
+        .filter(|(path, _)| under(&key, path) || under(path, &key))
+        .max_by_key(|(path, _)| path.len())
+        .map(|(_, var)| var);
+    match var {
+        Some(var) if *var != key => ConfigError::Key { key: format!("{var} ({key})"), message },
+        _ => ConfigError::Key { key, message },
+    }
+}
+
+/// Applies one `ORB_A__B__C=value` variable to the tree; returns the dotted key it set.
+fn apply_env(tree: &mut Value, name: &str, raw: &str) -> Result<String, ConfigError> {
     let segments: Vec<&str> = name["ORB_".len()..].split("__").collect();
     if segments.iter().any(|s| s.is_empty()) {
         return Err(key_error(name, "empty path segment"));
@@ -268,19 +300,21 @@ fn apply_env(tree: &mut Value, name: &str, raw: &str) -> Result<(), ConfigError>
         Value::String(raw.to_string())
     };
     let mut node = tree;
+    let mut path: Vec<String> = vec![];
     for (i, segment) in segments.iter().enumerate() {
         let map = match node {
             Value::Object(map) => map,
             _ => return Err(key_error(name, format!("`{}` is not a mapping", segments[..i].join("__")))),
         };
         let key = map.keys().find(|k| same_key(k, segment)).cloned().unwrap_or_else(|| camel_case(segment));
+        path.push(key.clone());
         if i + 1 == segments.len() {
             map.insert(key, value);
-            return Ok(());
+            break;
         }
         node = map.entry(key).or_insert_with(|| Value::Object(Map::new()));
     }
-    Ok(())
+    Ok(path.join("."))
 }
 
 fn normalise(key: &str) -> String {
@@ -415,6 +449,7 @@ mod tests {
         let cfg = Config::load(
             None,
             env(&[
+                ("ORB_PROVIDERS__DEFAULT__TYPE", "sim"),
                 ("ORB_PROVIDERS__DEFAULT__INSUFFICIENT_CAPACITY", r#"["m5.large","c5.xlarge"]"#),
                 ("ORB_PROVIDERS__SPARE", r#"{"type":"sim","pendingDelay":"5s"}"#),
             ]),
@@ -432,33 +467,77 @@ mod tests {
     }
 
     #[test]
+    fn service_link_variables_kubernetes_injects_are_ignored() {
+        // What a pod gets for a Service named orb-operator.
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("ORB_OPERATOR_PORT", "tcp://10.0.0.1:8080"),
+                ("ORB_OPERATOR_PORT_8080_TCP_ADDR", "10.0.0.1"),
+                ("ORB_OPERATOR_SERVICE_HOST", "10.0.0.1"),
+                ("ORB_OPERATOR_SERVICE_PORT", "8080"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg, Config::load(None, env(&[])).unwrap());
+    }
+
+    #[test]
+    fn providers_from_the_environment_alone_replace_the_builtin_sim() {
+        let cfg = Config::load(
+            None,
+            env(&[("ORB_PROVIDERS__PROD__TYPE", "aws"), ("ORB_PROVIDERS__PROD__REGION", "eu-west-1")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.providers.keys().collect::<Vec<_>>(), ["prod"], "no fake `default` beside a real provider");
+    }
+
+    #[test]
+    fn errors_name_the_variable_that_set_the_key() {
+        let msg = err(Config::load(
+            None,
+            env(&[
+                ("ORB_PROVIDERS__DEFAULT__TYPE", "aws"),
+                ("ORB_PROVIDERS__DEFAULT__REGION", "us-east-1"),
+                ("ORB_PROVIDERS__DEFAULT__REGIONN", "us-east-2"),
+            ]),
+        ));
+        assert!(msg.starts_with("ORB_PROVIDERS__DEFAULT__REGIONN (providers.default.regionn)"), "{msg}");
+        let msg = err(Config::load(None, env(&[("ORB_PROVIDERS__DEFAULT__REGION", "us-east-1")])));
+        assert!(msg.starts_with("providers.default.type"), "a provider without a type: {msg}");
+    }
+
+    #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
         let f = file("providers:\n  default:\n    type: aws\n    region: us-east-1\n    endpointUrll: http://x\n");
         let msg = err(Config::load(Some(f.path()), env(&[])));
         assert!(msg.starts_with("providers.default"), "{msg}");
         assert!(msg.contains("endpointUrll"), "{msg}");
 
-        let msg = err(Config::load(None, env(&[("ORB_CLUSTR_ID", "x")])));
-        assert!(msg.contains("clustrId"), "{msg}");
-
-        let msg = err(Config::load(None, env(&[("ORB_PROVIDERS__DEFAULT__REGION", "us-east-1")])));
-        assert!(msg.starts_with("providers.default") && msg.contains("region"), "sim has no region: {msg}");
+        let msg = err(Config::load(
+            None,
+            env(&[("ORB_PROVIDERS__DEFAULT__TYPE", "sim"), ("ORB_PROVIDERS__DEFAULT__REGION", "us-east-1")]),
+        ));
+        assert!(msg.starts_with("ORB_PROVIDERS__DEFAULT__REGION (providers.default"), "sim has no region: {msg}");
     }
 
     #[test]
     fn bad_values_are_errors_that_name_the_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("ORB_PROVIDERS__DEFAULT__TYPE", "gcp")], "providers.default.type"),
-            (&[("ORB_PROVIDERS__DEFAULT__PENDING_DELAY", "soon")], "providers.default.pendingDelay"),
-            (&[("ORB_CLUSTER_ID", "Has Spaces")], "clusterId"),
-            (&[("ORB_PROVIDERS__DEFAULT__TYPE", "aws")], "providers.default"),
+            (&[("ORB_PROVIDERS__DEFAULT__TYPE", "gcp")], "ORB_PROVIDERS__DEFAULT__TYPE (providers.default.type)"),
+            (
+                &[("ORB_PROVIDERS__DEFAULT__TYPE", "sim"), ("ORB_PROVIDERS__DEFAULT__PENDING_DELAY", "soon")],
+                "ORB_PROVIDERS__DEFAULT__PENDING_DELAY (providers.default.pendingDelay)",
+            ),
+            (&[("ORB_CLUSTER_ID", "Has Spaces")], "ORB_CLUSTER_ID (clusterId)"),
+            (&[("ORB_PROVIDERS__DEFAULT__TYPE", "aws")], "ORB_PROVIDERS__DEFAULT__TYPE (providers.default)"),
             (
                 &[
                     ("ORB_PROVIDERS__DEFAULT__TYPE", "aws"),
                     ("ORB_PROVIDERS__DEFAULT__REGION", "r"),
                     ("ORB_PROVIDERS__DEFAULT__MAX_ATTEMPTS", "lots"),
                 ],
-                "providers.default.maxAttempts",
+                "ORB_PROVIDERS__DEFAULT__MAX_ATTEMPTS (providers.default.maxAttempts)",
             ),
             (
                 &[
@@ -466,7 +545,7 @@ mod tests {
                     ("ORB_PROVIDERS__DEFAULT__REGION", "r"),
                     ("ORB_PROVIDERS__DEFAULT__ENDPOINT_URL", "localhost:5000"),
                 ],
-                "providers.default.endpointUrl",
+                "ORB_PROVIDERS__DEFAULT__ENDPOINT_URL (providers.default.endpointUrl)",
             ),
             (&[("ORB_PROVIDERS", "[1,2")], "ORB_PROVIDERS"),
         ];

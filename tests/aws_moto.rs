@@ -12,7 +12,7 @@ use orb_operator::controller::template::readiness;
 use orb_operator::provider::aws::AwsProvider;
 use orb_operator::provider::{AnyProvider, Owner, Provider, ProviderError, ProvisionRequest, Registry};
 use std::collections::BTreeMap;
-use support::driver::{MemoryStatus, converge, edited, ready, request};
+use support::driver::{MemoryStatus, converge, edited, quiet_passes, ready, request};
 use support::fault_proxy::{Fault, FaultProxy};
 use support::moto;
 
@@ -347,9 +347,7 @@ async fn throttling_is_retried_and_surfaces_when_it_persists() {
     let launch = |token: &'static str| ProvisionRequest {
         owner: &owner,
         template: &spec,
-        capacity: 1,
-        live: Default::default(),
-        units: 1,
+        mix: orb_operator::provider::MarketMix { on_demand: 1, spot: 0 },
         client_token: token,
     };
 
@@ -426,7 +424,14 @@ async fn scale_down_and_returns_terminate_exactly_the_chosen_machines() {
     expected.remove(&victim);
     assert_eq!(three, expected, "exactly the named machine left");
     assert_eq!(status.fulfilled_capacity, 3);
-    assert!(!status.machines.iter().any(|m| m.instance_id == victim), "the returned machine left the status");
+    let returned = status.machines.iter().find(|m| m.instance_id == victim).expect("listed while EC2 reports it");
+    assert_eq!((returned.returning, returned.result), (true, Some(MachineResult::Succeed)), "{returned:?}");
+    assert_degraded_false(&status);
+    assert_eq!(
+        quiet_passes(&mut mr, &template, &aws.provider, &sink).await,
+        0,
+        "passes after convergence write nothing"
+    );
 
     // Unchanged capacity, one more named: it is replaced.
     let bad = three.iter().next().unwrap().clone();
@@ -438,6 +443,18 @@ async fn scale_down_and_returns_terminate_exactly_the_chosen_machines() {
     assert!(!now.contains(&bad));
     assert_eq!(now.intersection(&three).count(), 2, "only the named machine was replaced");
     assert_eq!(status.phase, Some(Phase::Fulfilled));
+    assert_degraded_false(&status);
+    assert!(status.machines.iter().all(|m| m.result != Some(MachineResult::Fail)), "{:?}", status.machines);
+    assert_eq!(
+        quiet_passes(&mut mr, &template, &aws.provider, &sink).await,
+        0,
+        "passes after convergence write nothing"
+    );
+}
+
+fn assert_degraded_false(status: &orb_operator::api::MachineRequestStatus) {
+    let degraded = orb_operator::api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.status, "False", "{degraded:?}");
 }
 
 #[tokio::test]

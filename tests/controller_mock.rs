@@ -6,6 +6,7 @@
 
 use http::{Method, Request, Response};
 use kube::client::Body;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store;
@@ -81,7 +82,7 @@ fn sim_provider() -> AnyProvider {
 /// A context whose template cache holds `cached`.
 fn context_with(client: Client, cached: MachineTemplate) -> Arc<Context> {
     let (templates, mut writer) = store();
-    writer.apply_watcher_event(&watcher::Event::Apply(cached));
+    writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(cached))));
     let (requests, _w) = store();
     let ctx = Context {
         client: client.clone(),
@@ -91,6 +92,7 @@ fn context_with(client: Client, cached: MachineTemplate) -> Arc<Context> {
         recorder: Recorder::new(client, Reporter { controller: "orb-operator".into(), instance: None }),
         timing: Timing::default(),
         validations: ValidationCache::default(),
+        written: Default::default(),
     };
     Arc::new(ctx)
 }
@@ -113,9 +115,7 @@ async fn launch_in(ctx: &Context, name: &str, units: u32) -> Vec<orb_operator::p
     let launch = orb_operator::provider::ProvisionRequest {
         owner: &owner,
         template: &template.spec,
-        capacity: units,
-        live: Default::default(),
-        units,
+        mix: orb_operator::provider::MarketMix { on_demand: units, spot: 0 },
         client_token: "fixture",
     };
     orb_operator::provider::Provider::provision(sim_named(ctx, name), &launch).await.unwrap().launched
@@ -159,7 +159,7 @@ async fn a_new_request_first_gets_its_finalizer_and_nothing_else() {
         respond(send, &request_object(true, false));
         handle
     });
-    let action = request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
+    let action = request::reconcile(Arc::new(DeserializeGuard(Ok(mr))), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
     let mut handle = server.await.unwrap();
     assert!(tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await.is_err(), "no further calls");
@@ -207,7 +207,7 @@ async fn a_finalized_request_records_its_attempt_then_launches_then_reports() {
         respond(send, &event);
         handle
     });
-    let action = request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
+    let action = request::reconcile(Arc::new(DeserializeGuard(Ok(mr))), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(ctx.timing.soon));
     server.await.unwrap();
     assert_eq!(sim(&ctx).live_count(UID), 3);
@@ -243,7 +243,7 @@ async fn deletion_releases_every_machine_then_removes_the_finalizer() {
         assert!(ops.iter().any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0"), "{patch}");
         respond(send, &echo);
     });
-    let action = request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
+    let action = request::reconcile(Arc::new(DeserializeGuard(Ok(mr))), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
     server.await.unwrap();
     assert_eq!(sim(&ctx).live_count(UID), 0, "every machine was released");
@@ -273,7 +273,7 @@ async fn a_request_whose_template_is_missing_waits_and_launches_nothing() {
         assert_eq!(event["reason"], "Pending");
         respond(send, &event);
     });
-    request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
+    request::reconcile(Arc::new(DeserializeGuard(Ok(mr))), ctx.clone()).await.unwrap();
     server.await.unwrap();
     assert_eq!(sim(&ctx).live_count(UID), 0);
 }
@@ -299,7 +299,7 @@ async fn a_stale_cache_does_not_hold_back_a_template_the_api_server_says_is_read
         let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
         respond(send, &event);
     });
-    request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
+    request::reconcile(Arc::new(DeserializeGuard(Ok(mr))), ctx.clone()).await.unwrap();
     server.await.unwrap();
     assert_eq!(sim(&ctx).live_count(UID), 3);
 }
@@ -335,7 +335,7 @@ async fn machines_stay_with_the_provider_that_launched_them_when_the_template_ch
         let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
         respond(send, &event);
     });
-    request::reconcile(Arc::new(mr), ctx.clone()).await.unwrap();
+    request::reconcile(Arc::new(DeserializeGuard(Ok(mr))), ctx.clone()).await.unwrap();
     server.await.unwrap();
     assert_eq!(sim_named(&ctx, "old").live_count(UID), 2, "the old machines are untouched");
     assert_eq!(sim(&ctx).live_count(UID), 0, "nothing launched through the new provider");

@@ -143,7 +143,7 @@ fn every_cel_rule_compiles() {
             count += compiled.validations.len();
         });
     }
-    assert_eq!(count, 12, "a rule was added or lost: update this count deliberately");
+    assert_eq!(count, 14, "a rule was added or lost: update this count deliberately");
 }
 
 fn template(spec: Value) -> Value {
@@ -178,7 +178,7 @@ fn the_examples_are_admitted() {
                     Some("MachineRequest") => request_schema(),
                     other => panic!("{}: unexpected kind {other:?}", path.display()),
                 };
-                let errors = admission_errors(&schema, &object);
+                let errors = all_admission_errors(&schema, &object);
                 assert!(errors.is_empty(), "{} refused: {errors:?}", path.display());
             }
         }
@@ -266,4 +266,112 @@ fn the_scale_subresource_and_columns_are_declared() {
     assert_eq!(mr["spec"]["names"]["categories"], json!(["orb"]));
     let mt = crd("orb.dev_machinetemplates.yaml");
     assert_eq!(mt["spec"]["names"]["shortNames"], json!(["mt"]));
+}
+
+/// What Kubernetes 1.26, the oldest supported version, does not know in a CRD: rule fields added
+/// later (`messageExpression` 1.27, `reason` and `fieldPath` 1.28, `optionalOldSelf` 1.30) and
+/// CEL libraries added later. The API server refuses the whole CRD over one of them.
+#[test]
+fn the_crds_use_nothing_newer_than_kubernetes_1_26() {
+    const RULE_FIELDS_OF_1_26: &[&str] = &["rule", "message"];
+    const NEWER_CEL: &[&str] = &[
+        "isQuantity(",
+        "quantity(",
+        "ip(",
+        "cidr(",
+        "isIP(",
+        "isCIDR(",
+        "format.",
+        "semver(",
+        "sets.",
+        ".?",
+        "optional.",
+    ];
+    let mut problems = vec![];
+    for schema in [template_schema(), request_schema()] {
+        walk("", &schema, &mut |path, node| {
+            for rule in node.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
+                for key in rule.as_object().unwrap().keys() {
+                    if !RULE_FIELDS_OF_1_26.contains(&key.as_str()) {
+                        problems.push(format!("{path}: x-kubernetes-validations field `{key}` is newer than 1.26"));
+                    }
+                }
+                let text = rule["rule"].as_str().unwrap();
+                for newer in NEWER_CEL {
+                    if text.contains(newer) {
+                        problems.push(format!("{path}: rule `{text}` uses `{newer}`, newer than 1.26"));
+                    }
+                }
+            }
+        });
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// Errors the API server's OpenAPI schema validation gives (types, patterns, lengths, ranges,
+/// enums), checked with a JSON-schema validator over the CRD's schema.
+fn schema_errors(schema: &Value, object: &Value) -> Vec<String> {
+    let validator = jsonschema::validator_for(schema).expect("the CRD schema is a valid JSON schema");
+    validator.iter_errors(object).map(|e| format!("{}: {e}", e.instance_path())).collect()
+}
+
+/// Everything admission says about `object`: schema errors and CEL rule errors.
+fn all_admission_errors(schema: &Value, object: &Value) -> Vec<String> {
+    let mut errors = schema_errors(schema, object);
+    errors.extend(admission_errors(schema, object));
+    errors
+}
+
+#[test]
+fn admission_refuses_what_aws_would_refuse_naming_the_field() {
+    let with = |patch: Value| {
+        let mut spec = valid_template();
+        for (k, v) in patch.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        template(spec)
+    };
+    let cases = [
+        (with(json!({"maxSpotPrice": "cheap"})), "maxSpotPrice"),
+        (with(json!({"tags": {"aws:cloudformation:stack-name": "x"}})), "tags"),
+        (with(json!({"tags": {"AWS:x": "x"}})), "tags"),
+        (
+            with(json!({"tags": (0..46).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()})),
+            "tags",
+        ),
+        (with(json!({"imageId": "ubuntu-22.04"})), "imageId"),
+        (with(json!({"subnetIds": ["subnet-0123abcd", "subnet-nope"]})), "subnetIds/1"),
+        (with(json!({"securityGroupIds": ["default"]})), "securityGroupIds/0"),
+        (with(json!({"instanceTypes": [{"type": "large"}]})), "instanceTypes/0/type"),
+        (with(json!({"rootVolume": {"type": "gp9"}})), "rootVolume/type"),
+        (with(json!({"rootVolume": {"iops": 5}})), "rootVolume/iops"),
+        (with(json!({"launchTemplate": {"name": "base", "version": "latest"}})), "launchTemplate/version"),
+        (with(json!({"allocationStrategy": "cheapest"})), "allocationStrategy"),
+        (with(json!({"userData": "x".repeat(16385)})), "userData"),
+    ];
+    for (object, field) in cases {
+        let errors = all_admission_errors(&template_schema(), &object);
+        assert!(errors.iter().any(|e| e.contains(field)), "{field}: expected an error naming it, got {errors:?}");
+    }
+    assert!(all_admission_errors(&template_schema(), &template(valid_template())).is_empty());
+}
+
+#[test]
+fn fulfilment_timeouts_are_bounded_at_admission() {
+    for (timeout, ok) in [
+        ("30s", true),
+        ("15m", true),
+        ("168h", true),
+        ("0s", false),
+        ("29s", false),
+        ("169h", false),
+        ("9999999999h", false),
+    ] {
+        let object = request(json!({"templateRef": {"name": "t"}, "capacity": 1, "fulfilmentTimeout": timeout}));
+        let errors = all_admission_errors(&request_schema(), &object);
+        assert_eq!(errors.is_empty(), ok, "{timeout}: {errors:?}");
+        if !ok {
+            assert!(errors.iter().any(|e| e.contains("fulfilmentTimeout")), "{errors:?}");
+        }
+    }
 }

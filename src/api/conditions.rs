@@ -6,6 +6,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// kstatus: the object is still being worked on (Flux, kpt and Argo CD wait while it is True).
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: the object cannot make progress without a change (tools report it as failed).
+pub const STALLED: &str = "Stalled";
 
 /// A condition as the operator means it; `upsert` fills in the bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,6 +3,19 @@
 
 use std::time::Duration;
 
+/// Shortest and longest `spec.fulfilmentTimeout` (the CRD's CEL rule says the same).
+pub const MIN_FULFILMENT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_FULFILMENT_TIMEOUT: Duration = Duration::from_secs(168 * 3600);
+
+/// A `spec.fulfilmentTimeout` within its bounds.
+pub fn fulfilment_timeout(text: &str) -> Result<Duration, String> {
+    let d = parse(text)?;
+    if d < MIN_FULFILMENT_TIMEOUT || d > MAX_FULFILMENT_TIMEOUT {
+        return Err(format!("`{text}` is outside 30s to 168h"));
+    }
+    Ok(d)
+}
+
 /// Parses a duration made of `<digits><unit>` pairs with units `ms`, `s`, `m`, `h`.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let bad = || format!("`{text}` is not a duration such as 90s, 15m or 1h30m");
@@ -47,6 +60,15 @@ mod tests {
         assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse("1m500ms"), Ok(Duration::from_millis(60_500)));
+    }
+
+    #[test]
+    fn fulfilment_timeouts_are_bounded() {
+        assert_eq!(fulfilment_timeout("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(fulfilment_timeout("168h"), Ok(Duration::from_secs(168 * 3600)));
+        for bad in ["0s", "29s", "169h", "99999999999999h", "15"] {
+            assert!(fulfilment_timeout(bad).is_err(), "{bad} should be refused");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod conditions;
 pub mod duration;
 pub mod request;
+pub mod shape;
 pub mod template;
 
 pub use request::*;

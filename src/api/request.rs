@@ -64,10 +64,10 @@ pub struct MachineRequestSpec {
     #[x_kube(validation = Rule::new("self.all(id, id.matches('^i-([0-9a-f]{8}|[0-9a-f]{17})$'))").message("returnMachines entries must be EC2 instance ids like i-0123456789abcdef0"))]
     pub return_machines: Vec<String>,
     /// How long to keep provisioning missing capacity before settling on Partial or Failed
-    /// (Go duration, e.g. `15m`, `1h30m`).
+    /// (Go duration from 30s to 168h, e.g. `15m`, `1h30m`).
     #[serde(default = "default_fulfilment_timeout")]
     #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("fulfilmentTimeout must be a duration such as 90s, 15m or 1h30m"))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,6}(ms|s|m|h)){1,4}$') && duration(self) >= duration('30s') && duration(self) <= duration('168h')").message("fulfilmentTimeout must be a duration from 30s to 168h, such as 90s, 15m or 1h30m"))]
     pub fulfilment_timeout: String,
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
@@ -133,7 +133,9 @@ pub struct Machine {
     pub launch_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// The operator is returning this machine (named in returnMachines or a scale-down victim).
+    /// The operator returned this machine (named in returnMachines, a scale-down victim or a
+    /// release). It stays listed, `succeed` once terminated, until the cloud forgets it; it
+    /// never counts as capacity or as lost.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub returning: bool,
 }
@@ -203,6 +205,11 @@ pub struct Attempt {
     pub client_token: String,
     /// Capacity units this attempt asked for.
     pub units: i32,
+    /// Of `units`, those asked for on-demand and as spot: a replay sends exactly the same.
+    #[serde(default)]
+    pub on_demand_units: i32,
+    #[serde(default)]
+    pub spot_units: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
     /// The create call's outcome is known; the next attempt takes a new token. An ambiguous
@@ -228,6 +235,10 @@ pub struct Blocked {
     pub template_generation: i64,
     pub code: String,
     pub message: String,
+    /// Errors that may clear without a change (missing permissions being granted) are tried
+    /// again after this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<Time>,
 }
 
 /// What the operator observed and did for a request.

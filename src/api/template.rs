@@ -12,6 +12,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use super::shape::patterns;
+
 /// The AWS API a template provisions through.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
 pub enum Api {
@@ -62,7 +64,7 @@ pub enum FleetType {
 pub struct InstanceTypeSpec {
     /// EC2 instance type, e.g. `m5.large`.
     #[serde(rename = "type")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 64), pattern(patterns::INSTANCE_TYPE))]
     pub type_: String,
     /// Capacity units one machine of this type provides (default 1).
     #[serde(default = "default_weight")]
@@ -70,6 +72,7 @@ pub struct InstanceTypeSpec {
     pub weight: i32,
     /// Lower is preferred when the allocation strategy is `prioritized`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub priority: Option<i32>,
 }
 
@@ -84,13 +87,17 @@ pub struct RootVolume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65536))]
     pub size_gi_b: Option<i32>,
-    /// EBS volume type, e.g. `gp3`.
+    /// EBS volume type: `gp3`, `gp2`, `io1`, `io2`, `st1`, `sc1` or `standard`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), pattern(patterns::VOLUME_TYPE))]
     pub type_: Option<String>,
+    /// Provisioned IOPS (gp3, io1, io2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 256000))]
     pub iops: Option<i32>,
+    /// Throughput in MiB/s (gp3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 125, max = 2000))]
     pub throughput: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted: Option<bool>,
@@ -105,14 +112,14 @@ pub struct RootVolume {
 #[x_kube(validation = Rule::new("has(self.id) != has(self.name)").message("launchTemplate needs exactly one of id or name"))]
 pub struct LaunchTemplateRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), pattern(patterns::LAUNCH_TEMPLATE_ID))]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 128))]
+    #[schemars(length(max = 128), pattern(patterns::LAUNCH_TEMPLATE_NAME))]
     pub name: Option<String>,
     /// `$Latest`, `$Default` or a version number (default `$Default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), pattern(patterns::LAUNCH_TEMPLATE_VERSION))]
     pub version: Option<String>,
 }
 
@@ -135,10 +142,10 @@ pub struct LaunchTemplateRef {
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("has(self.launchTemplate) || size(self.instanceTypes) > 0").message("instanceTypes must list at least one instance type unless launchTemplate is given").field_path(".instanceTypes"),
-    validation = Rule::new("has(self.launchTemplate) || has(self.imageId)").message("imageId is required unless launchTemplate is given").field_path(".imageId"),
-    validation = Rule::new("!has(self.fleetType) || self.api == 'EC2Fleet' || self.api == 'SpotFleet'").message("fleetType is only valid when api is EC2Fleet or SpotFleet").field_path(".fleetType"),
-    validation = Rule::new("!has(self.spotFleetRole) || self.api == 'SpotFleet'").message("spotFleetRole is only valid when api is SpotFleet").field_path(".spotFleetRole"),
+    validation = Rule::new("has(self.launchTemplate) || size(self.instanceTypes) > 0").message("instanceTypes must list at least one instance type unless launchTemplate is given"),
+    validation = Rule::new("has(self.launchTemplate) || has(self.imageId)").message("imageId is required unless launchTemplate is given"),
+    validation = Rule::new("!has(self.fleetType) || self.api == 'EC2Fleet' || self.api == 'SpotFleet'").message("fleetType is only valid when api is EC2Fleet or SpotFleet"),
+    validation = Rule::new("!has(self.spotFleetRole) || self.api == 'SpotFleet'").message("spotFleetRole is only valid when api is SpotFleet"),
 )]
 pub struct MachineTemplateSpec {
     /// Name of a provider in the operator's configuration.
@@ -150,28 +157,28 @@ pub struct MachineTemplateSpec {
     pub api: Api,
     /// AMI id (`ami-...`) or `resolve:ssm:<parameter>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(length(min = 1, max = 2048), pattern(patterns::IMAGE))]
     pub image_id: Option<String>,
     /// Instance types with their weights in capacity units.
     #[serde(default)]
     #[schemars(length(max = 40))]
     pub instance_types: Vec<InstanceTypeSpec>,
     #[serde(default)]
-    #[schemars(length(max = 32), inner(length(max = 64)))]
+    #[schemars(length(max = 32), inner(length(max = 64), pattern(patterns::SUBNET)))]
     pub subnet_ids: Vec<String>,
     #[serde(default)]
-    #[schemars(length(max = 16), inner(length(max = 64)))]
+    #[schemars(length(max = 16), inner(length(max = 64), pattern(patterns::SECURITY_GROUP)))]
     pub security_group_ids: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 255))]
+    #[schemars(length(min = 1, max = 255))]
     pub key_name: Option<String>,
-    /// Plain text; the operator base64-encodes it.
+    /// Plain text, at most 16 KiB (EC2's limit before encoding); the operator base64-encodes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16384))]
     pub user_data: Option<String>,
     /// Instance profile name or ARN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048))]
+    #[schemars(length(max = 2048), pattern(patterns::INSTANCE_PROFILE))]
     pub instance_profile: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_volume: Option<RootVolume>,
@@ -185,15 +192,18 @@ pub struct MachineTemplateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("onDemandBase must not be negative"))]
     pub on_demand_base: Option<i32>,
+    /// Spot allocation strategy (fleets and ASG): `lowestPrice`, `diversified`,
+    /// `capacityOptimized`, `capacityOptimizedPrioritized` or `priceCapacityOptimized`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), pattern(patterns::SPOT_ALLOCATION))]
     pub allocation_strategy: Option<String>,
+    /// On-demand allocation strategy (fleets and ASG): `lowestPrice` or `prioritized`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), pattern(patterns::ON_DEMAND_ALLOCATION))]
     pub on_demand_allocation_strategy: Option<String>,
     /// Maximum hourly spot price in USD, as a decimal string (e.g. `"0.05"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), pattern(patterns::PRICE))]
     pub max_spot_price: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_type: Option<FleetType>,
@@ -212,21 +222,40 @@ pub struct MachineTemplateSpec {
     pub max_machines: Option<i32>,
 }
 
-/// At most 50 tags of up to 256 characters (AWS allows 50 per resource, and it bounds the CEL
-/// cost); keys under `orb.dev/` are refused at admission.
+/// Tags a template may carry: EC2 allows 50 per resource and the operator adds its own
+/// (`OPERATOR_TAGS`), keys are 1-128 characters and values at most 256, and keys under
+/// `orb.dev/` (the operator's) or `aws:` (AWS's) are refused at admission.
 fn tags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
-        "description": "Tags for every resource launched; keys under `orb.dev/` are reserved.",
+        "description": "Tags for every resource launched (at most 45: EC2 allows 50 and the operator adds 5); keys under `orb.dev/` and `aws:` are reserved.",
         "additionalProperties": {"type": "string", "maxLength": 256},
-        "maxProperties": 50,
+        "maxProperties": MAX_USER_TAGS,
         "default": {},
-        "x-kubernetes-validations": [{
-            "rule": "self.all(k, !k.startsWith('orb.dev/'))",
-            "message": "tag keys under orb.dev/ are reserved for the operator"
-        }]
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.all(k, !k.startsWith('orb.dev/'))",
+                "message": "tags: keys under orb.dev/ are reserved for the operator"
+            },
+            {
+                "rule": "self.all(k, !k.matches('^[aA][wW][sS]:'))",
+                "message": "tags: keys starting with aws: are reserved by AWS"
+            },
+            {
+                "rule": "self.all(k, size(k) >= 1 && size(k) <= 128)",
+                "message": "tags: keys must be 1 to 128 characters long"
+            }
+        ]
     })
 }
+
+/// Tags the operator puts on every resource (`orb.dev/cluster`, `orb.dev/request-uid`,
+/// `orb.dev/request`, `orb.dev/template`, `Name`).
+pub const OPERATOR_TAGS: usize = 5;
+/// EC2's limit of tags per resource.
+pub const EC2_MAX_TAGS: usize = 50;
+/// Tags a template may add on top of the operator's.
+pub const MAX_USER_TAGS: usize = EC2_MAX_TAGS - OPERATOR_TAGS;
 
 fn default_provider() -> String {
     "default".to_string()

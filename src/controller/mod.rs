@@ -9,6 +9,7 @@ pub mod template;
 use crate::api::{MachineRequest, MachineTemplate};
 use crate::provider::{ProviderError, Registry};
 use futures::StreamExt;
+use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -63,11 +64,13 @@ impl Timing {
 pub struct Context {
     pub client: Client,
     pub registry: Registry,
-    pub templates: Store<MachineTemplate>,
-    pub requests: Store<MachineRequest>,
+    pub templates: Store<DeserializeGuard<MachineTemplate>>,
+    pub requests: Store<DeserializeGuard<MachineRequest>>,
     pub recorder: Recorder,
     pub timing: Timing,
     pub validations: template::ValidationCache,
+    /// The last status written for each request: a reconcile never plans from an older one.
+    pub written: request::StatusMemory,
 }
 
 impl Context {
@@ -78,6 +81,7 @@ impl Context {
             .requests
             .state()
             .iter()
+            .filter_map(|r| r.0.as_ref().ok())
             .filter(|r| r.namespace().as_deref() == namespace && r.spec.template_ref.name == template)
             .filter(|r| except.is_none() || r.uid().as_deref() != except)
             .filter_map(|r| r.status.as_ref())
@@ -89,7 +93,35 @@ impl Context {
 
     /// The template `name` in `namespace`, from the controller's cache.
     pub fn template(&self, namespace: &str, name: &str) -> Option<Arc<MachineTemplate>> {
-        self.templates.get(&ObjectRef::new(name).within(namespace))
+        let cached = self.templates.get(&ObjectRef::new(name).within(namespace))?;
+        cached.0.as_ref().ok().cloned().map(Arc::new)
+    }
+}
+
+/// Reports an object that does not deserialize: a Warning Event on it (naming the problem) and
+/// a log line. The controllers leave it alone until it changes; every other object goes on.
+pub(crate) async fn report_invalid(ctx: &Context, kind: &str, invalid: &InvalidObject) {
+    let meta = &invalid.metadata;
+    let name = meta.name.clone().unwrap_or_default();
+    tracing::warn!(kind, namespace = ?meta.namespace, name, error = %invalid.error, "object does not deserialize; ignoring it until it changes");
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("orb.dev/v1alpha1".into()),
+        kind: Some(kind.into()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..Default::default()
+    };
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: "InvalidObject".into(),
+        note: Some(format!("{kind} {name} cannot be read by this operator version: {}", invalid.error)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(%error, "could not publish event");
     }
 }
 
@@ -115,6 +147,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// The object was deleted while the reconcile ran (the API server answered 404 for it).
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Self::Kube(kube::Error::Api(status)) if status.code == 404)
+    }
+
     /// Event reason for a failed reconcile.
     pub fn reason(&self) -> String {
         match self {
@@ -157,7 +194,10 @@ pub(crate) fn flatten(error: kube::runtime::finalizer::Error<Error>) -> Error {
 
 /// Fails fast, with the fix, when the CRDs are not installed (or cannot be listed where the
 /// controllers will watch).
-async fn check_crds(templates: &Api<MachineTemplate>, requests: &Api<MachineRequest>) -> anyhow::Result<()> {
+async fn check_crds(
+    templates: &Api<DeserializeGuard<MachineTemplate>>,
+    requests: &Api<DeserializeGuard<MachineRequest>>,
+) -> anyhow::Result<()> {
     let lp = kube::api::ListParams::default().limit(1);
     for (kind, probe) in [
         ("MachineTemplate", templates.list_metadata(&lp).await.map(|_| ())),
@@ -174,12 +214,11 @@ async fn check_crds(templates: &Api<MachineTemplate>, requests: &Api<MachineRequ
 
 /// Runs both controllers until a shutdown signal, over all namespaces or only `namespace`.
 pub async fn run(client: Client, registry: Registry, namespace: Option<&str>) -> anyhow::Result<()> {
+    type Templates = DeserializeGuard<MachineTemplate>;
+    type Requests = DeserializeGuard<MachineRequest>;
     let (templates, requests) = match namespace {
-        Some(ns) => (
-            Api::<MachineTemplate>::namespaced(client.clone(), ns),
-            Api::<MachineRequest>::namespaced(client.clone(), ns),
-        ),
-        None => (Api::<MachineTemplate>::all(client.clone()), Api::<MachineRequest>::all(client.clone())),
+        Some(ns) => (Api::<Templates>::namespaced(client.clone(), ns), Api::<Requests>::namespaced(client.clone(), ns)),
+        None => (Api::<Templates>::all(client.clone()), Api::<Requests>::all(client.clone())),
     };
     check_crds(&templates, &requests).await?;
     let cfg = controller::Config::default().concurrency(16);
@@ -200,6 +239,7 @@ pub async fn run(client: Client, registry: Registry, namespace: Option<&str>) ->
         ),
         timing: Timing::default(),
         validations: template::ValidationCache::default(),
+        written: request::StatusMemory::default(),
     });
 
     // A template change re-queues the requests that use it: a new generation or a new Ready
@@ -207,7 +247,8 @@ pub async fn run(client: Client, registry: Registry, namespace: Option<&str>) ->
     let users = request_store.clone();
     let seen = std::sync::Mutex::new(std::collections::HashMap::new());
     let request_ctrl = request_ctrl
-        .watches(templates, watcher::Config::default(), move |t: MachineTemplate| {
+        .watches(templates, watcher::Config::default(), move |t: DeserializeGuard<MachineTemplate>| {
+            let Ok(t) = t.0 else { return vec![] };
             let verdict = t
                 .status
                 .as_ref()
@@ -223,7 +264,11 @@ pub async fn run(client: Client, registry: Registry, namespace: Option<&str>) ->
             users
                 .state()
                 .into_iter()
-                .filter(|r| r.namespace().as_deref() == Some(ns.as_str()) && r.spec.template_ref.name == name)
+                .filter(|r| {
+                    r.0.as_ref().is_ok_and(|r| {
+                        r.namespace().as_deref() == Some(ns.as_str()) && r.spec.template_ref.name == name
+                    })
+                })
                 .map(|r| ObjectRef::from_obj(&*r))
                 .collect::<Vec<_>>()
         })
@@ -232,7 +277,8 @@ pub async fn run(client: Client, registry: Registry, namespace: Option<&str>) ->
         .for_each(|_| async {});
     // A request change re-queues its template (machinesInUse).
     let template_ctrl = template_ctrl
-        .watches(requests, watcher::Config::default(), |r: MachineRequest| {
+        .watches(requests, watcher::Config::default(), |r: DeserializeGuard<MachineRequest>| {
+            let r = r.0.ok()?;
             r.namespace().map(|ns| ObjectRef::new(&r.spec.template_ref.name).within(&ns))
         })
         .shutdown_on_signal()

@@ -12,7 +12,9 @@ use crate::api::{
     Attempt, Blocked, Failure, MAX_FAILURES, Machine, MachineRequestSpec, MachineRequestStatus, MachineResult,
     MachineTemplateSpec, Phase,
 };
-use crate::provider::{InstanceState, LaunchFailure, MarketMix, ObservedMachine, ProviderError, ProvisionOutcome};
+use crate::provider::{
+    InstanceState, LaunchFailure, MarketMix, ObservedMachine, ProviderError, ProvisionOutcome, market_split,
+};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
@@ -21,7 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// A machine launched this recently that the cloud does not list yet is kept (the cloud's
 /// describe calls are eventually consistent).
 const VISIBILITY_GRACE: SignedDuration = SignedDuration::from_mins(2);
-const DEFAULT_TIMEOUT: SignedDuration = SignedDuration::from_mins(15);
+/// An auth error (missing permissions) is tried again after this long: permissions get
+/// granted without anyone editing the request.
+const AUTH_RETRY: SignedDuration = SignedDuration::from_mins(10);
 /// How often a request capped by `maxMachines` looks for freed machines.
 const CAP_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 /// Backoff after a failed attempt: 10s, doubling, at most 5 minutes.
@@ -86,6 +90,12 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
     status.api = Some(frame.template.api.as_str().into());
     status.requested_capacity = frame.spec.capacity;
     status.machines = merge_machines(frame, &previous.machines, observed);
+    // A machine that held capacity and was lost since the last pass opens a new episode, so a
+    // request that had settled (Partial after its timeout) replaces it too.
+    let newly_lost = status.machines.iter().any(|m| {
+        m.result == Some(MachineResult::Fail)
+            && previous.machines.iter().any(|p| p.instance_id == m.instance_id && p.counts_as_live())
+    });
 
     let named: BTreeSet<&str> = frame.spec.return_machines.iter().map(String::as_str).collect();
     for m in &mut status.machines {
@@ -124,14 +134,16 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
     if deficit == 0
         && let Some(a) = status.attempt.as_mut()
     {
-        // Satisfied: the next shortfall starts without a backoff.
+        // Satisfied: whatever an open attempt launched is listed (adopted), and the next
+        // shortfall starts without a backoff.
+        a.completed = true;
         a.failed_streak = 0;
         a.retry_after = None;
     }
     let backing_off = backoff_pending(&status, frame.now).and_then(|a| a.retry_after.clone());
     status.provisioning_since = match (&status.provisioning_since, shortfall) {
         (_, false) => None,
-        (Some(since), true) if !spec_changed => Some(since.clone()),
+        (Some(since), true) if !spec_changed && !newly_lost => Some(since.clone()),
         (_, true) => Some(Time(frame.now)),
     };
     if status.blocked.as_ref().is_some_and(|b| !blocks(b, frame)) {
@@ -139,18 +151,23 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
     }
 
     let (allowed, cap_hold) = machine_cap(frame, &status.machines, deficit);
-    let hold = frame.launch_hold.clone().or(cap_hold);
+    let timeout_hold =
+        timeout(frame).err().map(|e| ("InvalidSpec".to_string(), format!("spec.fulfilmentTimeout: {e}")));
+    let hold = frame.launch_hold.clone().or(timeout_hold.clone()).or(cap_hold);
     let may_launch = deficit > 0 && status.blocked.is_none() && !timed_out(frame, &status) && hold.is_none();
+    let blocked_until = status.blocked.as_ref().and_then(|b| b.retry_after.clone());
     let (step, requeue) = if !to_return.is_empty() {
         (Step::Return(to_return), Requeue::Soon)
     } else if let (true, Some(until)) = (may_launch, &backing_off) {
         let wait = until.0.duration_since(frame.now).unsigned_abs();
         (Step::Wait, Requeue::After(wait))
     } else if may_launch {
-        let attempt = next_attempt(frame, status.attempt.as_ref(), allowed);
+        let attempt = next_attempt(frame, &status, allowed);
         status.attempt = Some(attempt.clone());
-        (Step::Launch { units: allowed, attempt }, Requeue::Soon)
-    } else if status.blocked.is_some() || (deficit > 0 && frame.launch_hold.is_some()) {
+        (Step::Launch { units: attempt.units.max(0).unsigned_abs(), attempt }, Requeue::Soon)
+    } else if let Some(until) = blocked_until {
+        (Step::Wait, Requeue::After(until.0.duration_since(frame.now).unsigned_abs()))
+    } else if status.blocked.is_some() || (deficit > 0 && (frame.launch_hold.is_some() || timeout_hold.is_some())) {
         (Step::Wait, Requeue::AwaitChange)
     } else if deficit > 0 && hold.is_some() {
         // Capped by maxMachines: other requests may give machines back at any time.
@@ -201,8 +218,9 @@ pub fn record_launch(
         Err(_) => 0,
     };
     if let Some(attempt) = status.attempt.as_mut() {
-        // Without an answer the cloud may have launched: keep the token for the retry.
-        attempt.completed = !matches!(result, Err(ProviderError::Transient { .. } | ProviderError::Throttled { .. }));
+        // Without an answer the cloud may have launched: keep the token for the replay. Any
+        // other answer ends the attempt (a token conflict too: that token is spent).
+        attempt.completed = !result.as_ref().is_err_and(ProviderError::is_ambiguous);
         if launched >= attempt.units.max(0).unsigned_abs() {
             attempt.failed_streak = 0;
             attempt.retry_after = None;
@@ -230,11 +248,14 @@ pub fn record_launch(
         Err(error) => {
             add_failure(&mut status.failures, &failure_of(error), frame.now);
             if error.is_terminal() {
+                // Permissions can be granted without a spec edit: try again after a while.
+                let retry_after = matches!(error, ProviderError::Auth { .. }).then(|| Time(frame.now + AUTH_RETRY));
                 status.blocked = Some(Blocked {
                     generation: frame.generation,
                     template_generation: frame.template_generation,
                     code: error.code().to_string(),
                     message: error.to_string(),
+                    retry_after,
                 });
             }
         }
@@ -256,17 +277,25 @@ pub fn client_token(uid: &str, number: i32) -> String {
     format!("orb-{number}-{hex}")
 }
 
-fn next_attempt(frame: &Frame<'_>, previous: Option<&Attempt>, units: u32) -> Attempt {
+/// The attempt to launch now. An open attempt (its create call may have happened: a crash, a
+/// timeout or a 5xx before its result was recorded) is replayed exactly as first sent — same
+/// units, same markets, same token — whatever the shortfall looks like now: the cloud answers a
+/// replay with what it made, while a new token next to a lagging listing would launch twice.
+/// Otherwise a new attempt, numbered after the last, asks for `units`.
+fn next_attempt(frame: &Frame<'_>, status: &MachineRequestStatus, units: u32) -> Attempt {
+    let previous = status.attempt.as_ref();
     match previous {
-        // An attempt whose create call may have happened (a crash before its result was
-        // recorded) is retried with the same token, so the cloud answers with what it made.
-        Some(a) if !a.completed && a.units == units as i32 => a.clone(),
+        Some(a) if !a.completed => a.clone(),
         _ => {
             let number = previous.map_or(1, |a| a.number + 1);
+            let capacity = frame.spec.capacity.max(0).unsigned_abs();
+            let mix = market_split(frame.template, capacity, live_mix(&status.machines), units);
             Attempt {
                 number,
                 client_token: client_token(frame.uid, number),
                 units: units as i32,
+                on_demand_units: mix.on_demand as i32,
+                spot_units: mix.spot as i32,
                 started_at: Some(Time(frame.now)),
                 completed: false,
                 failed_streak: previous.map_or(0, |a| a.failed_streak),
@@ -276,24 +305,34 @@ fn next_attempt(frame: &Frame<'_>, previous: Option<&Attempt>, units: u32) -> At
     }
 }
 
+/// The markets an attempt asks for.
+pub fn attempt_mix(attempt: &Attempt) -> MarketMix {
+    MarketMix {
+        on_demand: attempt.on_demand_units.max(0).unsigned_abs(),
+        spot: attempt.spot_units.max(0).unsigned_abs(),
+    }
+}
+
 /// The current attempt, if it is still in its backoff at `now`.
 fn backoff_pending(status: &MachineRequestStatus, now: Timestamp) -> Option<&Attempt> {
     status.attempt.as_ref().filter(|a| a.retry_after.as_ref().is_some_and(|t| now < t.0))
 }
 
 fn blocks(blocked: &Blocked, frame: &Frame<'_>) -> bool {
-    blocked.generation == frame.generation && blocked.template_generation == frame.template_generation
+    blocked.generation == frame.generation
+        && blocked.template_generation == frame.template_generation
+        && blocked.retry_after.as_ref().is_none_or(|t| frame.now < t.0)
 }
 
-fn timeout(frame: &Frame<'_>) -> SignedDuration {
-    crate::api::duration::parse(&frame.spec.fulfilment_timeout)
-        .ok()
-        .and_then(|d| SignedDuration::try_from(d).ok())
-        .unwrap_or(DEFAULT_TIMEOUT)
+/// The request's fulfilment timeout; an unusable one (admitted by an older CRD) holds launching.
+fn timeout(frame: &Frame<'_>) -> Result<SignedDuration, String> {
+    let d = crate::api::duration::fulfilment_timeout(&frame.spec.fulfilment_timeout)?;
+    SignedDuration::try_from(d).map_err(|e| e.to_string())
 }
 
 fn timed_out(frame: &Frame<'_>, status: &MachineRequestStatus) -> bool {
-    status.provisioning_since.as_ref().is_some_and(|since| frame.now >= since.0 + timeout(frame))
+    let Ok(timeout) = timeout(frame) else { return false };
+    status.provisioning_since.as_ref().is_some_and(|since| frame.now >= since.0 + timeout)
 }
 
 fn state_of(m: &Machine) -> Option<InstanceState> {
@@ -358,16 +397,35 @@ pub fn choose_victims(machines: &[Machine], excess: u32) -> Vec<String> {
     victims
 }
 
-/// The machine list: what the cloud reports, plus machines launched so recently that the cloud
-/// may not list them yet. Returned machines that reached `terminated` leave the list.
+/// The machines of `previous` the cloud's tag listing (`observed`) no longer shows and that
+/// must be looked up by id before they are dropped: launched longer ago than the listing may lag,
+/// not returned by the operator and not known to be gone. (A machine whose tags were stripped,
+/// or that carries another cluster id, is missing from the listing but still running.)
+pub fn unlisted(now: Timestamp, previous: &[Machine], observed: &[ObservedMachine]) -> Vec<String> {
+    let seen: BTreeSet<&str> = observed.iter().map(|o| o.instance_id.as_str()).collect();
+    previous
+        .iter()
+        .filter(|p| !seen.contains(p.instance_id.as_str()) && !p.returning)
+        .filter(|p| state_of(p) != Some(InstanceState::Terminated))
+        .filter(|p| !recently_launched(p, now))
+        .map(|p| p.instance_id.clone())
+        .collect()
+}
+
+fn recently_launched(m: &Machine, now: Timestamp) -> bool {
+    m.launch_time.as_ref().is_some_and(|t| now < t.0 + VISIBILITY_GRACE)
+}
+
+/// The machine list: what the cloud reports (by tags, or by id for machines the tag listing
+/// lost), plus machines launched so recently that the cloud may not list them yet. Returned
+/// machines stay, `succeed` once terminated, until the cloud stops reporting them.
 fn merge_machines(frame: &Frame<'_>, previous: &[Machine], observed: &[ObservedMachine]) -> Vec<Machine> {
     let before: BTreeMap<&str, &Machine> = previous.iter().map(|m| (m.instance_id.as_str(), m)).collect();
     let mut machines: Vec<Machine> = observed
         .iter()
-        .filter_map(|o| {
+        .map(|o| {
             let prior = before.get(o.instance_id.as_str()).copied();
-            let returning = prior.is_some_and(|p| p.returning);
-            (!(returning && o.state == InstanceState::Terminated)).then(|| machine_from(frame, o, prior, returning))
+            machine_from(frame, o, prior, prior.is_some_and(|p| p.returning))
         })
         .collect();
     let seen: BTreeSet<&str> = observed.iter().map(|o| o.instance_id.as_str()).collect();
@@ -375,17 +433,21 @@ fn merge_machines(frame: &Frame<'_>, previous: &[Machine], observed: &[ObservedM
         previous
             .iter()
             .filter(|p| !seen.contains(p.instance_id.as_str()) && !p.returning)
-            .filter(|p| p.launch_time.as_ref().is_some_and(|t| frame.now < t.0 + VISIBILITY_GRACE))
+            .filter(|p| recently_launched(p, frame.now))
             .cloned(),
     );
     machines.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     machines
 }
 
+/// A machine as observed now. Its weight and market are those recorded when it was first seen
+/// (at launch): a template edit changes only future launches.
 fn machine_from(frame: &Frame<'_>, o: &ObservedMachine, prior: Option<&Machine>, returning: bool) -> Machine {
     let (result, message) = match (o.state, returning) {
         (InstanceState::Running, _) => (MachineResult::Succeed, None),
         (InstanceState::Pending, _) => (MachineResult::Executing, None),
+        // Returned by the operator: done once terminated, never a loss.
+        (InstanceState::Terminated, true) => (MachineResult::Succeed, None),
         (_, true) => (MachineResult::Executing, None),
         (state, false) => (
             MachineResult::Fail,
@@ -399,16 +461,27 @@ fn machine_from(frame: &Frame<'_>, o: &ObservedMachine, prior: Option<&Machine>,
             )),
         ),
     };
-    let message = message.or_else(|| prior.filter(|_| returning).and_then(|p| p.message.clone()));
+    let message = message.or_else(|| prior.filter(|_| returning).and_then(|p| p.message.clone())).or_else(|| {
+        o.untagged.then(|| {
+            "not found by its orb.dev tags (removed, or another clusterId); tracked by instance id".to_string()
+        })
+    });
+    let message = match (returning, o.state) {
+        (true, InstanceState::Terminated) => message.map(|m| m.replacen("returning:", "returned:", 1)),
+        _ => message,
+    };
     let suffix = o.instance_id.strip_prefix("i-").unwrap_or(&o.instance_id);
+    let weight = prior
+        .map(|p| p.weight)
+        .unwrap_or_else(|| frame.template.weight_of(o.instance_type.as_deref().unwrap_or_default()) as i32);
     Machine {
         name: format!("{}-{suffix}", frame.request_name),
         instance_id: o.instance_id.clone(),
         state: o.state.as_str().into(),
         result: Some(result),
-        weight: frame.template.weight_of(o.instance_type.as_deref().unwrap_or_default()) as i32,
+        weight,
         instance_type: o.instance_type.clone(),
-        capacity_type: o.capacity_type.clone(),
+        capacity_type: prior.and_then(|p| p.capacity_type.clone()).or_else(|| o.capacity_type.clone()),
         zone: o.zone.clone(),
         subnet_id: o.subnet_id.clone(),
         private_ip: o.private_ip.clone(),
@@ -539,7 +612,36 @@ fn summarise(frame: &Frame<'_>, status: &mut MachineRequestStatus, acting: bool,
         Cond::new(conditions::DEGRADED, false, "AsExpected", "no failures")
     };
     put(&mut status.conditions, degraded);
+
+    // kstatus (Flux, kpt, Argo CD health): Stalled when only a change can help, Reconciling
+    // while the operator is still working towards the spec.
+    let stalled = if let Some(b) = &status.blocked {
+        Some((b.code.clone(), b.message.clone()))
+    } else if expired && running < capacity {
+        Some(("FulfilmentTimeout".to_string(), progress.clone()))
+    } else {
+        hold.filter(|(reason, _)| STALLING_HOLDS.contains(&reason.as_str())).filter(|_| running < capacity).cloned()
+    };
+    let reconciling = stalled.is_none() && (phase != Phase::Fulfilled || acting || pending > 0 || returning > 0);
+    put(
+        &mut status.conditions,
+        match &stalled {
+            Some((reason, message)) => Cond::new(conditions::STALLED, true, reason.clone(), message.clone()),
+            None => Cond::new(conditions::STALLED, false, "AsExpected", "making progress"),
+        },
+    );
+    put(
+        &mut status.conditions,
+        if reconciling {
+            Cond::new(conditions::RECONCILING, true, ready_reason, progress)
+        } else {
+            Cond::new(conditions::RECONCILING, false, ready_reason, "nothing left to do")
+        },
+    );
 }
+
+/// Holds that only a change to the request, its template or the operator config can lift.
+const STALLING_HOLDS: &[&str] = &["TemplateNotReady", "InvalidSpec", "ProviderChanged"];
 
 #[cfg(test)]
 mod tests {
@@ -748,10 +850,23 @@ mod tests {
         observed[1].state = ShuttingDown;
         let p2 = replan(&frame(&s, &t, 101), &p.status, &observed);
         assert!(matches!(p2.step, Step::Launch { units: 1, .. }), "{:?}", p2.step);
-        // Once terminated, it leaves the list.
+        // Once terminated it is a completed return, not a loss, and it stays listed while the
+        // cloud reports it.
         observed[1].state = Terminated;
+        observed.push(obs("i-4", Running, "m5.large", 200));
         let p3 = replan(&frame(&s, &t, 102), &p2.status, &observed);
-        assert!(!p3.status.machines.iter().any(|m| m.instance_id == "i-2"));
+        let returned = p3.status.machines.iter().find(|m| m.instance_id == "i-2").unwrap();
+        assert_eq!((returned.result, returned.returning), (Some(MachineResult::Succeed), true));
+        assert_eq!(returned.message.as_deref(), Some("returned: named in spec.returnMachines"));
+        assert_eq!(cond(&p3.status, "Degraded").status, "False", "a return is not a loss");
+        assert_eq!(p3.status.phase, Some(Phase::Fulfilled));
+        // Further passes change nothing; when the cloud forgets it, it leaves the list.
+        let p4 = replan(&frame(&s, &t, 500), &p3.status, &observed);
+        assert_eq!(p4.status, p3.status);
+        observed.remove(1);
+        let p5 = replan(&frame(&s, &t, 4000), &p4.status, &observed);
+        assert!(!p5.status.machines.iter().any(|m| m.instance_id == "i-2"));
+        assert_eq!(p5.step, Step::Wait);
     }
 
     #[test]
@@ -1005,6 +1120,164 @@ mod tests {
         let (s, t) = (spec(0), template());
         let p = plan(&frame(&s, &t, 0), &MachineRequestStatus::default(), &[]);
         assert_eq!((p.step, p.status.phase), (Step::Wait, Some(Phase::Fulfilled)));
+    }
+
+    #[test]
+    fn a_scale_down_naming_a_machine_is_a_return_not_a_loss() {
+        let (mut s, t) = (spec(4), template());
+        s.return_machines = vec!["i-2".into()];
+        let mut observed: Vec<_> = (1..=5).map(|n| obs(&format!("i-{n}"), Running, "m5.large", n)).collect();
+        let p = plan(&frame(&s, &t, 100), &MachineRequestStatus::default(), &observed);
+        assert_eq!(p.step, Step::Return(vec!["i-2".into()]));
+        let mut status = p.status;
+        for (now, state) in [(101, ShuttingDown), (102, Terminated), (103, Terminated)] {
+            observed[1].state = state;
+            let p = plan(&frame(&s, &t, now), &status, &observed);
+            assert_eq!(p.step, Step::Wait, "at {now}");
+            status = p.status;
+        }
+        let machine = status.machines.iter().find(|m| m.instance_id == "i-2").unwrap();
+        assert_eq!(machine.result, Some(MachineResult::Succeed));
+        assert!(!machine.message.as_deref().unwrap_or_default().contains("outside the operator"));
+        assert_eq!(cond(&status, "Degraded").status, "False");
+        assert_eq!((status.phase, status.fulfilled_capacity), (Some(Phase::Fulfilled), 4));
+        // The same machine terminated behind the operator's back is a loss.
+        let mut fresh = MachineRequestStatus::default();
+        observed[1].state = Running;
+        fresh = plan(&frame(&spec(5), &t, 100), &fresh, &observed).status;
+        observed[1].state = Terminated;
+        let lost = plan(&frame(&spec(5), &t, 101), &fresh, &observed).status;
+        let machine = lost.machines.iter().find(|m| m.instance_id == "i-2").unwrap();
+        assert_eq!(machine.result, Some(MachineResult::Fail));
+        assert!(machine.message.as_deref().unwrap().contains("outside the operator"));
+        assert_eq!(cond(&lost, "Degraded").reason, "MachinesLost");
+    }
+
+    #[test]
+    fn an_open_attempt_is_replayed_exactly_even_when_the_listing_shows_part_of_it() {
+        let (s, t) = (spec(5), template());
+        let first = plan(&frame(&s, &t, 0), &MachineRequestStatus::default(), &[]);
+        let Step::Launch { attempt: opened, .. } = first.step.clone() else { panic!("{:?}", first.step) };
+        // The launch's answer was lost; the tag listing shows two of its machines so far.
+        let partial = [obs("i-1", Pending, "m5.large", 0), obs("i-2", Pending, "m5.large", 0)];
+        let again = plan(&frame(&s, &t, 5), &first.status, &partial);
+        let Step::Launch { units, attempt } = again.step else { panic!("{:?} {:?}", again.step, again.status) };
+        assert_eq!(
+            (units, &attempt),
+            (5, &opened),
+            "same units, markets and token: the cloud answers with what it made"
+        );
+        // Once the listing shows the whole launch the attempt is adopted; the next one is new.
+        let all: Vec<_> = (1..=5).map(|n| obs(&format!("i-{n}"), Running, "m5.large", 0)).collect();
+        let done = plan(&frame(&s, &t, 10), &again.status, &all);
+        assert_eq!(done.step, Step::Wait);
+        assert!(done.status.attempt.as_ref().unwrap().completed);
+        let mut reclaimed = all.clone();
+        reclaimed[4].state = Terminated;
+        let lost = plan(&frame(&s, &t, 20), &done.status, &reclaimed);
+        let Step::Launch { attempt, .. } = lost.step else { panic!("{:?}", lost.step) };
+        assert_eq!(attempt.number, 2, "attempt numbers only go up");
+    }
+
+    #[test]
+    fn a_token_conflict_ends_the_attempt_without_blocking_the_request() {
+        let (s, t) = (spec(2), template());
+        let f = frame(&s, &t, 0);
+        let mut status = plan(&f, &MachineRequestStatus::default(), &[]).status;
+        let conflict = ProviderError::TokenConflict { code: "IdempotentParameterMismatch".into(), message: "m".into() };
+        record_launch(&f, &mut status, &Err(conflict));
+        assert!(status.attempt.as_ref().unwrap().completed && status.blocked.is_none());
+        let p = plan(&frame(&s, &t, 60), &status, &[]);
+        let Step::Launch { attempt, .. } = p.step else { panic!("{:?}", p.step) };
+        assert_eq!(attempt.number, 2);
+    }
+
+    #[test]
+    fn weights_are_those_of_the_launch_not_of_the_current_template() {
+        let (s, t) = (spec(12), template());
+        let mut heavy = t.clone();
+        heavy.instance_types = vec![InstanceTypeSpec { type_: "m5.xlarge".into(), weight: 4, priority: None }];
+        let observed: Vec<_> = (1..=3).map(|n| obs(&format!("i-{n}"), Running, "m5.xlarge", n)).collect();
+        let p = plan(&frame(&s, &heavy, 10), &MachineRequestStatus::default(), &observed);
+        assert_eq!((p.step.clone(), p.status.fulfilled_capacity), (Step::Wait, 12));
+        // m5.xlarge is removed from the template: the running machines keep their 4 units.
+        let mut edited = heavy.clone();
+        edited.instance_types = vec![InstanceTypeSpec { type_: "m5.large".into(), weight: 1, priority: None }];
+        let p = plan(&frame(&s, &edited, 20), &p.status, &observed);
+        assert_eq!((p.step, p.status.fulfilled_capacity), (Step::Wait, 12), "nothing more is launched");
+    }
+
+    #[test]
+    fn a_partial_request_still_replaces_a_machine_lost_after_it_settled() {
+        let (s, t) = (spec(3), template());
+        let start = plan(&frame(&s, &t, 0), &MachineRequestStatus::default(), &[]).status;
+        let two = [obs("i-1", Running, "m5.large", 0), obs("i-2", Running, "m5.large", 0)];
+        let settled = plan(&frame(&s, &t, 901), &start, &two);
+        assert_eq!((settled.step.clone(), settled.status.phase), (Step::Wait, Some(Phase::Partial)));
+        assert_eq!(cond(&settled.status, "Stalled").status, "True");
+        let reclaimed = [two[0].clone(), obs("i-2", Terminated, "m5.large", 0)];
+        let p = plan(&frame(&s, &t, 1000), &settled.status, &reclaimed);
+        assert!(matches!(p.step, Step::Launch { .. }), "the lost machine is replaced: {:?}", p.step);
+    }
+
+    #[test]
+    fn an_auth_error_is_retried_after_a_long_backoff_without_a_spec_change() {
+        let (mut s, t) = (spec(1), template());
+        s.fulfilment_timeout = "1h".into();
+        let f = frame(&s, &t, 0);
+        let mut status = plan(&f, &MachineRequestStatus::default(), &[]).status;
+        let denied = ProviderError::Auth { code: "UnauthorizedOperation".into(), message: "m".into() };
+        record_launch(&f, &mut status, &Err(denied));
+        let p = plan(&frame(&s, &t, 60), &status, &[]);
+        assert_eq!(p.step, Step::Wait);
+        assert_eq!(p.requeue, Requeue::After(std::time::Duration::from_secs(540)));
+        assert_eq!(cond(&p.status, "Stalled").status, "True");
+        let p = plan(&frame(&s, &t, 601), &p.status, &[]);
+        assert!(matches!(p.step, Step::Launch { .. }), "{:?}", p.step);
+    }
+
+    #[test]
+    fn kstatus_sees_provisioning_as_reconciling_and_fulfilled_as_done() {
+        let (s, t) = (spec(2), template());
+        let p = plan(&frame(&s, &t, 0), &MachineRequestStatus::default(), &[]);
+        assert_eq!(
+            (cond(&p.status, "Reconciling").status.as_str(), cond(&p.status, "Stalled").status.as_str()),
+            ("True", "False")
+        );
+        let running = [obs("i-1", Running, "m5.large", 0), obs("i-2", Running, "m5.large", 0)];
+        let p = plan(&frame(&s, &t, 10), &p.status, &running);
+        assert_eq!(
+            (cond(&p.status, "Reconciling").status.as_str(), cond(&p.status, "Stalled").status.as_str()),
+            ("False", "False")
+        );
+    }
+
+    #[test]
+    fn an_unusable_fulfilment_timeout_holds_launching_and_names_the_field() {
+        let (mut s, t) = (spec(2), template());
+        s.fulfilment_timeout = "0s".into();
+        let p = plan(&frame(&s, &t, 0), &MachineRequestStatus::default(), &[]);
+        assert_eq!((p.step, p.requeue), (Step::Wait, Requeue::AwaitChange));
+        assert!(cond(&p.status, "Ready").message.contains("spec.fulfilmentTimeout"));
+    }
+
+    #[test]
+    fn machines_the_listing_lost_are_looked_up_unless_just_launched_or_returned() {
+        let (s, t) = (spec(3), template());
+        let all = [
+            obs("i-1", Running, "m5.large", 0),
+            obs("i-2", Running, "m5.large", 0),
+            obs("i-3", Pending, "m5.large", 290),
+        ];
+        let status = plan(&frame(&s, &t, 300), &MachineRequestStatus::default(), &all).status;
+        assert_eq!(unlisted(at(300), &status.machines, &all[..1]), ["i-2"], "i-3 was launched moments ago");
+        // Found by id (its tags were stripped): it stays, and says so.
+        let mut found = all[1].clone();
+        found.untagged = true;
+        let p = plan(&frame(&s, &t, 301), &status, &[all[0].clone(), found, all[2].clone()]);
+        let m = p.status.machines.iter().find(|m| m.instance_id == "i-2").unwrap();
+        assert!(m.message.as_deref().unwrap().contains("tracked by instance id"));
+        assert_eq!(p.step, Step::Wait, "nothing relaunched");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! — observe (describe) -> plan (pure) -> act (at most one mutating cloud call) -> report (status
 //! by server-side apply, an Event on each phase change) — and a requeue. It never waits for the
 //! cloud inline.
+//!
+//! It never acts on a status older than the last one this process wrote: the controller's cache
+//! often lags behind a write (a requeue fires before the watch delivers it), and a plan made from
+//! a stale status could launch again or reuse an old client token. `StatusMemory` remembers each
+//! request's last write; when the cache differs, the request is read from the API server.
 
 use super::planner::{self, Frame, Requeue, Step};
 use super::{Context, Error, FINALIZER, MANAGER};
@@ -10,35 +15,92 @@ use crate::api::{DeletionPolicy, MachineRequest, MachineRequestStatus, MachineTe
 use crate::provider::{AnyProvider, Owner, Provider, ProvisionRequest, Released};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 
-/// Where the driver writes status. The Kubernetes implementation applies `/status`; tests use
-/// an in-memory one (and can drop a write to simulate a crash).
+/// Where the driver reads and writes status. The Kubernetes implementation applies `/status`;
+/// tests use an in-memory one (and can drop a write to simulate a crash).
 #[async_trait::async_trait]
 pub trait StatusSink: Send + Sync {
     async fn write(&self, status: &MachineRequestStatus) -> Result<(), Error>;
+    /// The status to plan from: `cached` (the controller's cache) unless it is older than the
+    /// last status this process wrote, in which case the API server's current one.
+    async fn latest(&self, cached: Option<&MachineRequestStatus>) -> Result<MachineRequestStatus, Error>;
+}
+
+/// The last status this process wrote for each request (by uid).
+#[derive(Default)]
+pub struct StatusMemory(Mutex<HashMap<String, MachineRequestStatus>>);
+
+impl StatusMemory {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, MachineRequestStatus>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers `status` as the latest written for `uid`.
+    pub fn record(&self, uid: &str, status: MachineRequestStatus) {
+        self.map().insert(uid.to_string(), status);
+    }
+
+    /// Forgets a request that is gone.
+    pub fn forget(&self, uid: &str) {
+        self.map().remove(uid);
+    }
+
+    /// The status to plan from. When `cached` is not what this process last wrote, the cache
+    /// lags (or someone else wrote): `fetch` reads the API server's copy, which wins.
+    pub async fn latest<F, Fut>(
+        &self,
+        uid: &str,
+        cached: Option<&MachineRequestStatus>,
+        fetch: F,
+    ) -> Result<MachineRequestStatus, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<MachineRequestStatus>, Error>>,
+    {
+        let cached = cached.cloned().unwrap_or_default();
+        let lagging = self.map().get(uid).is_some_and(|written| *written != cached);
+        if !lagging {
+            return Ok(cached);
+        }
+        let fresh = fetch().await?.unwrap_or_default();
+        tracing::debug!(uid, "cache behind the last status write; planning from the API server's copy");
+        self.record(uid, fresh.clone());
+        Ok(fresh)
+    }
 }
 
 /// Server-side apply of a request's status subresource.
-pub struct KubeStatus {
+pub struct KubeStatus<'a> {
     api: Api<MachineRequest>,
     name: String,
+    uid: String,
+    memory: &'a StatusMemory,
 }
 
 #[async_trait::async_trait]
-impl StatusSink for KubeStatus {
+impl StatusSink for KubeStatus<'_> {
     async fn write(&self, status: &MachineRequestStatus) -> Result<(), Error> {
         let patch = serde_json::json!({
             "apiVersion": "orb.dev/v1alpha1",
             "kind": "MachineRequest",
             "status": status,
         });
-        self.api.patch_status(&self.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+        let written =
+            self.api.patch_status(&self.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+        self.memory.record(&self.uid, written.status.unwrap_or_default());
         Ok(())
+    }
+
+    async fn latest(&self, cached: Option<&MachineRequestStatus>) -> Result<MachineRequestStatus, Error> {
+        self.memory.latest(&self.uid, cached, || async { Ok(self.api.get_status(&self.name).await?.status) }).await
     }
 }
 
@@ -83,7 +145,7 @@ pub async fn drive(
 ) -> Result<(MachineRequestStatus, Requeue), Error> {
     let Target { provider_name, provider, hold, machines_elsewhere } = target;
     let owner = owner_of(mr)?;
-    let previous = mr.status.clone().unwrap_or_default();
+    let previous = sink.latest(mr.status.as_ref()).await?;
     let frame = Frame {
         // Whole seconds, as the API server stores times.
         now: jiff::Timestamp::from_second(now.as_second()).unwrap_or(now),
@@ -96,7 +158,17 @@ pub async fn drive(
         launch_hold: hold.or_else(|| launch_hold(template)),
         machines_elsewhere,
     };
-    let observed = provider.describe(&owner).await?;
+    let mut observed = provider.describe(&owner).await?;
+    // Known machines the tag listing lost are looked up by id before they are dropped: a
+    // running machine whose tags were stripped must not be forgotten (and leaked).
+    let unlisted = planner::unlisted(frame.now, &previous.machines, &observed);
+    if !unlisted.is_empty() {
+        let found = provider.describe_ids(&owner, &unlisted).await?;
+        if !found.is_empty() {
+            tracing::warn!(request = %owner.key(), machines = ?found.iter().map(|m| &m.instance_id).collect::<Vec<_>>(), "machines missing from the tag listing found by id");
+        }
+        observed.extend(found);
+    }
     let plan = planner::plan(&frame, &previous, &observed);
     let mut status = plan.status;
     status.provider = Some(provider_name.to_string());
@@ -116,9 +188,7 @@ pub async fn drive(
             let request = ProvisionRequest {
                 owner: &owner,
                 template: &template.spec,
-                capacity: mr.spec.capacity.max(0).unsigned_abs(),
-                live: planner::live_mix(&status.machines),
-                units,
+                mix: planner::attempt_mix(&attempt),
                 client_token: &attempt.client_token,
             };
             let result = provider.provision(&request).await;
@@ -151,8 +221,19 @@ fn launch_hold(template: &MachineTemplate) -> Option<(String, String)> {
     }
 }
 
-/// Reconciles one MachineRequest.
-pub async fn reconcile(mr: Arc<MachineRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// Reconciles one MachineRequest. An object that does not deserialize (written past the schema,
+/// or by a newer operator) is reported on itself and left alone; the others go on.
+pub async fn reconcile(guard: Arc<DeserializeGuard<MachineRequest>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match &guard.0 {
+        Ok(mr) => reconcile_request(Arc::new(mr.clone()), ctx).await,
+        Err(invalid) => {
+            super::report_invalid(&ctx, "MachineRequest", invalid).await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+async fn reconcile_request(mr: Arc<MachineRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = mr.namespace().unwrap_or_default();
     let api: Api<MachineRequest> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, mr.clone(), |event| async {
@@ -163,21 +244,34 @@ pub async fn reconcile(mr: Arc<MachineRequest>, ctx: Arc<Context>) -> Result<Act
     })
     .await
     .map_err(super::flatten);
-    if let Err(error) = &result {
-        tracing::warn!(request = %format!("{ns}/{}", mr.name_any()), %error, "reconcile failed");
-        if !matches!(error, Error::ReleaseInProgress { .. }) {
+    match &result {
+        // Deleted while this reconcile ran: nothing is wrong, and nothing is left to do.
+        Err(error) if error.is_gone() => {
+            tracing::debug!(request = %format!("{ns}/{}", mr.name_any()), %error, "request gone mid-reconcile");
+            return Ok(Action::await_change());
+        }
+        Err(error @ Error::ReleaseInProgress { .. }) => {
+            tracing::debug!(request = %format!("{ns}/{}", mr.name_any()), %error, "release in progress");
+        }
+        Err(error) => {
+            tracing::warn!(request = %format!("{ns}/{}", mr.name_any()), %error, "reconcile failed");
             publish(&ctx, &mr, EventType::Warning, &error.reason(), error.to_string(), "Reconcile").await;
         }
+        Ok(_) => {}
     }
     result
 }
 
-pub fn error_policy(_mr: Arc<MachineRequest>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(_mr: Arc<DeserializeGuard<MachineRequest>>, error: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(error.backoff(&ctx.timing))
 }
 
+fn sink<'a>(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &'a Context) -> KubeStatus<'a> {
+    KubeStatus { api: api.clone(), name: mr.name_any(), uid: mr.uid().unwrap_or_default(), memory: &ctx.written }
+}
+
 async fn apply(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) -> Result<Action, Error> {
-    let sink = KubeStatus { api: api.clone(), name: mr.name_any() };
+    let sink = sink(mr, api, ctx);
     let ns = mr.namespace().unwrap_or_default();
     let previous = mr.status.clone().unwrap_or_default();
     let name = &mr.spec.template_ref.name;
@@ -238,25 +332,22 @@ async fn wait_pending(
     reason: &str,
     message: String,
 ) -> Result<Action, Error> {
-    let previous = mr.status.clone().unwrap_or_default();
+    let previous = sink.latest(mr.status.as_ref()).await?;
     let mut status = previous.clone();
     let now = Time(jiff::Timestamp::now());
     let generation = mr.meta().generation;
     status.observed_generation = generation;
     status.requested_capacity = mr.spec.capacity;
     status.phase = Some(Phase::Pending);
-    conditions::upsert(
-        &mut status.conditions,
+    for cond in [
         Cond::new(conditions::READY, false, reason, message.clone()),
-        generation,
-        &now,
-    );
-    conditions::upsert(
-        &mut status.conditions,
-        Cond::new(conditions::PROGRESSING, false, reason, message),
-        generation,
-        &now,
-    );
+        Cond::new(conditions::PROGRESSING, false, reason, message.clone()),
+        // Only a new template or provider helps: kstatus tools should stop waiting.
+        Cond::new(conditions::STALLED, true, reason, message),
+        Cond::new(conditions::RECONCILING, false, reason, "waiting for a change"),
+    ] {
+        conditions::upsert(&mut status.conditions, cond, generation, &now);
+    }
     write_if_changed(sink, &previous, &status).await?;
     announce(ctx, mr, &previous, &status).await;
     // The template (or config) appearing re-queues through the watch; this is a safety net.
@@ -277,7 +368,7 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
         .await;
         return Ok(Action::await_change());
     }
-    let status = mr.status.clone().unwrap_or_default();
+    let status = sink(mr, api, ctx).latest(mr.status.as_ref()).await?;
     // The provider that launched the machines, even if the template now names another.
     let provider_name = status
         .provider
@@ -303,12 +394,13 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
             mr.meta().generation,
             &now,
         );
-        KubeStatus { api: api.clone(), name: mr.name_any() }.write(&deleting).await?;
+        sink(mr, api, ctx).write(&deleting).await?;
         announce(ctx, mr, &status, &deleting).await;
     }
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
     match provider.release(&owner, &known).await? {
         Released::Done => {
+            ctx.written.forget(&owner.uid);
             tracing::info!(request = %owner.key(), "released");
             publish(
                 ctx,

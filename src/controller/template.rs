@@ -9,6 +9,7 @@ use crate::api::{MachineTemplate, MachineTemplateStatus};
 use crate::provider::{Provider, ProviderError, Registry};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use std::collections::HashMap;
@@ -63,13 +64,24 @@ pub async fn readiness(template: &MachineTemplate, registry: &Registry) -> Cond 
     }
 }
 
-pub async fn reconcile(template: Arc<MachineTemplate>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// Reconciles one MachineTemplate; one that does not deserialize is reported on itself.
+pub async fn reconcile(guard: Arc<DeserializeGuard<MachineTemplate>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match &guard.0 {
+        Ok(template) => reconcile_template(template, ctx).await,
+        Err(invalid) => {
+            super::report_invalid(&ctx, "MachineTemplate", invalid).await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+async fn reconcile_template(template: &MachineTemplate, ctx: Arc<Context>) -> Result<Action, Error> {
     let generation = template.meta().generation.unwrap_or_default();
     let uid = template.uid().unwrap_or_default();
     let ready = match ctx.validations.get(&uid, generation) {
         Some(cond) => cond,
         None => {
-            let cond = readiness(&template, &ctx.registry).await;
+            let cond = readiness(template, &ctx.registry).await;
             // Transient trouble (throttling, outages) is re-checked soon rather than cached.
             if cond.status || cond.reason == "InvalidSpec" || cond.reason == "ProviderNotFound" {
                 ctx.validations.put(uid, generation, cond.clone());
@@ -91,7 +103,22 @@ pub async fn reconcile(template: Arc<MachineTemplate>, ctx: Arc<Context>) -> Res
     if !ready.status {
         tracing::info!(template = %template.name_any(), reason = %ready.reason, message = %ready.message, "template not ready");
     }
-    conditions::upsert(&mut status.conditions, ready.clone(), Some(generation), &Time(jiff::Timestamp::now()));
+    let now = Time(jiff::Timestamp::now());
+    // kstatus: a template refused for its content needs an edit (Stalled); one that could not
+    // be checked yet is still being worked on (Reconciling).
+    let needs_edit =
+        !ready.status && ["InvalidSpec", "ProviderNotFound", "NotAuthorized"].contains(&ready.reason.as_str());
+    let stalled = match needs_edit {
+        true => Cond::new(conditions::STALLED, true, ready.reason.clone(), ready.message.clone()),
+        false => Cond::new(conditions::STALLED, false, "AsExpected", "validated or being validated"),
+    };
+    let reconciling = match !ready.status && !needs_edit {
+        true => Cond::new(conditions::RECONCILING, true, ready.reason.clone(), ready.message.clone()),
+        false => Cond::new(conditions::RECONCILING, false, ready.reason.clone(), "validation done"),
+    };
+    for cond in [ready.clone(), stalled, reconciling] {
+        conditions::upsert(&mut status.conditions, cond, Some(generation), &now);
+    }
     if status != previous {
         let api: Api<MachineTemplate> = Api::namespaced(ctx.client.clone(), &template.namespace().unwrap_or_default());
         let patch = serde_json::json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineTemplate", "status": status});
@@ -100,7 +127,7 @@ pub async fn reconcile(template: Arc<MachineTemplate>, ctx: Arc<Context>) -> Res
     Ok(Action::requeue(if ready.status { ctx.timing.idle } else { ctx.timing.error * 2 }))
 }
 
-pub fn error_policy(_template: Arc<MachineTemplate>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(_template: Arc<DeserializeGuard<MachineTemplate>>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "template reconcile failed");
     Action::requeue(error.backoff(&ctx.timing))
 }

@@ -99,6 +99,8 @@ pub struct ObservedMachine {
     pub state_reason: Option<String>,
     /// The launch (EC2 reservation) the machine came from.
     pub reservation_id: Option<String>,
+    /// Found by its instance id only: its `orb.dev/*` tags are missing or name another cluster.
+    pub untagged: bool,
 }
 
 impl ObservedMachine {
@@ -116,6 +118,7 @@ impl ObservedMachine {
             launch_time: None,
             state_reason: None,
             reservation_id: None,
+            untagged: false,
         }
     }
 }
@@ -146,15 +149,22 @@ pub fn market_split(template: &MachineTemplateSpec, capacity: u32, live: MarketM
     }
 }
 
-/// A request to provision `units` capacity units for `owner`.
+/// Spot units still to launch once on-demand launched `on_demand_launched` units: whole machines
+/// overshoot their market's share, and that surplus comes off the spot share so the whole launch
+/// has less than one machine of surplus (capacity 6, weight 4, 10% on-demand: one on-demand and
+/// one spot machine, not one and two).
+pub fn spot_after_on_demand(mix: MarketMix, on_demand_launched: u32) -> u32 {
+    mix.spot.saturating_sub(on_demand_launched.saturating_sub(mix.on_demand))
+}
+
+/// A request to provision capacity units for `owner`.
 #[derive(Clone, Debug)]
 pub struct ProvisionRequest<'a> {
     pub owner: &'a Owner,
     pub template: &'a MachineTemplateSpec,
-    /// The request's total desired capacity and what is live per market (for the spot mix).
-    pub capacity: u32,
-    pub live: MarketMix,
-    pub units: u32,
+    /// Capacity units to launch per market, fixed when the attempt was opened (a replay of an
+    /// attempt sends exactly what the first try sent).
+    pub mix: MarketMix,
     /// Idempotency token of this attempt; the same token never launches twice.
     pub client_token: &'a str,
 }
@@ -192,6 +202,13 @@ pub enum ProviderError {
     Throttled { code: String, message: String },
     #[error("insufficient capacity ({code}): {message}")]
     Capacity { code: String, message: String },
+    /// An account-wide limit (vCPUs, instances, spot requests): no other instance type or
+    /// subnet can help, so the attempt stops at once.
+    #[error("account limit reached ({code}): {message}")]
+    Limit { code: String, message: String },
+    /// A client token was sent again with different parameters: that attempt is over.
+    #[error("client token reused with other parameters ({code}): {message}")]
+    TokenConflict { code: String, message: String },
     #[error("not found ({code}): {message}")]
     NotFound { code: String, message: String },
     /// The template or request is wrong; `field` is the spec path (e.g. `spec.imageId`).
@@ -209,6 +226,8 @@ impl ProviderError {
         match self {
             Self::Throttled { .. } => "Throttled",
             Self::Capacity { .. } => "Capacity",
+            Self::Limit { .. } => "Limit",
+            Self::TokenConflict { .. } => "TokenConflict",
             Self::NotFound { .. } => "NotFound",
             Self::Invalid { .. } => "Invalid",
             Self::Auth { .. } => "Auth",
@@ -221,6 +240,8 @@ impl ProviderError {
         match self {
             Self::Throttled { code, .. }
             | Self::Capacity { code, .. }
+            | Self::Limit { code, .. }
+            | Self::TokenConflict { code, .. }
             | Self::NotFound { code, .. }
             | Self::Invalid { code, .. }
             | Self::Auth { code, .. }
@@ -228,9 +249,16 @@ impl ProviderError {
         }
     }
 
-    /// Errors that retrying cannot fix: the spec or the credentials must change.
+    /// Errors that retrying soon cannot fix: the spec or the permissions must change. (An auth
+    /// error is still retried after a long backoff: permissions get granted without a spec edit.)
     pub fn is_terminal(&self) -> bool {
         matches!(self, Self::Invalid { .. } | Self::Auth { .. })
+    }
+
+    /// Whether the call's outcome is unknown (no answer, a 5xx, throttling): the cloud may have
+    /// acted, so a retry must reuse the client token.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, Self::Transient { .. } | Self::Throttled { .. })
     }
 
     pub fn invalid(field: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
@@ -253,6 +281,14 @@ pub trait Provider: Send + Sync {
     /// Every machine the owner has in the cloud (found by its tags), terminated ones included
     /// while the cloud still reports them.
     fn describe(&self, owner: &Owner) -> impl Future<Output = Result<Vec<ObservedMachine>, ProviderError>> + Send;
+    /// The machines among `instance_ids` that still exist and belong to `owner` (their uid tag is
+    /// the owner's, or missing), looked up by id: for machines the tag listing no longer shows.
+    /// They come back with `untagged` set when the tag listing cannot find them.
+    fn describe_ids(
+        &self,
+        owner: &Owner,
+        instance_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<ObservedMachine>, ProviderError>> + Send;
     /// Terminates the given machines of `owner`; ids already gone are ignored.
     fn return_machines(
         &self,
@@ -293,6 +329,16 @@ impl Provider for AnyProvider {
         match self {
             Self::Sim(p) => p.describe(owner).await,
             Self::Aws(p) => p.describe(owner).await,
+        }
+    }
+    async fn describe_ids(
+        &self,
+        owner: &Owner,
+        instance_ids: &[String],
+    ) -> Result<Vec<ObservedMachine>, ProviderError> {
+        match self {
+            Self::Sim(p) => p.describe_ids(owner, instance_ids).await,
+            Self::Aws(p) => p.describe_ids(owner, instance_ids).await,
         }
     }
     async fn return_machines(&self, owner: &Owner, instance_ids: &[String]) -> Result<(), ProviderError> {
@@ -388,6 +434,25 @@ mod tests {
         let spot = MachineTemplateSpec { price_type: PriceType::Spot, ..Default::default() };
         assert_eq!(market_split(&spot, 5, none, 5), MarketMix { on_demand: 0, spot: 5 });
         assert_eq!(market_split(&MachineTemplateSpec::default(), 5, none, 3), MarketMix { on_demand: 3, spot: 0 });
+    }
+
+    #[test]
+    fn on_demand_rounding_comes_off_the_spot_share() {
+        use crate::api::{InstanceTypeSpec, PriceType};
+        // capacity 6, weight 4, 10% on-demand: 1 on-demand unit -> one machine of 4 units.
+        let t = MachineTemplateSpec {
+            price_type: PriceType::Heterogeneous,
+            on_demand_percent: Some(10),
+            instance_types: vec![InstanceTypeSpec { type_: "m5.xlarge".into(), weight: 4, priority: None }],
+            ..Default::default()
+        };
+        let mix = market_split(&t, 6, MarketMix::default(), 6);
+        assert_eq!(mix, MarketMix { on_demand: 1, spot: 5 });
+        let spot = spot_after_on_demand(mix, 4);
+        assert_eq!(spot, 2);
+        assert_eq!(machines_for(spot, 4), 1, "two machines in all: 8 units for 6, less than one machine over");
+        assert_eq!(spot_after_on_demand(mix, 0), 5, "on-demand failing leaves the spot share as it was");
+        assert_eq!(spot_after_on_demand(MarketMix { on_demand: 2, spot: 1 }, 12), 0);
     }
 
     #[test]

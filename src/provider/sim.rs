@@ -8,7 +8,7 @@
 
 use super::{
     InstanceState, LaunchFailure, ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome, ProvisionRequest,
-    Released, machines_for, market_split,
+    Released, machines_for, spot_after_on_demand,
 };
 use crate::api::MachineTemplateSpec;
 use crate::config::SimSettings;
@@ -29,6 +29,8 @@ struct SimInstance {
     private_ip: String,
     launched_at: Timestamp,
     terminate_requested_at: Option<Timestamp>,
+    /// Whether the tag listing (`describe`) finds it; `untag` clears it, as a tag policy would.
+    tagged: bool,
 }
 
 #[derive(Default)]
@@ -94,6 +96,12 @@ impl SimProvider {
         }
     }
 
+    /// Removes a machine from the tag listing while it keeps running, as a tag policy stripping
+    /// `orb.dev/*` tags would. Returns whether the machine existed.
+    pub fn untag(&self, instance_id: &str) -> bool {
+        self.cloud().instances.get_mut(instance_id).map(|i| i.tagged = false).is_some()
+    }
+
     /// How many instances the owner has that are pending or running (tests, demos).
     pub fn live_count(&self, owner_uid: &str) -> usize {
         let now = Timestamp::now();
@@ -101,7 +109,8 @@ impl SimProvider {
         cloud.instances.values().filter(|i| i.owner_uid == owner_uid && self.state_of(i, now).is_live()).count()
     }
 
-    /// Launches `units` in one market on the first listed type with capacity; returns the ids.
+    /// Launches `units` in one market on the first listed type with capacity; returns the ids
+    /// and the units they provide.
     fn launch_market(
         &self,
         cloud: &mut Cloud,
@@ -110,7 +119,10 @@ impl SimProvider {
         spot: bool,
         now: Timestamp,
         failures: &mut Vec<LaunchFailure>,
-    ) -> Vec<String> {
+    ) -> (Vec<String>, u32) {
+        if units == 0 {
+            return (vec![], 0);
+        }
         for it in &request.template.instance_types {
             if self.settings.insufficient_capacity.contains(&it.type_) {
                 failures.push(LaunchFailure {
@@ -123,7 +135,8 @@ impl SimProvider {
             }
             let subnets = &request.template.subnet_ids;
             let mut ids = vec![];
-            for n in 0..machines_for(units, it.weight.unsigned_abs()) {
+            let count = machines_for(units, it.weight.unsigned_abs());
+            for n in 0..count {
                 let id = new_instance_id(&cloud.instances);
                 let slot = n as usize % subnets.len().max(1);
                 cloud.next_ip += 1;
@@ -139,13 +152,14 @@ impl SimProvider {
                         private_ip: format!("10.{}.{}.{}", (ip >> 16) & 255, (ip >> 8) & 255, ip & 255),
                         launched_at: now,
                         terminate_requested_at: None,
+                        tagged: true,
                     },
                 );
                 ids.push(id);
             }
-            return ids;
+            return (ids, count * it.weight.max(1).unsigned_abs());
         }
-        vec![]
+        (vec![], 0)
     }
 }
 
@@ -160,53 +174,16 @@ fn new_instance_id(existing: &BTreeMap<String, SimInstance>) -> String {
     }
 }
 
-/// Shape checks for fields the simulator cannot look up; each error names the spec field.
-fn check_shapes(t: &MachineTemplateSpec) -> Result<(), ProviderError> {
-    let invalid = |field: String, message: String| Err(ProviderError::invalid(field, "InvalidParameterValue", message));
-    if let Some(image) = &t.image_id
-        && !(image.starts_with("resolve:ssm:") || is_aws_id(image, "ami-"))
-    {
-        return invalid(
-            "spec.imageId".into(),
-            format!("`{image}` is neither an AMI id (ami-...) nor resolve:ssm:<parameter>"),
-        );
-    }
-    for (i, it) in t.instance_types.iter().enumerate() {
-        if !it.type_.contains('.') {
-            return invalid(
-                format!("spec.instanceTypes[{i}].type"),
-                format!("`{}` is not an instance type such as m5.large", it.type_),
-            );
-        }
-    }
-    for (i, subnet) in t.subnet_ids.iter().enumerate() {
-        if !is_aws_id(subnet, "subnet-") {
-            return invalid(format!("spec.subnetIds[{i}]"), format!("`{subnet}` is not a subnet id (subnet-...)"));
-        }
-    }
-    for (i, sg) in t.security_group_ids.iter().enumerate() {
-        if !is_aws_id(sg, "sg-") {
-            return invalid(
-                format!("spec.securityGroupIds[{i}]"),
-                format!("`{sg}` is not a security group id (sg-...)"),
-            );
-        }
-    }
-    Ok(())
-}
-
-fn is_aws_id(text: &str, prefix: &str) -> bool {
-    text.strip_prefix(prefix)
-        .is_some_and(|hex| (8..=17).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
 impl Provider for SimProvider {
     async fn health(&self) -> Result<String, ProviderError> {
         Ok("simulated cloud (in memory)".into())
     }
 
+    /// The simulator has no resources to look up: a template is valid when its fields have
+    /// the shapes AWS accepts.
     async fn validate(&self, template: &MachineTemplateSpec) -> Result<(), ProviderError> {
-        check_shapes(template)
+        crate::api::shape::check(template)
+            .map_err(|e| ProviderError::invalid(e.field, "InvalidParameterValue", e.message))
     }
 
     async fn provision(&self, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {
@@ -218,13 +195,12 @@ impl Provider for SimProvider {
                 ids.iter().filter_map(|id| cloud.instances.get(id).map(|i| self.observe(id, i, now))).collect();
             return Ok(ProvisionOutcome { launched, ..Default::default() });
         }
-        let mix = market_split(request.template, request.capacity, request.live, request.units);
         let mut outcome = ProvisionOutcome::default();
-        let mut ids = vec![];
-        for (units, spot) in [(mix.on_demand, false), (mix.spot, true)] {
-            if units > 0 {
-                ids.extend(self.launch_market(&mut cloud, request, units, spot, now, &mut outcome.failures));
-            }
+        let (mut ids, on_demand_units) =
+            self.launch_market(&mut cloud, request, request.mix.on_demand, false, now, &mut outcome.failures);
+        let spot = spot_after_on_demand(request.mix, on_demand_units);
+        if spot > 0 {
+            ids.extend(self.launch_market(&mut cloud, request, spot, true, now, &mut outcome.failures).0);
         }
         if ids.is_empty() {
             return Err(ProviderError::Capacity {
@@ -248,8 +224,23 @@ impl Provider for SimProvider {
         Ok(cloud
             .instances
             .iter()
-            .filter(|(_, i)| i.owner_uid == owner.uid)
+            .filter(|(_, i)| i.owner_uid == owner.uid && i.tagged)
             .map(|(id, i)| self.observe(id, i, now))
+            .collect())
+    }
+
+    async fn describe_ids(
+        &self,
+        owner: &Owner,
+        instance_ids: &[String],
+    ) -> Result<Vec<ObservedMachine>, ProviderError> {
+        let now = Timestamp::now();
+        let cloud = self.cloud();
+        Ok(instance_ids
+            .iter()
+            .filter_map(|id| cloud.instances.get_key_value(id))
+            .filter(|(_, i)| i.owner_uid == owner.uid)
+            .map(|(id, i)| ObservedMachine { untagged: !i.tagged, ..self.observe(id, i, now) })
             .collect())
     }
 

@@ -6,17 +6,23 @@ use orb_operator::api::conditions::{self, Cond};
 use orb_operator::api::*;
 use orb_operator::controller::Error;
 use orb_operator::controller::planner::Requeue;
-use orb_operator::controller::request::{StatusSink, Target, drive};
+use orb_operator::controller::request::{StatusMemory, StatusSink, Target, drive};
 use orb_operator::provider::AnyProvider;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The API server's copy of a request's status.
+/// The API server's copy of a request's status, and the operator's memory of its own writes
+/// (the real `StatusMemory`, so the stale-cache guard under test is the operator's own).
 #[derive(Default)]
 pub struct MemoryStatus {
     current: Mutex<Option<MachineRequestStatus>>,
+    /// What the API server held before the last write: a cache one write behind serves this.
+    before_last: Mutex<Option<MachineRequestStatus>>,
     writes: AtomicUsize,
     drop_write: Mutex<Option<usize>>,
+    memory: StatusMemory,
+    /// Times the guard found the cache behind and read the API server's copy.
+    pub fetches: AtomicUsize,
 }
 
 impl MemoryStatus {
@@ -27,6 +33,14 @@ impl MemoryStatus {
     pub fn current(&self) -> Option<MachineRequestStatus> {
         self.current.lock().unwrap().clone()
     }
+    /// Status writes so far (dropped ones included).
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+    /// The status as a controller cache one write behind would show it.
+    pub fn one_write_behind(&self) -> Option<MachineRequestStatus> {
+        self.before_last.lock().unwrap().clone()
+    }
 }
 
 #[async_trait::async_trait]
@@ -36,8 +50,19 @@ impl StatusSink for MemoryStatus {
         if *self.drop_write.lock().unwrap() == Some(n) {
             return Err(Error::InjectedFault);
         }
-        *self.current.lock().unwrap() = Some(status.clone());
+        let before = self.current.lock().unwrap().replace(status.clone());
+        *self.before_last.lock().unwrap() = before;
+        self.memory.record("request", status.clone());
         Ok(())
+    }
+
+    async fn latest(&self, cached: Option<&MachineRequestStatus>) -> Result<MachineRequestStatus, Error> {
+        self.memory
+            .latest("request", cached, || async {
+                self.fetches.fetch_add(1, Ordering::SeqCst);
+                Ok(self.current())
+            })
+            .await
     }
 }
 
@@ -100,4 +125,21 @@ pub async fn converge(
         }
     }
     (sink.current().unwrap_or_default(), last_error)
+}
+
+/// Runs three more passes over a converged request and returns how many status writes they
+/// made: a settled request must cost no API call.
+pub async fn quiet_passes(
+    mr: &mut MachineRequest,
+    template: &MachineTemplate,
+    provider: &AnyProvider,
+    sink: &MemoryStatus,
+) -> usize {
+    let before = sink.writes();
+    for _ in 0..3 {
+        mr.status = sink.current();
+        let target = Target { provider_name: "default", provider, hold: None, machines_elsewhere: 0 };
+        drive(mr, template, target, sink, jiff::Timestamp::now()).await.expect("a quiet pass");
+    }
+    sink.writes() - before
 }

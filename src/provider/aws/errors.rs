@@ -16,18 +16,20 @@ const THROTTLED: &[&str] = &[
     "PriorRequestNotComplete",
 ];
 
+/// No capacity for one offering (instance type, zone, market): another may have some.
 const CAPACITY: &[&str] = &[
     "InsufficientInstanceCapacity",
     "InsufficientCapacity",
     "InsufficientHostCapacity",
     "InsufficientReservedInstanceCapacity",
     "InsufficientFreeAddressesInSubnet",
-    "InstanceLimitExceeded",
-    "VcpuLimitExceeded",
-    "MaxSpotInstanceCountExceeded",
+    "InsufficientVolumeCapacity",
     "SpotMaxPriceTooLow",
     "Unsupported",
 ];
+
+/// Account-wide limits: no other instance type or subnet helps.
+const LIMIT: &[&str] = &["InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded"];
 
 const AUTH: &[&str] = &[
     "UnauthorizedOperation",
@@ -36,13 +38,23 @@ const AUTH: &[&str] = &[
     "AccessDeniedException",
     "InvalidClientTokenId",
     "SignatureDoesNotMatch",
-    "ExpiredToken",
     "OptInRequired",
     "Blocked",
     "UnrecognizedClientException",
 ];
 
-const TRANSIENT: &[&str] = &["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "RequestTimeout"];
+/// Worth retrying as they are. Expired credentials and request signatures belong here: the SDK
+/// refreshes credentials, and a clock or refresh race must not stop a request.
+const TRANSIENT: &[&str] = &[
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "Unavailable",
+    "RequestTimeout",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "RequestExpired",
+];
 
 /// The template field an error code is about, if it is about one.
 pub fn field_for(code: &str) -> Option<&'static str> {
@@ -54,6 +66,7 @@ pub fn field_for(code: &str) -> Option<&'static str> {
         c if c.starts_with("InvalidLaunchTemplate") => "spec.launchTemplate",
         "InvalidInstanceType" => "spec.instanceTypes",
         "InvalidUserData.Malformed" => "spec.userData",
+        "TagLimitExceeded" => "spec.tags",
         c if c.starts_with("InvalidBlockDeviceMapping") => "spec.rootVolume",
         _ => return None,
     })
@@ -66,12 +79,17 @@ pub fn classify_code(code: &str, message: &str, http_status: Option<u16>) -> Pro
         ProviderError::Throttled { code, message }
     } else if CAPACITY.contains(&code.as_str()) {
         ProviderError::Capacity { code, message }
+    } else if LIMIT.contains(&code.as_str()) {
+        ProviderError::Limit { code, message }
+    } else if code == "IdempotentParameterMismatch" {
+        ProviderError::TokenConflict { code, message }
+    } else if TRANSIENT.contains(&code.as_str()) {
+        ProviderError::Transient { code, message }
     } else if AUTH.contains(&code.as_str()) {
         ProviderError::Auth { code, message }
     } else if let Some(field) = field_for(&code) {
         ProviderError::Invalid { field: field.into(), code, message }
-    } else if code == "InvalidInstanceID.NotFound" || code.ends_with(".NotFound") || code.ends_with("NotFoundException")
-    {
+    } else if code.ends_with(".NotFound") || code.ends_with("NotFoundException") || code == "NoSuchEntity" {
         ProviderError::NotFound { code, message }
     } else if TRANSIENT.contains(&code.as_str()) || http_status.is_some_and(|s| s >= 500) {
         ProviderError::Transient { code, message }
@@ -130,6 +148,23 @@ mod tests {
         assert_eq!(class("InternalError", Some(500)), "Transient");
         assert_eq!(class("SomethingNew", Some(502)), "Transient");
         assert_eq!(class("InvalidParameterCombination", Some(400)), "Invalid");
+    }
+
+    #[test]
+    fn the_classes_the_review_found_misfiled() {
+        let class = |code: &str| classify_code(code, "m", Some(400)).category();
+        assert_eq!(class("ExpiredToken"), "Transient", "a credential refresh race is not a spec error");
+        assert_eq!(class("RequestExpired"), "Transient");
+        assert_eq!(class("InsufficientVolumeCapacity"), "Capacity");
+        assert_eq!(class("VcpuLimitExceeded"), "Limit");
+        assert_eq!(class("InstanceLimitExceeded"), "Limit");
+        assert_eq!(class("MaxSpotInstanceCountExceeded"), "Limit");
+        assert_eq!(class("IdempotentParameterMismatch"), "TokenConflict");
+        assert_eq!(class("NoSuchEntity"), "NotFound");
+        assert_eq!(
+            classify_code("TagLimitExceeded", "m", Some(400)),
+            ProviderError::invalid("spec.tags", "TagLimitExceeded", "m")
+        );
     }
 
     #[test]

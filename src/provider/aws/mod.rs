@@ -8,9 +8,7 @@ pub mod ops;
 pub mod run_instances;
 pub mod validate;
 
-use super::{
-    ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome, ProvisionRequest, Released, market_split, tags,
-};
+use super::{ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome, ProvisionRequest, Released, tags};
 use crate::api::{Api, MachineTemplateSpec};
 use crate::config::AwsSettings;
 use errors::classify;
@@ -35,6 +33,7 @@ impl AwsProvider {
             ops: Ops {
                 ec2: aws_sdk_ec2::Client::new(sdk),
                 ssm: aws_sdk_ssm::Client::new(sdk),
+                iam: aws_sdk_iam::Client::new(sdk),
                 cluster_id: cluster_id.to_string(),
                 zones: Default::default(),
             },
@@ -48,9 +47,10 @@ impl AwsProvider {
         &self.autoscaling
     }
 
-    /// Those of `ids` that carry the owner's uid tag and can still be terminated: the operator
-    /// never terminates an instance it did not launch for this request.
-    async fn owned(&self, owner: &Owner, ids: &[String]) -> Result<Vec<String>, ProviderError> {
+    /// Those of `ids` that still exist and are the owner's: tagged with its uid, or carrying no
+    /// uid tag at all (a tag policy stripped it; the request's status, which only the operator
+    /// writes, says it launched them). An instance tagged for another request is never touched.
+    async fn owned(&self, owner: &Owner, ids: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
         if ids.is_empty() {
             return Ok(vec![]);
         }
@@ -59,9 +59,23 @@ impl AwsProvider {
             .describe_by_ids(ids)
             .await?
             .iter()
-            .filter(|i| ops::tag_value(i, tags::REQUEST_UID) == Some(owner.uid.as_str()))
-            .filter(|i| ops::observed(i, None).is_some_and(|m| m.state.can_terminate()))
-            .filter_map(|i| i.instance_id().map(str::to_string))
+            .filter(|i| ops::tag_value(i, tags::REQUEST_UID).is_none_or(|uid| uid == owner.uid))
+            .filter_map(|i| {
+                let listed = ops::tag_value(i, tags::REQUEST_UID).is_some()
+                    && ops::tag_value(i, tags::CLUSTER) == Some(self.ops.cluster_id.as_str());
+                ops::observed(i, None).map(|m| ObservedMachine { untagged: !listed, ..m })
+            })
+            .collect())
+    }
+
+    /// The ids of those of `ids` the operator may terminate now.
+    async fn terminable(&self, owner: &Owner, ids: &[String]) -> Result<Vec<String>, ProviderError> {
+        Ok(self
+            .owned(owner, ids)
+            .await?
+            .into_iter()
+            .filter(|m| m.state.can_terminate())
+            .map(|m| m.instance_id)
             .collect())
     }
 
@@ -88,9 +102,8 @@ impl Provider for AwsProvider {
     }
 
     async fn provision(&self, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {
-        let mix = market_split(request.template, request.capacity, request.live, request.units);
         match request.template.api {
-            Api::RunInstances => run_instances::provision(&self.ops, request, mix).await,
+            Api::RunInstances => run_instances::provision(&self.ops, request).await,
             other => validate::check_api(other).map(|()| ProvisionOutcome::default()),
         }
     }
@@ -99,8 +112,16 @@ impl Provider for AwsProvider {
         self.ops.describe_by_owner(owner).await
     }
 
+    async fn describe_ids(
+        &self,
+        owner: &Owner,
+        instance_ids: &[String],
+    ) -> Result<Vec<ObservedMachine>, ProviderError> {
+        self.owned(owner, instance_ids).await
+    }
+
     async fn return_machines(&self, owner: &Owner, instance_ids: &[String]) -> Result<(), ProviderError> {
-        let mine = self.owned(owner, instance_ids).await?;
+        let mine = self.terminable(owner, instance_ids).await?;
         if mine.len() < instance_ids.len() {
             tracing::warn!(request = %owner.key(), asked = instance_ids.len(), owned = mine.len(), "not returning instances this request does not own");
         }
@@ -116,7 +137,7 @@ impl Provider for AwsProvider {
         let mut live: Vec<String> =
             listed.into_iter().filter(|m| m.state.can_terminate()).map(|m| m.instance_id).collect();
         // Only the ids the listing missed need the ownership check (usually none: no call).
-        live.extend(self.owned(owner, &unlisted).await?);
+        live.extend(self.terminable(owner, &unlisted).await?);
         live.sort();
         live.dedup();
         self.ops.terminate(&live).await?;

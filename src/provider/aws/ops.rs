@@ -16,16 +16,33 @@ pub const PAGE: usize = 1000;
 pub struct Ops {
     pub ec2: aws_sdk_ec2::Client,
     pub ssm: aws_sdk_ssm::Client,
+    pub iam: aws_sdk_iam::Client,
     pub cluster_id: String,
     /// Subnet id -> availability zone (a subnet never moves), learnt from DescribeSubnets.
     pub zones: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+}
+
+/// EC2's limit on a tag value, in characters.
+pub const MAX_TAG_VALUE: usize = 256;
+
+/// `text` as a tag value: unchanged when it fits, else cut and ended with a hash of the whole,
+/// so that distinct long names stay distinct (a namespace and a name together can reach 317).
+pub fn fit_tag_value(text: &str) -> String {
+    if text.chars().count() <= MAX_TAG_VALUE {
+        return text.to_string();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let head: String = text.chars().take(MAX_TAG_VALUE - hash.len() - 1).collect();
+    format!("{head}~{hash}")
 }
 
 /// The `Name` tag of the request's machines. EC2 applies one tag set to every instance of a
 /// launch call, so the AWS-side name is per request; the unique per-machine name is the one in
 /// the request's status (`<request>-<instance id>`).
 pub fn name_tag(owner: &Owner) -> String {
-    format!("{}.{}", owner.namespace, owner.name)
+    fit_tag_value(&format!("{}.{}", owner.namespace, owner.name))
 }
 
 /// The operator's tags plus the template's own, operator tags winning.
@@ -33,8 +50,8 @@ pub fn resource_tags(owner: &Owner, cluster_id: &str, user: &BTreeMap<String, St
     let mut all: BTreeMap<String, String> = user.clone();
     all.insert(tags::CLUSTER.into(), cluster_id.into());
     all.insert(tags::REQUEST_UID.into(), owner.uid.clone());
-    all.insert(tags::REQUEST.into(), owner.key());
-    all.insert(tags::TEMPLATE.into(), owner.template.clone());
+    all.insert(tags::REQUEST.into(), fit_tag_value(&owner.key()));
+    all.insert(tags::TEMPLATE.into(), fit_tag_value(&owner.template));
     all.insert("Name".into(), name_tag(owner));
     all.into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
 }
@@ -237,6 +254,26 @@ mod tests {
         assert_eq!(tags["orb.dev/template"], "workers");
         assert_eq!(tags["Name"], "grid.batch", "the operator's Name wins");
         assert_eq!(tags["team"], "hpc");
+    }
+
+    #[test]
+    fn long_names_are_cut_to_ec2s_limit_and_stay_distinct() {
+        let long = |name: &str| Owner {
+            uid: "u".into(),
+            namespace: "n".repeat(63),
+            name: name.repeat(253),
+            template: "t".into(),
+        };
+        let values = |owner: &Owner| -> BTreeMap<String, String> {
+            resource_tags(owner, "c", &BTreeMap::new())
+                .into_iter()
+                .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+                .collect()
+        };
+        let (a, b) = (values(&long("a")), values(&long("b")));
+        assert!(a.values().all(|v| v.chars().count() <= MAX_TAG_VALUE), "{a:?}");
+        assert_ne!(a["orb.dev/request"], b["orb.dev/request"]);
+        assert_eq!(fit_tag_value("grid/batch"), "grid/batch", "short values are unchanged");
     }
 
     #[test]

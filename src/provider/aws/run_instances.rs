@@ -8,7 +8,9 @@
 use super::errors::classify;
 use super::ops::{self, Ops};
 use crate::api::MachineTemplateSpec;
-use crate::provider::{LaunchFailure, MarketMix, ProviderError, ProvisionOutcome, ProvisionRequest, machines_for};
+use crate::provider::{
+    LaunchFailure, ProviderError, ProvisionOutcome, ProvisionRequest, machines_for, spot_after_on_demand,
+};
 use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, IamInstanceProfileSpecification, InstanceInterruptionBehavior,
@@ -122,9 +124,11 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    /// Launches `units` in one market. `Err` only for errors that are not about capacity.
-    async fn market(&mut self, units: u32, spot: bool) -> Result<(), ProviderError> {
+    /// Launches `units` in one market and returns the units launched. `Err` only for errors
+    /// that are not about one offering's capacity (an account limit stops everything).
+    async fn market(&mut self, units: u32, spot: bool) -> Result<u32, ProviderError> {
         let mut remaining = units;
+        let mut launched = 0;
         let subnets: Vec<Option<String>> = match self.shared.template.subnet_ids.as_slice() {
             [] => vec![None],
             ids => ids.iter().cloned().map(Some).collect(),
@@ -175,8 +179,9 @@ impl Runner<'_> {
                 }
             }
             remaining = remaining.saturating_sub(placed * weight);
+            launched += placed * weight;
         }
-        Ok(())
+        Ok(launched)
     }
 
     async fn run(&mut self, launch: &Launch) -> Result<(), ProviderError> {
@@ -190,12 +195,9 @@ impl Runner<'_> {
     }
 }
 
-/// Provisions `request.units` through RunInstances.
-pub async fn provision(
-    ops: &Ops,
-    request: &ProvisionRequest<'_>,
-    mix: MarketMix,
-) -> Result<ProvisionOutcome, ProviderError> {
+/// Provisions `request.mix` through RunInstances: on-demand first, then spot less whatever the
+/// on-demand machines' rounding already covered.
+pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {
     let template = request.template;
     let image = match &template.image_id {
         Some(image) => Some(ops.resolve_image(image).await?),
@@ -213,22 +215,38 @@ pub async fn provision(
     };
     let mut runner =
         Runner { ops, shared, token: request.client_token, calls: 0, outcome: ProvisionOutcome::default() };
-    for (units, spot) in [(mix.on_demand, false), (mix.spot, true)] {
+    let mix = request.mix;
+    let mut on_demand_launched = 0;
+    for spot in [false, true] {
+        let units = if spot { spot_after_on_demand(mix, on_demand_launched) } else { mix.on_demand };
         if units == 0 {
             continue;
         }
-        if let Err(error) = runner.market(units, spot).await {
-            // Keep what launched: it is in the cloud and must be recorded.
-            if runner.outcome.launched.is_empty() {
-                return Err(error);
+        match runner.market(units, spot).await {
+            Ok(launched) if !spot => on_demand_launched = launched,
+            Ok(_) => {}
+            Err(error) => {
+                let error = match error {
+                    ProviderError::Limit { code, message } => ProviderError::Limit {
+                        code,
+                        message: format!(
+                            "{message} (an account-wide limit: no other instance type or subnet was tried)"
+                        ),
+                    },
+                    other => other,
+                };
+                // Keep what launched: it is in the cloud and must be recorded.
+                if runner.outcome.launched.is_empty() {
+                    return Err(error);
+                }
+                runner.outcome.failures.push(LaunchFailure {
+                    code: error.code().into(),
+                    message: error.to_string(),
+                    instance_type: None,
+                    zone: None,
+                });
+                return Ok(runner.outcome);
             }
-            runner.outcome.failures.push(LaunchFailure {
-                code: error.code().into(),
-                message: error.to_string(),
-                instance_type: None,
-                zone: None,
-            });
-            return Ok(runner.outcome);
         }
     }
     if runner.outcome.launched.is_empty() {

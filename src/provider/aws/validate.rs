@@ -1,6 +1,8 @@
-//! Template validation against the account: the image (after `resolve:ssm:`), subnets,
-//! security groups, instance types and launch template must exist. Each failure names the
-//! field, down to the list index (`spec.subnetIds[1]`), with the AWS code and message.
+//! Template validation against the account. First the fields' shapes (`api::shape`, no call),
+//! then every referenced resource must exist: the image (after `resolve:ssm:`), subnets,
+//! security groups, instance types, key pair, launch template and its version, and instance
+//! profile. `Ready=True` means all of them were found. Each failure names the field, down to
+//! the list index (`spec.subnetIds[1]`), with the AWS code and message.
 
 use super::errors::classify;
 use super::ops::Ops;
@@ -53,6 +55,7 @@ pub fn check_api(api: Api) -> Result<(), ProviderError> {
 }
 
 pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<(), ProviderError> {
+    crate::api::shape::check(t).map_err(|e| ProviderError::invalid(e.field, "InvalidParameterValue", e.message))?;
     check_api(t.api)?;
     if let Some(image) = &t.image_id {
         let ami = ops.resolve_image(image).await.map_err(|e| at_index(e, "spec.imageId", "", &[]))?;
@@ -113,14 +116,69 @@ pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<(), Provider
             .await
             .map_err(|e| at_index(classify("DescribeInstanceTypes", e), "spec.instanceTypes", ".type", &names))?;
     }
-    if let Some(lt) = &t.launch_template {
+    if let Some(key) = &t.key_name {
         ops.ec2
-            .describe_launch_templates()
-            .set_launch_template_ids(lt.id.clone().map(|id| vec![id]))
-            .set_launch_template_names(lt.name.clone().map(|name| vec![name]))
+            .describe_key_pairs()
+            .key_names(key)
             .send()
             .await
-            .map_err(|e| at_index(classify("DescribeLaunchTemplates", e), "spec.launchTemplate", "", &[]))?;
+            .map_err(|e| at_index(classify("DescribeKeyPairs", e), "spec.keyName", "", &[]))
+            .and_then(|out| found(!out.key_pairs().is_empty(), "spec.keyName", "InvalidKeyPair.NotFound", key))?;
+    }
+    if let Some(lt) = &t.launch_template {
+        launch_template(ops, lt).await?;
+    }
+    if let Some(profile) = &t.instance_profile {
+        // An ARN names the profile by its last path segment.
+        let name = profile.rsplit('/').next().unwrap_or(profile);
+        ops.iam
+            .get_instance_profile()
+            .instance_profile_name(name)
+            .send()
+            .await
+            .map_err(|e| at_index(classify("GetInstanceProfile", e), "spec.instanceProfile", "", &[]))?;
     }
     Ok(())
+}
+
+/// `Ok` when `exists`, else the field's not-found error (some describe calls answer an empty
+/// list rather than an error for a name that does not exist).
+fn found(exists: bool, field: &str, code: &str, what: &str) -> Result<(), ProviderError> {
+    if exists { Ok(()) } else { Err(ProviderError::invalid(field, code, format!("{what} does not exist"))) }
+}
+
+/// The launch template and the version the template asks for (`$Default` when none) exist.
+async fn launch_template(ops: &Ops, lt: &crate::api::LaunchTemplateRef) -> Result<(), ProviderError> {
+    let what = lt.id.as_deref().or(lt.name.as_deref()).unwrap_or_default();
+    let out = ops
+        .ec2
+        .describe_launch_templates()
+        .set_launch_template_ids(lt.id.clone().map(|id| vec![id]))
+        .set_launch_template_names(lt.name.clone().map(|name| vec![name]))
+        .send()
+        .await
+        .map_err(|e| at_index(classify("DescribeLaunchTemplates", e), "spec.launchTemplate", "", &[]))?;
+    let Some(found_lt) = out.launch_templates().first() else {
+        return found(
+            false,
+            "spec.launchTemplate",
+            "InvalidLaunchTemplateName.NotFoundException",
+            &format!("launch template {what}"),
+        );
+    };
+    let version = lt.version.clone().unwrap_or_else(|| "$Default".into());
+    let versions = ops
+        .ec2
+        .describe_launch_template_versions()
+        .set_launch_template_id(found_lt.launch_template_id().map(str::to_string))
+        .versions(&version)
+        .send()
+        .await
+        .map_err(|e| at_index(classify("DescribeLaunchTemplateVersions", e), "spec.launchTemplate.version", "", &[]))?;
+    found(
+        !versions.launch_template_versions().is_empty(),
+        "spec.launchTemplate.version",
+        "InvalidLaunchTemplateVersion.NotFound",
+        &format!("version {version} of launch template {what}"),
+    )
 }
