@@ -12,7 +12,7 @@ use orb_operator::controller::template::readiness;
 use orb_operator::provider::aws::AwsProvider;
 use orb_operator::provider::{AnyProvider, Owner, Provider, ProviderError, ProvisionRequest, Registry};
 use std::collections::BTreeMap;
-use support::driver::{MemoryStatus, converge, edited, quiet_passes, ready, request};
+use support::driver::{MemoryStatus, converge, edited, pass, quiet_passes, ready, request};
 use support::fault_proxy::{Fault, FaultProxy};
 use support::moto;
 
@@ -399,6 +399,73 @@ async fn a_crash_between_launch_and_status_write_never_duplicates() {
     assert_eq!(aws.live_of(&mr).await.len(), 3, "the retry adopted the instances found by tag");
     assert_eq!(aws.proxy.calls("RunInstances").len(), 2, "no second launch after the crash");
     assert_eq!(status.machines.len(), 3);
+}
+
+/// A DescribeInstances answer listing nothing: the tag listing lagging behind a launch.
+const EMPTY_LISTING: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>lag</requestId><reservationSet/></DescribeInstancesResponse>";
+
+#[tokio::test]
+async fn a_lost_answer_a_lagging_listing_and_a_stale_cache_never_launch_twice() {
+    let Some(aws) = aws("a_lost_answer_a_lagging_listing_and_a_stale_cache_never_launch_twice").await else { return };
+    aws.proxy.honour_client_tokens();
+    let template = template_object(aws.template(&[("m5.large", 1)]));
+    let (mut mr, sink) = (request("laggy", 3), MemoryStatus::default());
+    // 3 machines: 2 in the first subnet, 1 in the second. The second call launches, but every
+    // answer to it is lost (the SDK's retries included); the tag listing shows nothing for a
+    // while; and every pass starts from a cache one write behind.
+    aws.proxy.inject("RunInstances", Some(&aws.subnets[1]), 3, Fault::Lost);
+    aws.proxy.inject("DescribeInstances", Some("tag%3Aorb.dev"), 6, Fault::Reply(EMPTY_LISTING.into()));
+    let start = jiff::Timestamp::now();
+    for round in 0..8 {
+        let now = start + jiff::SignedDuration::from_secs(15 * round);
+        let _ = pass(&mut mr, &template, &aws.provider, &sink, now, true).await;
+    }
+    let status = sink.current().unwrap();
+    assert_eq!(aws.live_of(&mr).await.len(), 3, "exactly the capacity asked for: nothing launched twice");
+    assert_eq!(status.machines.len(), 3, "{:?}", status.machines);
+    assert_eq!(status.attempt.as_ref().unwrap().number, 1, "the open attempt was replayed, not replaced");
+    let tokens: std::collections::BTreeSet<String> = aws
+        .proxy
+        .calls("RunInstances")
+        .iter()
+        .filter_map(|body| body.split('&').find_map(|kv| kv.strip_prefix("ClientToken=")).map(str::to_string))
+        .collect();
+    assert!(tokens.iter().all(|t| t.starts_with("orb-1-")), "only attempt 1's tokens were ever sent: {tokens:?}");
+    assert!(sink.fetches.load(std::sync::atomic::Ordering::SeqCst) > 0, "the stale cache was noticed");
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+}
+
+#[tokio::test]
+async fn a_machine_whose_tags_were_stripped_is_kept_by_id_and_released() {
+    let Some(aws) = aws("a_machine_whose_tags_were_stripped_is_kept_by_id_and_released").await else { return };
+    let template = template_object(aws.template(&[("m5.large", 1)]));
+    let (mut mr, sink) = (request("stripped", 2), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 5).await;
+    let stripped = sink.current().unwrap().machines[0].instance_id.clone();
+    // A tag policy removes the operator's tags: the tag listing no longer finds the machine.
+    let tag = |key: &str| aws_sdk_ec2::types::Tag::builder().key(key).build();
+    aws.ec2
+        .delete_tags()
+        .resources(&stripped)
+        .tags(tag("orb.dev/request-uid"))
+        .tags(tag("orb.dev/cluster"))
+        .send()
+        .await
+        .unwrap();
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_mins(5);
+    for _ in 0..3 {
+        pass(&mut mr, &template, &aws.provider, &sink, later, false).await.unwrap();
+    }
+    let status = sink.current().unwrap();
+    let machine = status.machines.iter().find(|m| m.instance_id == stripped).expect("still tracked by id");
+    assert!(machine.message.as_deref().unwrap().contains("tracked by instance id"), "{machine:?}");
+    assert_eq!(aws.live_of(&mr).await.len(), 1, "the listing sees one; nothing was relaunched for the other");
+    // Release terminates it too: it is in no listing, only in the status.
+    let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
+    aws.provider.release(&owner_of(&mr), &known).await.unwrap();
+    let after = aws.ec2.describe_instances().instance_ids(&stripped).send().await.unwrap();
+    let state = after.reservations()[0].instances()[0].state().unwrap().name().unwrap().as_str().to_string();
+    assert!(state == "terminated" || state == "shutting-down", "{state}");
 }
 
 #[tokio::test]

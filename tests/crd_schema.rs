@@ -3,6 +3,8 @@
 //! API server would (evaluated with kube's client-side CEL validator, defaults applied first).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
+mod support;
+
 use kube::core::cel::{Validator, compile_schema, estimate_rule_cost};
 use orb_operator::api::{crd_files, crds_yaml};
 use serde_json::{Value, json};
@@ -161,6 +163,15 @@ fn admission_errors(schema: &Value, object: &Value) -> Vec<String> {
     }
 }
 
+/// A valid template with the fields of `patch` replaced.
+fn with(patch: Value) -> Value {
+    let mut spec = valid_template();
+    for (k, v) in patch.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    template(spec)
+}
+
 fn valid_template() -> Value {
     json!({"imageId": "ami-0123456789abcdef0", "instanceTypes": [{"type": "m5.large"}]})
 }
@@ -187,13 +198,6 @@ fn the_examples_are_admitted() {
 
 #[test]
 fn admission_refuses_bad_templates_naming_the_field() {
-    let with = |patch: Value| {
-        let mut spec = valid_template();
-        for (k, v) in patch.as_object().unwrap() {
-            spec[k] = v.clone();
-        }
-        template(spec)
-    };
     let cases = [
         (with(json!({"onDemandPercent": 150})), "onDemandPercent"),
         (with(json!({"onDemandPercent": -1})), "onDemandPercent"),
@@ -324,13 +328,6 @@ fn all_admission_errors(schema: &Value, object: &Value) -> Vec<String> {
 
 #[test]
 fn admission_refuses_what_aws_would_refuse_naming_the_field() {
-    let with = |patch: Value| {
-        let mut spec = valid_template();
-        for (k, v) in patch.as_object().unwrap() {
-            spec[k] = v.clone();
-        }
-        template(spec)
-    };
     let cases = [
         (with(json!({"maxSpotPrice": "cheap"})), "maxSpotPrice"),
         (with(json!({"tags": {"aws:cloudformation:stack-name": "x"}})), "tags"),
@@ -372,6 +369,88 @@ fn fulfilment_timeouts_are_bounded_at_admission() {
         assert_eq!(errors.is_empty(), ok, "{timeout}: {errors:?}");
         if !ok {
             assert!(errors.iter().any(|e| e.contains("fulfilmentTimeout")), "{errors:?}");
+        }
+    }
+}
+
+mod invalid_templates {
+    //! Property: a template with any one field AWS would refuse is refused at admission naming
+    //! the field, is held by validation (`Ready=False` naming `spec.<field>`), and launches
+    //! nothing when a request uses it.
+    use super::*;
+    use orb_operator::api::conditions::{self, Cond};
+    use orb_operator::api::{MachineTemplate, MachineTemplateSpec, MachineTemplateStatus};
+    use orb_operator::config::SimSettings;
+    use orb_operator::controller::template::readiness;
+    use orb_operator::provider::sim::SimProvider;
+    use orb_operator::provider::{AnyProvider, Registry};
+    use proptest::prelude::*;
+    use support::driver::{MemoryStatus, converge, request};
+
+    fn base() -> Value {
+        json!({"imageId": "ami-0123456789abcdef0", "instanceTypes": [{"type": "m5.large", "weight": 1}],
+               "subnetIds": ["subnet-0123abcd"], "securityGroupIds": ["sg-0123abcd"]})
+    }
+
+    /// One invalid field: (its camelCase name, the patch that breaks it).
+    fn one_bad_field() -> impl Strategy<Value = (&'static str, Value)> {
+        let word = "[a-z]{1,10}";
+        prop_oneof![
+            word.prop_map(|w| ("maxSpotPrice", json!({"maxSpotPrice": w}))),
+            "[a-z]{3,12}".prop_map(|w| ("imageId", json!({"imageId": w}))),
+            "[g-z]{3,8}".prop_map(|w| ("subnetIds", json!({"subnetIds": [format!("subnet-{w}")]}))),
+            word.prop_map(|w| ("securityGroupIds", json!({"securityGroupIds": [w]}))),
+            ("(aws|AWS|Aws):[a-z]{1,10}", word).prop_map(|(k, v)| ("tags", json!({"tags": {k: v}}))),
+            word.prop_map(|k| ("tags", json!({"tags": {format!("orb.dev/{k}"): "x"}}))),
+            (46usize..60).prop_map(|n| (
+                "tags",
+                json!({"tags": (0..n).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()})
+            )),
+            "[a-z]{2,10}".prop_map(|t| ("instanceTypes", json!({"instanceTypes": [{"type": t}]}))),
+            (-5i32..1).prop_map(|w| ("instanceTypes", json!({"instanceTypes": [{"type": "m5.large", "weight": w}]}))),
+            (0i32..100).prop_map(|iops| ("rootVolume", json!({"rootVolume": {"iops": iops}}))),
+            "[a-z]{4,6}".prop_map(|t| ("rootVolume", json!({"rootVolume": {"type": t}}))),
+            "[a-z]{1,8}".prop_map(|v| ("launchTemplate", json!({"launchTemplate": {"name": "base", "version": v}}))),
+            (101i32..1000).prop_map(|p| ("onDemandPercent", json!({"onDemandPercent": p}))),
+            word.prop_map(|s| ("allocationStrategy", json!({"allocationStrategy": format!("{s}Price")}))),
+            (16385usize..17000).prop_map(|n| ("userData", json!({"userData": "x".repeat(n)}))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(150))]
+        #[test]
+        fn invalid_templates_are_refused_or_held_and_launch_nothing((field, patch) in one_bad_field()) {
+            let mut spec = base();
+            for (k, v) in patch.as_object().unwrap() {
+                spec[k] = v.clone();
+            }
+            let errors = all_admission_errors(&template_schema(), &template(spec.clone()));
+            prop_assert!(errors.iter().any(|e| e.contains(field)), "admission let {patch} through: {errors:?}");
+
+            // Validation holds it even if it reached the cluster past admission.
+            let spec: MachineTemplateSpec = serde_json::from_value(spec).unwrap();
+            let sim = || AnyProvider::Sim(SimProvider::new(SimSettings { pending_delay: "0s".into(), ..Default::default() }));
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (verdict, launched) = runtime.block_on(async {
+                let registry = Registry::with([("default".to_string(), sim())]);
+                let mut template = MachineTemplate::new("workers", spec);
+                template.metadata.generation = Some(1);
+                template.metadata.namespace = Some("grid".into());
+                let verdict = readiness(&template, &registry).await;
+                let mut status = MachineTemplateStatus::default();
+                let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+                conditions::upsert(&mut status.conditions, verdict.clone(), Some(1), &now);
+                template.status = Some(status);
+                let provider = registry.get("default").unwrap();
+                let (mut mr, sink) = (request("bad", 2), MemoryStatus::default());
+                let (status, _) = converge(&mut mr, &template, provider, &sink, 3).await;
+                (verdict, status.machines.len())
+            });
+            let Cond { status, message, .. } = verdict;
+            prop_assert!(!status, "validation passed {patch}");
+            prop_assert!(message.contains(&format!("spec.{field}")), "validation of {patch} does not name spec.{field}: {message}");
+            prop_assert_eq!(launched, 0);
         }
     }
 }

@@ -220,7 +220,10 @@ pub fn record_launch(
     if let Some(attempt) = status.attempt.as_mut() {
         // Without an answer the cloud may have launched: keep the token for the replay. Any
         // other answer ends the attempt (a token conflict too: that token is spent).
-        attempt.completed = !result.as_ref().is_err_and(ProviderError::is_ambiguous);
+        attempt.completed = match result {
+            Ok(outcome) => !outcome.ambiguous,
+            Err(error) => !error.is_ambiguous(),
+        };
         if launched >= attempt.units.max(0).unsigned_abs() {
             attempt.failed_streak = 0;
             attempt.retry_after = None;

@@ -184,6 +184,9 @@ pub struct ProvisionOutcome {
     pub launched: Vec<ObservedMachine>,
     pub failures: Vec<LaunchFailure>,
     pub resources: Resources,
+    /// A call's outcome is unknown (no answer, a 5xx): it may have launched, so the attempt
+    /// stays open and is replayed with the same tokens.
+    pub ambiguous: bool,
 }
 
 /// Whether `release` finished.

@@ -18,7 +18,7 @@ pub fn kubeconfig(test: &str) -> Option<String> {
         Ok(path) if !path.is_empty() => Some(path),
         _ => {
             eprintln!(
-                "SKIPPED {test}: set ORB_E2E_KUBECONFIG to a kubeconfig of a real cluster (Kubernetes >= 1.32) to run it"
+                "SKIPPED {test}: set ORB_E2E_KUBECONFIG to a kubeconfig of a real cluster (Kubernetes 1.26 or newer) to run it"
             );
             None
         }

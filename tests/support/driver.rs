@@ -143,3 +143,17 @@ pub async fn quiet_passes(
     }
     sink.writes() - before
 }
+
+/// One reconcile pass at `now`; with `stale`, the controller's cache is one write behind.
+pub async fn pass(
+    mr: &mut MachineRequest,
+    template: &MachineTemplate,
+    provider: &AnyProvider,
+    sink: &MemoryStatus,
+    now: jiff::Timestamp,
+    stale: bool,
+) -> Result<(MachineRequestStatus, Requeue), Error> {
+    mr.status = if stale { sink.one_write_behind() } else { sink.current() };
+    let target = Target { provider_name: "default", provider, hold: None, machines_elsewhere: 0 };
+    drive(mr, template, target, sink, now).await
+}

@@ -1,6 +1,10 @@
 //! A fault-injecting HTTP proxy between the AWS SDK and moto. It records every call (action
 //! and body) and can answer chosen calls with an AWS error (e.g. `InsufficientInstanceCapacity`,
 //! `RequestLimitExceeded`), an HTTP 500, or a delay before forwarding.
+//!
+//! moto ignores `ClientToken`; with `honour_client_tokens` the proxy does what EC2 does: a
+//! RunInstances call repeating a token gets the first call's answer (nothing new is launched),
+//! and one repeating a token with other parameters gets `IdempotentParameterMismatch`.
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -17,6 +21,8 @@ pub enum Fault {
     Delay(Duration),
     /// Answer 200 with this body instead of forwarding (e.g. a listing that lags behind).
     Reply(String),
+    /// Forward (so the call takes effect), then answer HTTP 500 as if the answer was lost.
+    Lost,
 }
 
 impl Fault {
@@ -50,10 +56,15 @@ struct Rule {
     fault: Fault,
 }
 
+/// The first call made with a client token: its body and, once moto answered, the answer.
+type TokenEntry = (String, Arc<tokio::sync::OnceCell<(u16, Bytes)>>);
+
 #[derive(Default)]
 struct State {
     rules: Vec<Rule>,
     calls: Vec<(String, String)>,
+    idempotent: bool,
+    tokens: std::collections::HashMap<String, TokenEntry>,
 }
 
 #[derive(Clone)]
@@ -111,6 +122,11 @@ impl FaultProxy {
         });
     }
 
+    /// From now on, RunInstances honours `ClientToken` as EC2 does.
+    pub fn honour_client_tokens(&self) {
+        self.state.lock().unwrap().idempotent = true;
+    }
+
     /// Bodies of the calls of `action` seen so far (faulted ones included).
     pub fn calls(&self, action: &str) -> Vec<String> {
         self.state.lock().unwrap().calls.iter().filter(|(a, _)| a == action).map(|(_, b)| b.clone()).collect()
@@ -152,8 +168,61 @@ async fn handle(
         }
         Some(Fault::Reply(body)) => return Response::builder().status(200).body(Full::new(Bytes::from(body))).unwrap(),
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Fault::Lost) => {
+            let _ = pass_on(parts, bytes, text, client, upstream, state).await;
+            return Response::builder()
+                .status(500)
+                .body(Full::new(Bytes::from(error_body("InternalError", "the answer was lost (injected)"))))
+                .unwrap();
+        }
         None => {}
     }
+    pass_on(parts, bytes, text, client, upstream, state).await
+}
+
+/// Forwards to moto, honouring client tokens when asked to.
+async fn pass_on(
+    parts: http::request::Parts,
+    bytes: Bytes,
+    text: String,
+    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    upstream: &str,
+    state: &Mutex<State>,
+) -> Response<Full<Bytes>> {
+    let action = action_of(&parts.headers, &text);
+    let token = (action == "RunInstances")
+        .then(|| text.split('&').find_map(|kv| kv.strip_prefix("ClientToken=")).map(str::to_string))
+        .flatten()
+        .filter(|_| state.lock().unwrap().idempotent);
+    let Some(token) = token else { return forward(parts, bytes, client, upstream).await };
+    let (first_body, answer) = {
+        let mut state = state.lock().unwrap();
+        state.tokens.entry(token).or_insert_with(|| (text.clone(), Default::default())).clone()
+    };
+    if first_body != text {
+        let message = "The client token you have provided is associated with a resource that is already deleted or the parameters differ (proxy).";
+        return Response::builder()
+            .status(400)
+            .body(Full::new(Bytes::from(error_body("IdempotentParameterMismatch", message))))
+            .unwrap();
+    }
+    let (status, body) = answer
+        .get_or_init(|| async {
+            let response = forward(parts, bytes, client, upstream).await;
+            let status = response.status().as_u16();
+            (status, response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default())
+        })
+        .await
+        .clone();
+    Response::builder().status(status).body(Full::new(body)).unwrap()
+}
+
+async fn forward(
+    parts: http::request::Parts,
+    bytes: Bytes,
+    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    upstream: &str,
+) -> Response<Full<Bytes>> {
     let uri = format!("{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
     let mut forward = Request::builder().method(parts.method).uri(uri);
     for (name, value) in &parts.headers {

@@ -71,6 +71,14 @@ pub async fn exercise(
     let mut expected = five.clone();
     expected.remove(&victim);
     assert_eq!(four, expected, "exactly the named machine left");
+    // A deliberate return is not a loss: what `kubectl describe mr` shows.
+    let status = mr.status.as_ref().unwrap();
+    let degraded = orb_operator::api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.status, "False", "{degraded:?}");
+    for m in &status.machines {
+        assert_ne!(m.result, Some(orb_operator::api::MachineResult::Fail), "{m:?}");
+        assert!(!m.message.as_deref().unwrap_or_default().contains("outside the operator"), "{m:?}");
+    }
 
     let bad_host = four.iter().next().unwrap().clone();
     requests.patch(&name, &pp, &Patch::Merge(json!({"spec": {"returnMachines": [victim, bad_host]}}))).await.unwrap();

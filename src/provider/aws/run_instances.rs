@@ -239,6 +239,7 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
                 if runner.outcome.launched.is_empty() {
                     return Err(error);
                 }
+                runner.outcome.ambiguous = error.is_ambiguous();
                 runner.outcome.failures.push(LaunchFailure {
                     code: error.code().into(),
                     message: error.to_string(),
