@@ -340,3 +340,23 @@ async fn machines_stay_with_the_provider_that_launched_them_when_the_template_ch
     assert_eq!(sim_named(&ctx, "old").live_count(UID), 2, "the old machines are untouched");
     assert_eq!(sim(&ctx).live_count(UID), 0, "nothing launched through the new provider");
 }
+
+#[tokio::test]
+async fn a_request_deleted_mid_reconcile_is_not_a_warning_and_publishes_nothing() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, NS));
+    let mr = request_object(true, false);
+    let server = tokio::spawn(async move {
+        // The status write finds the request gone (deleted and its finalizer removed meanwhile).
+        let (_, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
+        not_found(send, "batch");
+        handle
+    });
+    let action = request::reconcile(Arc::new(DeserializeGuard(Ok(mr))), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let mut handle = server.await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err(),
+        "no Warning Event for a request that is simply gone"
+    );
+}
