@@ -53,6 +53,14 @@ fn field(field: impl Into<String>, message: impl Into<String>) -> Result<(), Fie
     Err(FieldError { field: field.into(), message: message.into() })
 }
 
+/// `value`, when given, lies in `range`.
+fn within(value: Option<i32>, range: std::ops::RangeInclusive<i32>, path: &str) -> Result<(), FieldError> {
+    match value {
+        Some(v) if !range.contains(&v) => field(path, format!("{v} is outside {}-{}", range.start(), range.end())),
+        _ => Ok(()),
+    }
+}
+
 fn matches(re: &Regex, value: &str, path: String, what: &str) -> Result<(), FieldError> {
     if re.is_match(value) { Ok(()) } else { field(path, format!("`{value}` is not {what}")) }
 }
@@ -112,27 +120,11 @@ pub fn check(t: &MachineTemplateSpec) -> Result<(), FieldError> {
         if let Some(kind) = &root.type_ {
             matches(compiled!(VOLUME_TYPE), kind, "spec.rootVolume.type".into(), "an EBS volume type")?;
         }
-        if let Some(size) = root.size_gi_b
-            && !(1..=65536).contains(&size)
-        {
-            field("spec.rootVolume.sizeGiB", format!("{size} is outside 1-65536"))?;
-        }
-        if let Some(iops) = root.iops
-            && !(100..=256_000).contains(&iops)
-        {
-            field("spec.rootVolume.iops", format!("{iops} is outside 100-256000"))?;
-        }
-        if let Some(throughput) = root.throughput
-            && !(125..=2000).contains(&throughput)
-        {
-            field("spec.rootVolume.throughput", format!("{throughput} is outside 125-2000"))?;
-        }
+        within(root.size_gi_b, 1..=65536, "spec.rootVolume.sizeGiB")?;
+        within(root.iops, 100..=256_000, "spec.rootVolume.iops")?;
+        within(root.throughput, 125..=2000, "spec.rootVolume.throughput")?;
     }
-    if let Some(percent) = t.on_demand_percent
-        && !(0..=100).contains(&percent)
-    {
-        field("spec.onDemandPercent", format!("{percent} is outside 0-100"))?;
-    }
+    within(t.on_demand_percent, 0..=100, "spec.onDemandPercent")?;
     if t.on_demand_base.is_some_and(|b| b < 0) {
         field("spec.onDemandBase", "must not be negative")?;
     }

@@ -366,7 +366,7 @@ fn pending_units(machines: &[Machine]) -> u32 {
 }
 
 /// Live capacity units per market (spot vs on-demand), for the heterogeneous mix.
-pub fn live_mix(machines: &[Machine]) -> MarketMix {
+fn live_mix(machines: &[Machine]) -> MarketMix {
     let mut mix = MarketMix::default();
     for m in machines.iter().filter(|m| live(m)) {
         let units = m.weight.max(0).unsigned_abs();
