@@ -7,84 +7,14 @@ mod support;
 
 use aws_sdk_ec2::types::Filter;
 use orb_operator::api::*;
-use orb_operator::config::AwsSettings;
 use orb_operator::controller::template::readiness;
-use orb_operator::provider::aws::AwsProvider;
-use orb_operator::provider::{AnyProvider, Owner, Provider, ProviderError, ProvisionRequest, Registry};
+use orb_operator::provider::{
+    AnyProvider, Holdings, Owner, Provider, ProviderError, ProvisionRequest, Registry, ReturnRequest,
+};
 use std::collections::BTreeMap;
+use support::aws::{CLUSTER, aws};
 use support::driver::{MemoryStatus, converge, edited, pass, quiet_passes, ready, request};
-use support::fault_proxy::{Fault, FaultProxy};
-use support::moto;
-
-const CLUSTER: &str = "orb-test";
-
-/// One test's slice of moto: a provider going through the fault proxy, a direct EC2 client for
-/// setup and assertions, and an image, two subnets and a security group that exist.
-struct Aws {
-    provider: AnyProvider,
-    ec2: aws_sdk_ec2::Client,
-    proxy: FaultProxy,
-    image: String,
-    subnets: Vec<String>,
-    group: String,
-}
-
-async fn aws(test: &str) -> Option<Aws> {
-    let moto = moto::server(test)?;
-    let region = moto::region();
-    let proxy = FaultProxy::start(&moto.endpoint).await;
-    let settings = AwsSettings {
-        region: region.into(),
-        profile: None,
-        role_arn: None,
-        external_id: None,
-        endpoint_url: Some(proxy.endpoint.clone()),
-        max_attempts: Some(3),
-    };
-    // The SDK configuration exactly as the operator builds it, with moto's fixed credentials.
-    let sdk = orb_operator::provider::aws::client::sdk_config(&settings)
-        .await
-        .into_builder()
-        .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(moto::credentials()))
-        .build();
-    let provider = AnyProvider::Aws(AwsProvider::from_sdk(&sdk, &settings, CLUSTER));
-    let ec2 = moto::ec2(moto, region);
-    let moto::Network { image, subnets, group } = moto::network(&ec2).await;
-    Some(Aws { provider, ec2, proxy, image, subnets, group })
-}
-
-impl Aws {
-    fn template(&self, types: &[(&str, i32)]) -> MachineTemplateSpec {
-        MachineTemplateSpec {
-            provider: "default".into(),
-            api: Api::RunInstances,
-            image_id: Some(self.image.clone()),
-            instance_types: types
-                .iter()
-                .map(|(t, w)| InstanceTypeSpec { type_: t.to_string(), weight: *w, priority: None })
-                .collect(),
-            subnet_ids: self.subnets.clone(),
-            security_group_ids: vec![self.group.clone()],
-            tags: BTreeMap::from([("team".to_string(), "grid".to_string())]),
-            ..Default::default()
-        }
-    }
-
-    /// Instances tagged with the request's uid, straight from moto.
-    async fn instances_of(&self, mr: &MachineRequest) -> Vec<aws_sdk_ec2::types::Instance> {
-        let filter = Filter::builder().name("tag:orb.dev/request-uid").values(mr.metadata.uid.clone().unwrap()).build();
-        let out = self.ec2.describe_instances().filters(filter).send().await.unwrap();
-        out.reservations().iter().flat_map(|r| r.instances().iter().cloned()).collect()
-    }
-
-    async fn live_of(&self, mr: &MachineRequest) -> Vec<aws_sdk_ec2::types::Instance> {
-        self.instances_of(mr)
-            .await
-            .into_iter()
-            .filter(|i| matches!(i.state().and_then(|s| s.name()).map(|n| n.as_str()), Some("pending" | "running")))
-            .collect()
-    }
-}
+use support::fault_proxy::Fault;
 
 fn template_object(spec: MachineTemplateSpec) -> MachineTemplate {
     ready(MachineTemplate::new("workers", spec))
@@ -92,6 +22,20 @@ fn template_object(spec: MachineTemplateSpec) -> MachineTemplate {
 
 fn owner_of(mr: &MachineRequest) -> Owner {
     orb_operator::controller::request::owner_of(mr).unwrap()
+}
+
+/// A request that holds no fleet and no launch template.
+static NO_RESOURCES: Resources = Resources {
+    fleet_ids: Vec::new(),
+    asg_name: None,
+    spot_fleet_request_ids: Vec::new(),
+    reservation_ids: Vec::new(),
+    launch_template_id: None,
+};
+
+/// What a release of a RunInstances request gets: the ids its status knows.
+fn holdings(known: &[String]) -> Holdings<'_> {
+    Holdings { known, resources: &NO_RESOURCES, launch_templates_in_use: &[] }
 }
 
 fn tags_of(i: &aws_sdk_ec2::types::Instance) -> BTreeMap<String, String> {
@@ -140,8 +84,18 @@ async fn validation_names_each_bad_field() {
     assert_eq!(field_of(aws.provider.validate(&t).await), "spec.imageId");
 
     let mut t = good.clone();
-    t.api = Api::Ec2Fleet;
+    t.api = Api::Asg;
     assert_eq!(field_of(aws.provider.validate(&t).await), "spec.api");
+
+    let mut t = good.clone();
+    t.api = Api::SpotFleet;
+    t.spot_fleet_role = Some("no-such-fleet-role".into());
+    assert_eq!(field_of(aws.provider.validate(&t).await), "spec.spotFleetRole");
+
+    let mut t = good.clone();
+    t.api = Api::SpotFleet;
+    t.fleet_type = Some(FleetType::Instant);
+    assert_eq!(field_of(aws.provider.validate(&t).await), "spec.fleetType");
 }
 
 #[tokio::test]
@@ -349,6 +303,8 @@ async fn throttling_is_retried_and_surfaces_when_it_persists() {
         template: &spec,
         mix: orb_operator::provider::MarketMix { on_demand: 1, spot: 0 },
         client_token: token,
+        resources: &NO_RESOURCES,
+        target_units: 1,
     };
 
     aws.proxy.inject("RunInstances", None, 2, Fault::throttle());
@@ -462,7 +418,7 @@ async fn a_machine_whose_tags_were_stripped_is_kept_by_id_and_released() {
     assert_eq!(aws.live_of(&mr).await.len(), 1, "the listing sees one; nothing was relaunched for the other");
     // Release terminates it too: it is in no listing, only in the status.
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
-    aws.provider.release(&owner_of(&mr), &known).await.unwrap();
+    aws.provider.release(&owner_of(&mr), holdings(&known)).await.unwrap();
     let after = aws.ec2.describe_instances().instance_ids(&stripped).send().await.unwrap();
     let state = after.reservations()[0].instances()[0].state().unwrap().name().unwrap().as_str().to_string();
     assert!(state == "terminated" || state == "shutting-down", "{state}");
@@ -551,13 +507,23 @@ async fn release_leaves_nothing_running_and_never_touches_other_requests() {
 
     // Returning another request's instance through this request does nothing.
     let foreign = aws.live_of(&other).await[0].instance_id().unwrap().to_string();
-    aws.provider.return_machines(&owner_of(&mine), std::slice::from_ref(&foreign)).await.unwrap();
+    let spec = template.spec.clone();
+    let request = ReturnRequest {
+        instance_ids: std::slice::from_ref(&foreign),
+        template: &spec,
+        resources: &NO_RESOURCES,
+        target_units: 0,
+    };
+    aws.provider.return_machines(&owner_of(&mine), &request).await.unwrap();
     assert_eq!(aws.live_of(&other).await.len(), 1);
 
     // Release with the ids status knows, a foreign one slipped in: only the request's own go.
     let mut known: Vec<String> = sink.current().unwrap().machines.iter().map(|m| m.instance_id.clone()).collect();
     known.push(foreign.clone());
-    assert_eq!(aws.provider.release(&owner_of(&mine), &known).await.unwrap(), orb_operator::provider::Released::Done);
+    assert_eq!(
+        aws.provider.release(&owner_of(&mine), holdings(&known)).await.unwrap(),
+        orb_operator::provider::Released::Done
+    );
     assert!(aws.live_of(&mine).await.is_empty(), "no pending or running instance carries the request's uid");
     assert_eq!(aws.instances_of(&mine).await.len(), 3, "they are terminated, not forgotten");
     assert_eq!(aws.live_of(&other).await.len(), 1);
@@ -574,13 +540,14 @@ async fn release_terminates_machines_the_tag_lookup_does_not_list_yet() {
     aws.proxy.inject("DescribeInstances", Some("tag%3Aorb.dev%2Frequest-uid"), 1, Fault::Reply(empty.into()));
     let known: Vec<String> = sink.current().unwrap().machines.iter().map(|m| m.instance_id.clone()).collect();
     assert_eq!(known.len(), 2);
-    aws.provider.release(&owner_of(&mr), &known).await.unwrap();
+    aws.provider.release(&owner_of(&mr), holdings(&known)).await.unwrap();
     assert!(aws.live_of(&mr).await.is_empty(), "the ids status knew were terminated");
 }
 
 #[tokio::test]
 async fn every_aws_example_template_launches() {
     let Some(aws) = aws("every_aws_example_template_launches").await else { return };
+    aws.spot_fleet_role().await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/aws");
     let mut launched = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -602,7 +569,7 @@ async fn every_aws_example_template_launches() {
         assert_eq!(status.phase, Some(Phase::Fulfilled), "{name}");
         launched += 1;
     }
-    assert_eq!(launched, 3, "on-demand, spot and heterogeneous");
+    assert_eq!(launched, 8, "RunInstances x 3 prices, EC2 Fleet x 3 fleet types, Spot Fleet x 2 fleet types");
     let body = aws.proxy.calls("RunInstances").join("\n");
     assert!(body.contains("BlockDeviceMapping.1.Ebs.VolumeType=gp3"), "root volume sent");
     assert!(body.contains("UserData="), "user data sent");

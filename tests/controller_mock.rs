@@ -117,6 +117,8 @@ async fn launch_in(ctx: &Context, name: &str, units: u32) -> Vec<orb_operator::p
         template: &template.spec,
         mix: orb_operator::provider::MarketMix { on_demand: units, spot: 0 },
         client_token: "fixture",
+        resources: &Default::default(),
+        target_units: units,
     };
     orb_operator::provider::Provider::provision(sim_named(ctx, name), &launch).await.unwrap().launched
 }

@@ -210,6 +210,10 @@ pub struct Attempt {
     pub on_demand_units: i32,
     #[serde(default)]
     pub spot_units: i32,
+    /// Capacity units the request should hold once this attempt is done: a `maintain` fleet's
+    /// target (absolute, so a replay sets the same).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub target_units: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
     /// The create call's outcome is known; the next attempt takes a new token. An ambiguous

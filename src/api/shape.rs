@@ -4,7 +4,7 @@
 //! reached the cluster some other way (an older CRD, a schema-less apply) is still held with
 //! `Ready=False` naming the field instead of being sent to AWS.
 
-use super::{MAX_USER_TAGS, MachineTemplateSpec, RESERVED_PREFIX};
+use super::{Api, FleetType, MAX_USER_TAGS, MachineTemplateSpec, RESERVED_PREFIX};
 use regex::Regex;
 use std::sync::LazyLock;
 
@@ -66,6 +66,9 @@ fn matches(re: &Regex, value: &str, path: String, what: &str) -> Result<(), Fiel
 }
 
 /// The first field of `t` that AWS would refuse, checked without any cloud call.
+/// EC2's limit on overrides (instance types x subnets) in one fleet request.
+pub const MAX_FLEET_OVERRIDES: usize = 300;
+
 pub fn check(t: &MachineTemplateSpec) -> Result<(), FieldError> {
     if let Some(image) = &t.image_id {
         matches(compiled!(IMAGE), image, "spec.imageId".into(), "an AMI id (ami-...) or resolve:ssm:<parameter>")?;
@@ -89,6 +92,22 @@ pub fn check(t: &MachineTemplateSpec) -> Result<(), FieldError> {
     }
     for (i, subnet) in t.subnet_ids.iter().enumerate() {
         matches(compiled!(SUBNET), subnet, format!("spec.subnetIds[{i}]"), "a subnet id (subnet-...)")?;
+    }
+    if matches!(t.api, Api::Ec2Fleet | Api::SpotFleet) {
+        if t.api == Api::SpotFleet && t.fleet_type == Some(FleetType::Instant) {
+            field("spec.fleetType", "SpotFleet has no instant type; use request or maintain (or EC2Fleet)")?;
+        }
+        let overrides = t.instance_types.len().max(1) * t.subnet_ids.len().max(1);
+        if overrides > MAX_FLEET_OVERRIDES {
+            field(
+                "spec.instanceTypes",
+                format!(
+                    "{} instance types x {} subnets make {overrides} fleet overrides; EC2 accepts at most {MAX_FLEET_OVERRIDES}",
+                    t.instance_types.len(),
+                    t.subnet_ids.len()
+                ),
+            )?;
+        }
     }
     for (i, group) in t.security_group_ids.iter().enumerate() {
         matches(

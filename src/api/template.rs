@@ -146,6 +146,7 @@ pub struct LaunchTemplateRef {
     validation = Rule::new("has(self.launchTemplate) || has(self.imageId)").message("imageId is required unless launchTemplate is given"),
     validation = Rule::new("!has(self.fleetType) || self.api == 'EC2Fleet' || self.api == 'SpotFleet'").message("fleetType is only valid when api is EC2Fleet or SpotFleet"),
     validation = Rule::new("!has(self.spotFleetRole) || self.api == 'SpotFleet'").message("spotFleetRole is only valid when api is SpotFleet"),
+    validation = Rule::new("!(self.api == 'SpotFleet' && has(self.fleetType) && self.fleetType == 'instant')").message("fleetType instant is not available with SpotFleet; use request or maintain"),
 )]
 pub struct MachineTemplateSpec {
     /// Name of a provider in the operator's configuration.

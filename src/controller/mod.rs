@@ -91,6 +91,22 @@ impl Context {
         u32::try_from(count).unwrap_or(u32::MAX)
     }
 
+    /// Operator-made launch templates that requests other than `except` (by uid) record in
+    /// their status, from the cache: a release never deletes one of these.
+    pub fn launch_templates_in_use(&self, except: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .requests
+            .state()
+            .iter()
+            .filter_map(|r| r.0.as_ref().ok())
+            .filter(|r| r.uid().as_deref() != Some(except))
+            .filter_map(|r| r.status.as_ref()?.resources.launch_template_id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// The template `name` in `namespace`, from the controller's cache.
     pub fn template(&self, namespace: &str, name: &str) -> Option<Arc<MachineTemplate>> {
         let cached = self.templates.get(&ObjectRef::new(name).within(namespace))?;

@@ -46,6 +46,10 @@ pub struct Frame<'a> {
     pub launch_hold: Option<(String, String)>,
     /// Live machines of the template's other requests (for `maxMachines`).
     pub machines_elsewhere: u32,
+    /// Capacity units the request's fleets are still launching (pending, never launched twice).
+    pub outstanding: u32,
+    /// Errors the request's fleets report.
+    pub fleet_failures: &'a [LaunchFailure],
 }
 
 /// The next action.
@@ -129,8 +133,11 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
     reservations.dedup();
     status.resources.reservation_ids = reservations;
 
-    let deficit = capacity.saturating_sub(live_units(&status.machines));
-    let shortfall = deficit > 0 || pending_units(&status.machines) > 0;
+    for failure in frame.fleet_failures {
+        note_failure(&mut status.failures, failure, frame.now);
+    }
+    let deficit = capacity.saturating_sub(live_units(&status.machines) + frame.outstanding);
+    let shortfall = deficit > 0 || pending_units(&status.machines) + frame.outstanding > 0;
     if deficit == 0
         && let Some(a) = status.attempt.as_mut()
     {
@@ -210,11 +217,14 @@ pub fn record_launch(
     result: &Result<ProvisionOutcome, ProviderError>,
 ) {
     let launched: u32 = match result {
-        Ok(outcome) => outcome
-            .launched
-            .iter()
-            .map(|m| frame.template.weight_of(m.instance_type.as_deref().unwrap_or_default()))
-            .sum(),
+        Ok(outcome) => {
+            let machines: u32 = outcome
+                .launched
+                .iter()
+                .map(|m| frame.template.weight_of(m.instance_type.as_deref().unwrap_or_default()))
+                .sum();
+            machines + outcome.accepted_units
+        }
         Err(_) => 0,
     };
     if let Some(attempt) = status.attempt.as_mut() {
@@ -294,6 +304,7 @@ fn next_attempt(frame: &Frame<'_>, status: &MachineRequestStatus, units: u32) ->
             let capacity = frame.spec.capacity.max(0).unsigned_abs();
             let mix = market_split(frame.template, capacity, live_mix(&status.machines), units);
             Attempt {
+                target_units: fleet_target(frame, status) as i32 + units as i32,
                 number,
                 client_token: client_token(frame.uid, number),
                 units: units as i32,
@@ -306,6 +317,12 @@ fn next_attempt(frame: &Frame<'_>, status: &MachineRequestStatus, units: u32) ->
             }
         }
     }
+}
+
+/// Capacity units the request holds now: live machines plus what its fleets are still
+/// launching. A `maintain` fleet's target is set from it (an absolute value: replays are safe).
+pub fn fleet_target(frame: &Frame<'_>, status: &MachineRequestStatus) -> u32 {
+    live_units(&status.machines) + frame.outstanding
 }
 
 /// The markets an attempt asks for.
@@ -523,11 +540,22 @@ fn add_failure(failures: &mut Vec<Failure>, f: &LaunchFailure, now: Timestamp) {
     failures.sort_by(|a, b| (&a.code, &a.instance_type, &a.zone).cmp(&(&b.code, &b.instance_type, &b.zone)));
 }
 
+/// Records a failure a fleet reports on every describe: once per distinct failure, not once
+/// per look (the count of `add_failure` is for launch calls).
+fn note_failure(failures: &mut Vec<Failure>, f: &LaunchFailure, now: Timestamp) {
+    let known = failures
+        .iter()
+        .any(|x| x.code == f.code && x.instance_type == f.instance_type && x.zone == f.zone && x.message == f.message);
+    if !known {
+        add_failure(failures, f, now);
+    }
+}
+
 /// Counters, phase and conditions from the machine list and the episode.
 fn summarise(frame: &Frame<'_>, status: &mut MachineRequestStatus, acting: bool, hold: Option<&(String, String)>) {
     let capacity = frame.spec.capacity.max(0).unsigned_abs();
     let running = running_units(&status.machines);
-    let pending = pending_units(&status.machines);
+    let pending = pending_units(&status.machines) + frame.outstanding;
     status.fulfilled_capacity = running as i32;
     status.pending_capacity = pending as i32;
     status.requested_capacity = frame.spec.capacity;
@@ -689,6 +717,8 @@ mod tests {
             template_generation: 1,
             launch_hold: None,
             machines_elsewhere: 0,
+            outstanding: 0,
+            fleet_failures: &[],
         }
     }
 
@@ -729,6 +759,47 @@ mod tests {
         assert_eq!(p.status.phase, Some(Phase::Provisioning));
         assert_eq!(p.requeue, Requeue::Soon);
         assert_eq!(cond(&p.status, "Progressing").status, "True");
+    }
+
+    #[test]
+    fn units_a_fleet_still_launches_are_pending_and_never_launched_twice() {
+        let (s, t) = (spec(5), template());
+        let mut f = frame(&s, &t, 0);
+        f.outstanding = 3;
+        let running = [obs("i-1", Running, "m5.large", 0), obs("i-2", Running, "m5.large", 0)];
+        let p = plan(&f, &MachineRequestStatus::default(), &running);
+        assert_eq!(p.step, Step::Wait, "2 running + 3 on their way cover 5");
+        assert_eq!((p.status.fulfilled_capacity, p.status.pending_capacity), (2, 3));
+        assert_eq!(p.status.phase, Some(Phase::Provisioning));
+        assert_eq!(p.requeue, Requeue::Poll);
+
+        // Raising capacity launches only what neither the machines nor the fleet cover, and
+        // the attempt records the absolute target a maintain fleet is set to.
+        let s = spec(7);
+        let f = Frame { spec: &s, ..f };
+        let p = plan(&f, &MachineRequestStatus::default(), &running);
+        let Step::Launch { units, attempt } = &p.step else { panic!("{:?}", p.step) };
+        assert_eq!((*units, attempt.target_units), (2, 7));
+    }
+
+    #[test]
+    fn fleet_errors_are_recorded_once_not_on_every_look() {
+        let (s, t) = (spec(2), template());
+        let failure = LaunchFailure {
+            code: "InsufficientInstanceCapacity".into(),
+            message: "fleet fleet-1: no capacity".into(),
+            instance_type: Some("m5.large".into()),
+            zone: Some("us-east-1a".into()),
+        };
+        let failures = [failure];
+        let mut f = frame(&s, &t, 0);
+        f.outstanding = 2;
+        f.fleet_failures = &failures;
+        let first = plan(&f, &MachineRequestStatus::default(), &[]);
+        let again = plan(&Frame { now: at(30), ..f.clone() }, &first.status, &[]);
+        assert_eq!(again.status.failures.len(), 1);
+        assert_eq!(again.status.failures[0].count, 1, "the same fleet error seen twice is one failure");
+        assert_eq!(cond(&again.status, "Degraded").reason, "InsufficientInstanceCapacity");
     }
 
     #[test]

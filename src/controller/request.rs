@@ -12,7 +12,9 @@ use super::planner::{self, Frame, Requeue, Step};
 use super::{Context, Error, FINALIZER, MANAGER};
 use crate::api::conditions::{self, Cond};
 use crate::api::{DeletionPolicy, MachineRequest, MachineRequestStatus, MachineTemplate, Phase};
-use crate::provider::{AnyProvider, Owner, Provider, ProvisionRequest, Released};
+use crate::provider::{
+    AnyProvider, Holdings, ObservedMachine, Owner, Provider, ProvisionRequest, Released, ReturnRequest,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -146,6 +148,7 @@ pub async fn drive(
     let Target { provider_name, provider, hold, machines_elsewhere } = target;
     let owner = owner_of(mr)?;
     let previous = sink.latest(mr.status.as_ref()).await?;
+    let fleets = provider.describe_fleets(&owner, &previous.resources).await?;
     let frame = Frame {
         // Whole seconds, as the API server stores times.
         now: jiff::Timestamp::from_second(now.as_second()).unwrap_or(now),
@@ -157,17 +160,33 @@ pub async fn drive(
         template_generation: template.meta().generation.unwrap_or_default(),
         launch_hold: hold.or_else(|| launch_hold(template)),
         machines_elsewhere,
+        outstanding: fleets.outstanding,
+        fleet_failures: &fleets.failures,
     };
     let mut observed = provider.describe(&owner).await?;
+    // Fleet members launched from a shared launch template carry no request tag: they are
+    // looked up by id, as their fleet lists them.
+    let members: Vec<String> =
+        fleets.members.iter().filter(|id| !observed.iter().any(|o| &o.instance_id == *id)).cloned().collect();
     // Known machines the tag listing lost are looked up by id before they are dropped: a
     // running machine whose tags were stripped must not be forgotten (and leaked).
-    let unlisted = planner::unlisted(frame.now, &previous.machines, &observed);
-    if !unlisted.is_empty() {
-        let found = provider.describe_ids(&owner, &unlisted).await?;
-        if !found.is_empty() {
-            tracing::warn!(request = %owner.key(), machines = ?found.iter().map(|m| &m.instance_id).collect::<Vec<_>>(), "machines missing from the tag listing found by id");
+    let unlisted: Vec<String> = planner::unlisted(frame.now, &previous.machines, &observed)
+        .into_iter()
+        .filter(|id| !members.contains(id))
+        .collect();
+    let lookup: Vec<String> = members.iter().chain(&unlisted).cloned().collect();
+    if !lookup.is_empty() {
+        let found = provider.describe_ids(&owner, &lookup).await?;
+        let lost: Vec<&str> =
+            found.iter().map(|m| m.instance_id.as_str()).filter(|id| unlisted.iter().any(|u| u == id)).collect();
+        if !lost.is_empty() {
+            tracing::warn!(request = %owner.key(), machines = ?lost, "machines missing from the tag listing found by id");
         }
-        observed.extend(found);
+        observed.extend(found.into_iter().map(|m| {
+            // A fleet member is known by its fleet, not "lost by its tags".
+            let member = members.contains(&m.instance_id);
+            ObservedMachine { untagged: m.untagged && !member, ..m }
+        }));
     }
     let plan = planner::plan(&frame, &previous, &observed);
     let mut status = plan.status;
@@ -177,7 +196,14 @@ pub async fn drive(
         Step::Wait => {}
         Step::Return(ids) => {
             tracing::info!(request = %owner.key(), machines = ?ids, "returning machines");
-            if let Err(e) = provider.return_machines(&owner, &ids).await {
+            let target = planner::fleet_target(&frame, &status);
+            let request = ReturnRequest {
+                instance_ids: &ids,
+                template: &template.spec,
+                resources: &status.resources,
+                target_units: target,
+            };
+            if let Err(e) = provider.return_machines(&owner, &request).await {
                 planner::record_return_error(&frame, &mut status, &e);
                 sink.write(&status).await?;
                 return Err(e.into());
@@ -190,6 +216,8 @@ pub async fn drive(
                 template: &template.spec,
                 mix: planner::attempt_mix(&attempt),
                 client_token: &attempt.client_token,
+                resources: &previous.resources,
+                target_units: attempt.target_units.max(0).unsigned_abs(),
             };
             let result = provider.provision(&request).await;
             let before = status.clone();
@@ -398,7 +426,9 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
         announce(ctx, mr, &status, &deleting).await;
     }
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
-    match provider.release(&owner, &known).await? {
+    let in_use = ctx.launch_templates_in_use(&owner.uid);
+    let holdings = Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &in_use };
+    match provider.release(&owner, holdings).await? {
         Released::Done => {
             ctx.written.forget(&owner.uid);
             tracing::info!(request = %owner.key(), "released");

@@ -167,6 +167,48 @@ pub struct ProvisionRequest<'a> {
     pub mix: MarketMix,
     /// Idempotency token of this attempt; the same token never launches twice.
     pub client_token: &'a str,
+    /// What the request already owns in the cloud: a `maintain` fleet is scaled, not created
+    /// again.
+    pub resources: &'a Resources,
+    /// Capacity units the request should hold once this attempt is done (live, plus what its
+    /// fleets are still launching, plus `mix`): a `maintain` fleet's target is set to it, an
+    /// absolute value so that a replay changes nothing.
+    pub target_units: u32,
+}
+
+/// The request's fleets (EC2 Fleet, Spot Fleet) as the cloud reports them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FleetView {
+    /// Instances the fleets report as theirs. Fleets of type `request` and `maintain` launch
+    /// from a launch template shared by the template's requests, so these carry no request tag:
+    /// they are found through their fleet.
+    pub members: Vec<String>,
+    /// Capacity units the fleets are still working to launch (target minus fulfilled, while
+    /// they are fulfilling or maintaining): counted as pending, never launched a second time.
+    pub outstanding: u32,
+    /// Errors the fleets reported (capacity, limits, bad parameters).
+    pub failures: Vec<LaunchFailure>,
+}
+
+/// Machines to return, and what the request holds that a return may have to adjust.
+#[derive(Clone, Copy, Debug)]
+pub struct ReturnRequest<'a> {
+    pub instance_ids: &'a [String],
+    pub template: &'a MachineTemplateSpec,
+    pub resources: &'a Resources,
+    /// Capacity units the request keeps: a `maintain` fleet's new target.
+    pub target_units: u32,
+}
+
+/// Everything a request's release must tear down.
+#[derive(Clone, Copy, Debug)]
+pub struct Holdings<'a> {
+    /// Instance ids the request's status lists (the cloud's listing may lag behind a launch).
+    pub known: &'a [String],
+    /// Fleets, spot fleet requests and launch template from the request's status.
+    pub resources: &'a Resources,
+    /// Operator-made launch templates other requests still use (never deleted).
+    pub launch_templates_in_use: &'a [String],
 }
 
 /// A launch that failed for one instance type / zone while others may have worked.
@@ -187,6 +229,9 @@ pub struct ProvisionOutcome {
     /// A call's outcome is unknown (no answer, a 5xx): it may have launched, so the attempt
     /// stays open and is replayed with the same tokens.
     pub ambiguous: bool,
+    /// Capacity units an asynchronous fleet (`request`, `maintain`) accepted and launches later:
+    /// the attempt asked for them and got them, though no machine exists yet.
+    pub accepted_units: u32,
 }
 
 /// Whether `release` finished.
@@ -292,15 +337,28 @@ pub trait Provider: Send + Sync {
         owner: &Owner,
         instance_ids: &[String],
     ) -> impl Future<Output = Result<Vec<ObservedMachine>, ProviderError>> + Send;
-    /// Terminates the given machines of `owner`; ids already gone are ignored.
+    /// The request's fleets named in `resources`: their members, what they still launch and
+    /// their errors. No call when the request has no fleet.
+    fn describe_fleets(
+        &self,
+        owner: &Owner,
+        resources: &Resources,
+    ) -> impl Future<Output = Result<FleetView, ProviderError>> + Send;
+    /// Terminates the given machines of `owner`; ids already gone are ignored. A `maintain`
+    /// fleet among the request's resources first has its target set to `target_units`, so it
+    /// does not replace them.
     fn return_machines(
         &self,
         owner: &Owner,
-        instance_ids: &[String],
+        request: &ReturnRequest<'_>,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
-    /// Tears down everything the owner has; `known` are the instance ids the request's status
-    /// lists (the cloud's own listing may lag behind a recent launch).
-    fn release(&self, owner: &Owner, known: &[String]) -> impl Future<Output = Result<Released, ProviderError>> + Send;
+    /// Tears down everything the owner has: its fleets, its instances and the operator-made
+    /// launch templates of its template that no other request uses.
+    fn release(
+        &self,
+        owner: &Owner,
+        holdings: Holdings<'_>,
+    ) -> impl Future<Output = Result<Released, ProviderError>> + Send;
 }
 
 /// A configured provider: adding a kind is a compile error everywhere it must be handled.
@@ -344,16 +402,22 @@ impl Provider for AnyProvider {
             Self::Aws(p) => p.describe_ids(owner, instance_ids).await,
         }
     }
-    async fn return_machines(&self, owner: &Owner, instance_ids: &[String]) -> Result<(), ProviderError> {
+    async fn describe_fleets(&self, owner: &Owner, resources: &Resources) -> Result<FleetView, ProviderError> {
         match self {
-            Self::Sim(p) => p.return_machines(owner, instance_ids).await,
-            Self::Aws(p) => p.return_machines(owner, instance_ids).await,
+            Self::Sim(p) => p.describe_fleets(owner, resources).await,
+            Self::Aws(p) => p.describe_fleets(owner, resources).await,
         }
     }
-    async fn release(&self, owner: &Owner, known: &[String]) -> Result<Released, ProviderError> {
+    async fn return_machines(&self, owner: &Owner, request: &ReturnRequest<'_>) -> Result<(), ProviderError> {
         match self {
-            Self::Sim(p) => p.release(owner, known).await,
-            Self::Aws(p) => p.release(owner, known).await,
+            Self::Sim(p) => p.return_machines(owner, request).await,
+            Self::Aws(p) => p.return_machines(owner, request).await,
+        }
+    }
+    async fn release(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<Released, ProviderError> {
+        match self {
+            Self::Sim(p) => p.release(owner, holdings).await,
+            Self::Aws(p) => p.release(owner, holdings).await,
         }
     }
 }

@@ -7,10 +7,10 @@
 //! Its state lives in the operator's memory: a restart forgets every simulated machine.
 
 use super::{
-    InstanceState, LaunchFailure, ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome, ProvisionRequest,
-    Released, machines_for, spot_after_on_demand,
+    FleetView, Holdings, InstanceState, LaunchFailure, ObservedMachine, Owner, Provider, ProviderError,
+    ProvisionOutcome, ProvisionRequest, Released, ReturnRequest, machines_for, spot_after_on_demand,
 };
-use crate::api::MachineTemplateSpec;
+use crate::api::{MachineTemplateSpec, Resources};
 use crate::config::SimSettings;
 use jiff::{SignedDuration, Timestamp};
 use rand::Rng;
@@ -244,10 +244,15 @@ impl Provider for SimProvider {
             .collect())
     }
 
-    async fn return_machines(&self, owner: &Owner, instance_ids: &[String]) -> Result<(), ProviderError> {
+    /// The simulated cloud has no fleets: every machine carries its request's tags.
+    async fn describe_fleets(&self, _owner: &Owner, _resources: &Resources) -> Result<FleetView, ProviderError> {
+        Ok(FleetView::default())
+    }
+
+    async fn return_machines(&self, owner: &Owner, request: &ReturnRequest<'_>) -> Result<(), ProviderError> {
         let now = Timestamp::now();
         let mut cloud = self.cloud();
-        for id in instance_ids {
+        for id in request.instance_ids {
             if let Some(instance) = cloud.instances.get_mut(id)
                 && instance.owner_uid == owner.uid
             {
@@ -258,7 +263,7 @@ impl Provider for SimProvider {
     }
 
     /// The simulator's listing never lags, so `known` adds nothing.
-    async fn release(&self, owner: &Owner, _known: &[String]) -> Result<Released, ProviderError> {
+    async fn release(&self, owner: &Owner, _holdings: Holdings<'_>) -> Result<Released, ProviderError> {
         let now = Timestamp::now();
         let mut cloud = self.cloud();
         for instance in cloud.instances.values_mut().filter(|i| i.owner_uid == owner.uid) {

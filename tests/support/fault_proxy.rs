@@ -3,8 +3,9 @@
 //! `RequestLimitExceeded`), an HTTP 500, or a delay before forwarding.
 //!
 //! moto ignores `ClientToken`; with `honour_client_tokens` the proxy does what EC2 does: a
-//! RunInstances call repeating a token gets the first call's answer (nothing new is launched),
-//! and one repeating a token with other parameters gets `IdempotentParameterMismatch`.
+//! RunInstances, CreateFleet, RequestSpotFleet or CreateLaunchTemplate call repeating a token
+//! gets the first call's answer (nothing new is made), and one repeating a token with other
+//! parameters gets `IdempotentParameterMismatch`.
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -122,7 +123,7 @@ impl FaultProxy {
         });
     }
 
-    /// From now on, RunInstances honours `ClientToken` as EC2 does.
+    /// From now on, the create calls honour `ClientToken` as EC2 does.
     pub fn honour_client_tokens(&self) {
         self.state.lock().unwrap().idempotent = true;
     }
@@ -190,9 +191,16 @@ async fn pass_on(
     state: &Mutex<State>,
 ) -> Response<Full<Bytes>> {
     let action = action_of(&parts.headers, &text);
-    let token = (action == "RunInstances")
-        .then(|| text.split('&').find_map(|kv| kv.strip_prefix("ClientToken=")).map(str::to_string))
+    // The create calls EC2 makes idempotent (the token is `ClientToken`, or
+    // `SpotFleetRequestConfig.ClientToken`); tokens are kept per action.
+    let token = matches!(action.as_str(), "RunInstances" | "CreateFleet" | "RequestSpotFleet" | "CreateLaunchTemplate")
+        .then(|| {
+            text.split('&').find_map(|kv| {
+                kv.split_once('=').filter(|(k, _)| k.ends_with("ClientToken")).map(|(_, v)| v.to_string())
+            })
+        })
         .flatten()
+        .map(|token| format!("{action}/{token}"))
         .filter(|_| state.lock().unwrap().idempotent);
     let Some(token) = token else { return forward(parts, bytes, client, upstream).await };
     let (first_body, answer) = {

@@ -2,6 +2,7 @@
 //! the AWS layer (`moto`), and a fault-injecting proxy in front of it (`fault_proxy`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod aws;
 pub mod cluster;
 pub mod driver;
 pub mod fault_proxy;

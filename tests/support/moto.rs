@@ -116,6 +116,16 @@ pub fn credentials() -> aws_sdk_ec2::config::Credentials {
     aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "orb-tests")
 }
 
+/// An SDK configuration straight to moto (no proxy), for clients other than EC2.
+pub async fn sdk(moto: &Moto, region: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region.to_string()))
+        .endpoint_url(&moto.endpoint)
+        .credentials_provider(credentials())
+        .load()
+        .await
+}
+
 /// An EC2 client straight to moto (no proxy, no retries), for setting up and checking.
 pub fn ec2(moto: &Moto, region: &str) -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::from_conf(
@@ -143,5 +153,57 @@ pub async fn network(ec2: &aws_sdk_ec2::Client) -> Network {
         image: images.images()[0].image_id().unwrap().to_string(),
         subnets: subnets.subnets().iter().take(2).map(|s| s.subnet_id().unwrap().to_string()).collect(),
         group: groups.security_groups()[0].group_id().unwrap().to_string(),
+    }
+}
+
+/// Everything of `cluster` still alive in a test's own region: active fleets and spot fleet
+/// requests, pending or running instances (any: the region is the test's), and launch
+/// templates tagged for the cluster. Empty when a test left nothing behind.
+pub async fn leftovers(ec2: &aws_sdk_ec2::Client, cluster: &str) -> Vec<String> {
+    let mut left = vec![];
+    let fleets = ec2.describe_fleets().send().await.unwrap();
+    for f in fleets.fleets() {
+        let state = f.fleet_state().unwrap().as_str();
+        if matches!(state, "submitted" | "active" | "modifying") {
+            left.push(format!("fleet {} {state}", f.fleet_id().unwrap()));
+        }
+    }
+    let requests = ec2.describe_spot_fleet_requests().send().await.unwrap();
+    for c in requests.spot_fleet_request_configs() {
+        let state = c.spot_fleet_request_state().unwrap().as_str();
+        if !state.starts_with("cancelled") {
+            left.push(format!("spot fleet request {} {state}", c.spot_fleet_request_id().unwrap()));
+        }
+    }
+    let instances = ec2.describe_instances().send().await.unwrap();
+    for i in instances.reservations().iter().flat_map(|r| r.instances()) {
+        let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
+        if state == "pending" || state == "running" {
+            left.push(format!("instance {} {state}", i.instance_id().unwrap()));
+        }
+    }
+    let filter = aws_sdk_ec2::types::Filter::builder().name("tag:orb.dev/cluster").values(cluster).build();
+    let templates = ec2.describe_launch_templates().filters(filter).send().await.unwrap();
+    for lt in templates.launch_templates() {
+        left.push(format!("launch template {}", lt.launch_template_id().unwrap()));
+    }
+    left
+}
+
+/// The Spot Fleet service-linked role, as an account that used Spot Fleet has it (IAM is
+/// global in moto: another test may have made it already).
+pub async fn spot_fleet_role(iam: &aws_sdk_iam::Client) {
+    let created = iam
+        .create_role()
+        .role_name("AWSServiceRoleForEC2SpotFleet")
+        .path("/aws-service-role/spotfleet.amazonaws.com/")
+        .assume_role_policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"spotfleet.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+        )
+        .send()
+        .await;
+    if let Err(e) = created {
+        let text = format!("{e:?}");
+        assert!(text.contains("EntityAlreadyExists"), "{text}");
     }
 }

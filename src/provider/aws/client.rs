@@ -43,3 +43,13 @@ pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
     let credentials = assume.build().await;
     base.into_builder().credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(credentials)).build()
 }
+
+/// An EC2 client that never calls out: for tests that inspect the request a call would send.
+#[cfg(test)]
+pub fn offline() -> aws_sdk_ec2::Client {
+    let config = aws_sdk_ec2::Config::builder()
+        .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+        .region(aws_sdk_ec2::config::Region::new("us-east-1"))
+        .build();
+    aws_sdk_ec2::Client::from_conf(config)
+}

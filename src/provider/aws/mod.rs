@@ -1,15 +1,22 @@
 //! The AWS provider: one SDK configuration and one set of clients per configured provider,
-//! shared by the per-API handlers. Today the RunInstances handler; EC2 Fleet, Spot Fleet and
-//! Auto Scaling groups plug in beside it (a template naming them is refused at validation).
+//! shared by the per-API handlers: RunInstances, EC2 Fleet and Spot Fleet. (Auto Scaling
+//! groups plug in beside them; a template naming one is refused at validation.)
 
 pub mod client;
+pub mod ec2_fleet;
 pub mod errors;
+pub mod fleet;
+pub mod launch_template;
 pub mod ops;
 pub mod run_instances;
+pub mod spot_fleet;
 pub mod validate;
 
-use super::{ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome, ProvisionRequest, Released, tags};
-use crate::api::{Api, MachineTemplateSpec};
+use super::{
+    FleetView, Holdings, ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome, ProvisionRequest, Released,
+    ReturnRequest, tags,
+};
+use crate::api::{Api, MachineTemplateSpec, Resources};
 use crate::config::AwsSettings;
 use errors::classify;
 use ops::Ops;
@@ -36,6 +43,7 @@ impl AwsProvider {
                 iam: aws_sdk_iam::Client::new(sdk),
                 cluster_id: cluster_id.to_string(),
                 zones: Default::default(),
+                managed_templates: Default::default(),
             },
             autoscaling: aws_sdk_autoscaling::Client::new(sdk),
             region: settings.region.clone(),
@@ -104,6 +112,8 @@ impl Provider for AwsProvider {
     async fn provision(&self, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {
         match request.template.api {
             Api::RunInstances => run_instances::provision(&self.ops, request).await,
+            Api::Ec2Fleet => ec2_fleet::provision(&self.ops, request).await,
+            Api::SpotFleet => spot_fleet::provision(&self.ops, request).await,
             other => validate::check_api(other).map(|()| ProvisionOutcome::default()),
         }
     }
@@ -120,15 +130,36 @@ impl Provider for AwsProvider {
         self.owned(owner, instance_ids).await
     }
 
-    async fn return_machines(&self, owner: &Owner, instance_ids: &[String]) -> Result<(), ProviderError> {
-        let mine = self.terminable(owner, instance_ids).await?;
-        if mine.len() < instance_ids.len() {
-            tracing::warn!(request = %owner.key(), asked = instance_ids.len(), owned = mine.len(), "not returning instances this request does not own");
+    async fn describe_fleets(&self, _owner: &Owner, resources: &Resources) -> Result<FleetView, ProviderError> {
+        let mut view = FleetView::default();
+        ec2_fleet::observe(&self.ops, &resources.fleet_ids, &mut view).await?;
+        spot_fleet::observe(&self.ops, &resources.spot_fleet_request_ids, &mut view).await?;
+        view.members.sort();
+        view.members.dedup();
+        Ok(view)
+    }
+
+    async fn return_machines(&self, owner: &Owner, request: &ReturnRequest<'_>) -> Result<(), ProviderError> {
+        let ids = request.instance_ids;
+        let mine = self.terminable(owner, ids).await?;
+        if mine.len() < ids.len() {
+            tracing::warn!(request = %owner.key(), asked = ids.len(), owned = mine.len(), "not returning instances this request does not own");
         }
+        if mine.is_empty() {
+            return Ok(());
+        }
+        // A maintain fleet would replace what leaves: lower it first (absolute, replay-safe).
+        let (resources, template, units) = (request.resources, request.template, request.target_units);
+        ec2_fleet::before_return(&self.ops, &resources.fleet_ids, template, units).await?;
+        spot_fleet::before_return(&self.ops, &resources.spot_fleet_request_ids, template, units).await?;
         self.ops.terminate(&mine).await
     }
 
-    async fn release(&self, owner: &Owner, known: &[String]) -> Result<Released, ProviderError> {
+    async fn release(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<Released, ProviderError> {
+        let Holdings { known, resources, launch_templates_in_use } = holdings;
+        // Fleets first, or a maintain fleet would replace what is terminated below.
+        ec2_fleet::delete(&self.ops, &resources.fleet_ids).await?;
+        spot_fleet::cancel(&self.ops, &resources.spot_fleet_request_ids).await?;
         // The tag lookup may not list instances launched moments ago; the ids the request's
         // status knows cover them.
         let listed = self.describe(owner).await?;
@@ -141,6 +172,9 @@ impl Provider for AwsProvider {
         live.sort();
         live.dedup();
         self.ops.terminate(&live).await?;
+        if resources.launch_template_id.is_some() {
+            self.ops.delete_unused_launch_templates(owner, launch_templates_in_use).await?;
+        }
         Ok(Released::Done)
     }
 }

@@ -20,6 +20,8 @@ pub struct Ops {
     pub cluster_id: String,
     /// Subnet id -> availability zone (a subnet never moves), learnt from DescribeSubnets.
     pub zones: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    /// Operator-made launch templates: name -> id (see `launch_template`).
+    pub managed_templates: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
 }
 
 /// EC2's limit on a tag value, in characters.
@@ -116,6 +118,24 @@ async fn all_reservations(
         reservations.extend(page.map_err(|e| classify("DescribeInstances", e))?.reservations().iter().cloned());
     }
     Ok(reservations)
+}
+
+/// Follows NextToken through a listing the SDK has no paginator for: `page` gets the token
+/// (none for the first page) and returns the page's items and the next token.
+pub async fn follow<T, F, Fut>(mut page: F) -> Result<Vec<T>, ProviderError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>), ProviderError>>,
+{
+    let (mut all, mut token) = (vec![], None);
+    loop {
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        token = next.filter(|t| !t.is_empty());
+        if token.is_none() {
+            return Ok(all);
+        }
+    }
 }
 
 /// Calls `call` with `ids`; when EC2 answers that some ids do not exist, drops the ids it names

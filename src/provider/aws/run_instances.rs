@@ -271,13 +271,7 @@ mod tests {
     use super::*;
     use crate::api::{InstanceTypeSpec, LaunchTemplateRef, PriceType, RootVolume};
 
-    fn client() -> aws_sdk_ec2::Client {
-        let config = aws_sdk_ec2::Config::builder()
-            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
-            .region(aws_sdk_ec2::config::Region::new("us-east-1"))
-            .build();
-        aws_sdk_ec2::Client::from_conf(config)
-    }
+    use crate::provider::aws::client::offline as client;
 
     fn template() -> MachineTemplateSpec {
         MachineTemplateSpec {

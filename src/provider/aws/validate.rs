@@ -45,11 +45,14 @@ fn at_index(error: ProviderError, field: &str, suffix: &str, values: &[String]) 
 /// Which APIs this build can provision through.
 pub fn check_api(api: Api) -> Result<(), ProviderError> {
     match api {
-        Api::RunInstances => Ok(()),
+        Api::RunInstances | Api::Ec2Fleet | Api::SpotFleet => Ok(()),
         other => Err(ProviderError::invalid(
             "spec.api",
             "UnsupportedApi",
-            format!("api {} is not supported by this operator version yet; use RunInstances", other.as_str()),
+            format!(
+                "api {} is not supported by this operator version yet; use RunInstances, EC2Fleet or SpotFleet",
+                other.as_str()
+            ),
         )),
     }
 }
@@ -127,6 +130,9 @@ pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<(), Provider
     }
     if let Some(lt) = &t.launch_template {
         launch_template(ops, lt).await?;
+    }
+    if t.api == Api::SpotFleet {
+        ops.spot_fleet_role(t).await?;
     }
     if let Some(profile) = &t.instance_profile {
         // An ARN names the profile by its last path segment.

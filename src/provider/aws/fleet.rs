@@ -1,0 +1,186 @@
+//! What the fleet APIs (EC2 Fleet, Spot Fleet, and Auto Scaling's mixed instances) share: the
+//! offerings a template allows — one per (instance type, subnet), with the type's weight and
+//! priority — the allocation strategies in each API's spelling, the fleet type a template asks
+//! for, and how much of a fleet's target is still on its way.
+
+use crate::api::{Api, FleetType, MachineTemplateSpec, PriceType};
+
+/// One (instance type, subnet) a fleet may launch into.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Offering {
+    /// `None` when a given launch template chooses the type.
+    pub instance_type: Option<String>,
+    /// `None`: the launch template's (or the default VPC's) subnet.
+    pub subnet: Option<String>,
+    /// Capacity units one machine provides.
+    pub weight: u32,
+    /// Lower is preferred (`prioritized` strategies): the type's `priority`, else its place in
+    /// the list.
+    pub priority: f64,
+}
+
+/// An offering's (instance type, subnet): how a failed one is excluded.
+pub type OfferingKey = (Option<String>, Option<String>);
+
+impl Offering {
+    /// The (type, subnet) pair, to exclude an offering that failed.
+    pub fn key(&self) -> OfferingKey {
+        (self.instance_type.clone(), self.subnet.clone())
+    }
+}
+
+/// Every offering of `template`: instance types in list order times subnets.
+pub fn offerings(template: &MachineTemplateSpec) -> Vec<Offering> {
+    let types: Vec<(Option<String>, u32, f64)> = if template.instance_types.is_empty() {
+        vec![(None, 1, 0.0)]
+    } else {
+        template
+            .instance_types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (Some(t.type_.clone()), t.weight.max(1).unsigned_abs(), f64::from(t.priority.unwrap_or(i as i32)))
+            })
+            .collect()
+    };
+    let subnets: Vec<Option<String>> = match template.subnet_ids.as_slice() {
+        [] => vec![None],
+        ids => ids.iter().cloned().map(Some).collect(),
+    };
+    types
+        .iter()
+        .flat_map(|(instance_type, weight, priority)| {
+            subnets.iter().map(move |subnet| Offering {
+                instance_type: instance_type.clone(),
+                subnet: subnet.clone(),
+                weight: *weight,
+                priority: *priority,
+            })
+        })
+        .collect()
+}
+
+/// The template's spot allocation strategy in the template's (Spot Fleet's) spelling; price
+/// and capacity optimized unless the template says otherwise (AWS's recommendation).
+pub fn spot_strategy(template: &MachineTemplateSpec) -> &str {
+    template.allocation_strategy.as_deref().unwrap_or("priceCapacityOptimized")
+}
+
+/// The template's on-demand allocation strategy in the template's spelling: `prioritized` when
+/// any instance type has a priority, else `lowestPrice`.
+pub fn on_demand_strategy(template: &MachineTemplateSpec) -> &str {
+    match &template.on_demand_allocation_strategy {
+        Some(strategy) => strategy,
+        None if template.instance_types.iter().any(|t| t.priority.is_some()) => "prioritized",
+        None => "lowestPrice",
+    }
+}
+
+/// A camelCase strategy (`capacityOptimizedPrioritized`) in EC2 Fleet's and Auto Scaling's
+/// spelling (`capacity-optimized-prioritized`).
+pub fn hyphenated(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('-');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The fleet type of a template: as given, else `instant` for EC2 Fleet (the synchronous
+/// one) and `request` for Spot Fleet (which has no instant type).
+pub fn fleet_type(template: &MachineTemplateSpec) -> FleetType {
+    template.fleet_type.unwrap_or(match template.api {
+        Api::SpotFleet => FleetType::Request,
+        _ => FleetType::Instant,
+    })
+}
+
+/// Whether a template launches spot at all (and so needs a spot price and strategy).
+pub fn uses_spot(template: &MachineTemplateSpec) -> bool {
+    template.price_type != PriceType::OnDemand
+}
+
+/// Capacity units a fleet still works to launch: for `maintain`, whatever its target exceeds
+/// what is fulfilled (it replaces lost machines by itself); for `request`, the same only while
+/// it is still fulfilling (once fulfilled it never launches again). Never for a fleet that is
+/// no longer active.
+pub fn outstanding(fleet_type: FleetType, active: bool, fulfilling: bool, target: f64, fulfilled: f64) -> u32 {
+    let working = active && (fleet_type == FleetType::Maintain || (fleet_type == FleetType::Request && fulfilling));
+    if !working {
+        return 0;
+    }
+    let missing = (target - fulfilled).ceil();
+    if missing > 0.0 { missing as u32 } else { 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::InstanceTypeSpec;
+
+    #[test]
+    fn offerings_cross_types_and_subnets_with_weights_and_priorities() {
+        let t = MachineTemplateSpec {
+            instance_types: vec![
+                InstanceTypeSpec { type_: "t3.medium".into(), weight: 2, priority: None },
+                InstanceTypeSpec { type_: "t3.xlarge".into(), weight: 4, priority: Some(0) },
+            ],
+            subnet_ids: vec!["subnet-a".into(), "subnet-b".into()],
+            ..Default::default()
+        };
+        let all = offerings(&t);
+        let keys: Vec<_> = all
+            .iter()
+            .map(|o| (o.instance_type.as_deref().unwrap(), o.subnet.as_deref().unwrap(), o.weight, o.priority))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("t3.medium", "subnet-a", 2, 0.0),
+                ("t3.medium", "subnet-b", 2, 0.0),
+                ("t3.xlarge", "subnet-a", 4, 0.0),
+                ("t3.xlarge", "subnet-b", 4, 0.0),
+            ]
+        );
+        let bare = offerings(&MachineTemplateSpec::default());
+        assert_eq!(bare, [Offering { instance_type: None, subnet: None, weight: 1, priority: 0.0 }]);
+    }
+
+    #[test]
+    fn strategies_are_spelled_per_api() {
+        assert_eq!(hyphenated("lowestPrice"), "lowest-price");
+        assert_eq!(hyphenated("capacityOptimizedPrioritized"), "capacity-optimized-prioritized");
+        assert_eq!(hyphenated("priceCapacityOptimized"), "price-capacity-optimized");
+        assert_eq!(hyphenated("diversified"), "diversified");
+        assert_eq!(hyphenated("prioritized"), "prioritized");
+        let t = MachineTemplateSpec::default();
+        assert_eq!(spot_strategy(&t), "priceCapacityOptimized");
+        assert_eq!(on_demand_strategy(&t), "lowestPrice");
+    }
+
+    #[test]
+    fn fleets_default_to_the_type_each_api_supports() {
+        let ec2 = MachineTemplateSpec { api: Api::Ec2Fleet, ..Default::default() };
+        assert_eq!(fleet_type(&ec2), FleetType::Instant);
+        let spot = MachineTemplateSpec { api: Api::SpotFleet, ..Default::default() };
+        assert_eq!(fleet_type(&spot), FleetType::Request);
+        let given = MachineTemplateSpec { fleet_type: Some(FleetType::Maintain), ..spot };
+        assert_eq!(fleet_type(&given), FleetType::Maintain);
+    }
+
+    #[test]
+    fn only_working_fleets_have_outstanding_units() {
+        assert_eq!(outstanding(FleetType::Maintain, true, false, 10.0, 6.0), 4, "maintain replaces lost machines");
+        assert_eq!(outstanding(FleetType::Request, true, true, 10.0, 6.0), 4);
+        assert_eq!(outstanding(FleetType::Request, true, false, 10.0, 6.0), 0, "a fulfilled request fleet is done");
+        assert_eq!(outstanding(FleetType::Maintain, false, false, 10.0, 6.0), 0, "deleted fleets launch nothing");
+        assert_eq!(outstanding(FleetType::Instant, true, true, 10.0, 6.0), 0);
+        assert_eq!(outstanding(FleetType::Maintain, true, false, 10.0, 12.0), 0, "weights may overshoot");
+        assert_eq!(outstanding(FleetType::Maintain, true, false, 10.0, 9.5), 1);
+    }
+}

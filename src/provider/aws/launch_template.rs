@@ -1,0 +1,301 @@
+//! Launch templates for the fleet APIs. A template that names its own `launchTemplate` is used
+//! as-is (its instance types and subnets become overrides). Otherwise the operator makes one
+//! from the template's launch fields — image, key, user data, instance profile, root volume,
+//! security groups, and the tags every instance gets — named after the template and a hash of
+//! those fields, so one launch template serves every request of a template generation and a
+//! change of launch fields makes a new one. It is created once (with a ClientToken, found by
+//! name after a restart), remembered, and deleted when the last request using it is released.
+//!
+//! The shared launch template cannot carry a request's uid: fleets of type `request` and
+//! `maintain` tag their instances only through it, so those instances are found through their
+//! fleet (`FleetView::members`). Instant fleets tag their instances per request at launch.
+
+use super::errors::classify;
+use super::ops::{self, Ops};
+use crate::api::MachineTemplateSpec;
+use crate::provider::{Owner, ProviderError, tags};
+use aws_sdk_ec2::types::{
+    Filter, LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
+    LaunchTemplateIamInstanceProfileSpecificationRequest, LaunchTemplateTagSpecificationRequest,
+    RequestLaunchTemplateData, ResourceType, Tag, TagSpecification, VolumeType,
+};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Tag on an operator-made launch template naming its template's namespace (the template's
+/// name is in `orb.dev/template`).
+pub const NAMESPACE_TAG: &str = "orb.dev/namespace";
+
+/// The launch template a fleet launches from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchTemplate {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub version: String,
+    /// Made by the operator (recorded in the request's status, deleted on release).
+    pub managed: bool,
+}
+
+/// Tags of an operator-made launch template, and of the instances launched from it.
+fn shared_tags(owner: &Owner, cluster_id: &str, user: &BTreeMap<String, String>) -> Vec<Tag> {
+    let mut all = user.clone();
+    all.insert(tags::CLUSTER.into(), cluster_id.into());
+    all.insert(tags::TEMPLATE.into(), ops::fit_tag_value(&owner.template));
+    all.insert(NAMESPACE_TAG.into(), ops::fit_tag_value(&owner.namespace));
+    all.insert("Name".into(), ops::fit_tag_value(&format!("{}.{}", owner.namespace, owner.template)));
+    all.into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+}
+
+/// The launch data of a template whose image is resolved to `image` and whose AMI's root device
+/// is `root_device`.
+pub fn launch_data(
+    template: &MachineTemplateSpec,
+    image: Option<String>,
+    root_device: Option<String>,
+    instance_tags: &[Tag],
+) -> RequestLaunchTemplateData {
+    let t = template;
+    let mut data = RequestLaunchTemplateData::builder().set_image_id(image).set_key_name(t.key_name.clone());
+    if !t.security_group_ids.is_empty() {
+        data = data.set_security_group_ids(Some(t.security_group_ids.clone()));
+    }
+    if let Some(text) = &t.user_data {
+        data = data.user_data(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+    if let Some(profile) = &t.instance_profile {
+        let spec = LaunchTemplateIamInstanceProfileSpecificationRequest::builder();
+        data = data.iam_instance_profile(
+            if profile.starts_with("arn:") { spec.arn(profile) } else { spec.name(profile) }.build(),
+        );
+    }
+    if let Some(root) = &t.root_volume {
+        let ebs = LaunchTemplateEbsBlockDeviceRequest::builder()
+            .set_volume_size(root.size_gi_b)
+            .set_volume_type(root.type_.as_deref().map(VolumeType::from))
+            .set_iops(root.iops)
+            .set_throughput(root.throughput)
+            .set_encrypted(root.encrypted)
+            .set_kms_key_id(root.kms_key_id.clone())
+            .delete_on_termination(true)
+            .build();
+        data = data.block_device_mappings(
+            LaunchTemplateBlockDeviceMappingRequest::builder()
+                .device_name(root_device.unwrap_or_else(|| "/dev/xvda".into()))
+                .ebs(ebs)
+                .build(),
+        );
+    }
+    for kind in [ResourceType::Instance, ResourceType::Volume] {
+        data = data.tag_specifications(
+            LaunchTemplateTagSpecificationRequest::builder()
+                .resource_type(kind)
+                .set_tags(Some(instance_tags.to_vec()))
+                .build(),
+        );
+    }
+    data.build()
+}
+
+/// The deterministic name of the launch template for these launch data: the template's
+/// namespace and name (cut to fit) and a hash of everything that shapes a launch.
+pub fn managed_name(owner: &Owner, cluster_id: &str, data: &RequestLaunchTemplateData) -> String {
+    let digest = Sha256::digest(format!("{cluster_id}/{}/{}/{data:?}", owner.namespace, owner.template));
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let readable: String = format!("orb-{cluster_id}-{}-{}", owner.namespace, owner.template)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "().-/_".contains(c) { c } else { '-' })
+        .take(128 - hash.len() - 1)
+        .collect();
+    format!("{readable}-{hash}")
+}
+
+impl Ops {
+    /// The launch template a fleet of `template` uses: the template's own, or the operator's
+    /// for its launch fields (made on first use).
+    pub async fn launch_template(
+        &self,
+        owner: &Owner,
+        template: &MachineTemplateSpec,
+    ) -> Result<LaunchTemplate, ProviderError> {
+        if let Some(given) = &template.launch_template {
+            return Ok(LaunchTemplate {
+                id: given.id.clone(),
+                name: given.name.clone(),
+                version: given.version.clone().unwrap_or_else(|| "$Default".into()),
+                managed: false,
+            });
+        }
+        let image = match &template.image_id {
+            Some(image) => Some(self.resolve_image(image).await?),
+            None => None,
+        };
+        let root_device = match (&template.root_volume, &image) {
+            (Some(_), Some(ami)) => self.root_device(ami).await?,
+            _ => None,
+        };
+        let tags = shared_tags(owner, &self.cluster_id, &template.tags);
+        let data = launch_data(template, image, root_device, &tags);
+        let name = managed_name(owner, &self.cluster_id, &data);
+        let known =
+            self.managed_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&name).cloned();
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let id = self.create_launch_template(&name, data, tags).await?;
+                self.managed_templates
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(name.clone(), id.clone());
+                id
+            }
+        };
+        Ok(LaunchTemplate { id: Some(id), name: None, version: "1".into(), managed: true })
+    }
+
+    /// Creates the launch template `name`, or finds it when it already exists (a restart).
+    async fn create_launch_template(
+        &self,
+        name: &str,
+        data: RequestLaunchTemplateData,
+        tags: Vec<Tag>,
+    ) -> Result<String, ProviderError> {
+        let token: String = name.chars().rev().take(64).collect::<String>().chars().rev().collect();
+        let created = self
+            .ec2
+            .create_launch_template()
+            .launch_template_name(name)
+            .launch_template_data(data)
+            .client_token(token)
+            .tag_specifications(
+                TagSpecification::builder().resource_type(ResourceType::LaunchTemplate).set_tags(Some(tags)).build(),
+            )
+            .send()
+            .await;
+        match created {
+            Ok(out) => {
+                out.launch_template().and_then(|lt| lt.launch_template_id()).map(str::to_string).ok_or_else(|| {
+                    ProviderError::Transient {
+                        code: "NoLaunchTemplateId".into(),
+                        message: format!("CreateLaunchTemplate {name}: no id in the answer"),
+                    }
+                })
+            }
+            Err(error) => {
+                let error = classify("CreateLaunchTemplate", error);
+                if !error.code().contains("AlreadyExists") {
+                    return Err(error);
+                }
+                let found = self
+                    .ec2
+                    .describe_launch_templates()
+                    .launch_template_names(name)
+                    .send()
+                    .await
+                    .map_err(|e| classify("DescribeLaunchTemplates", e))?;
+                found.launch_templates().first().and_then(|lt| lt.launch_template_id()).map(str::to_string).ok_or(error)
+            }
+        }
+    }
+
+    /// Forgets a remembered launch template id (it was deleted behind the operator's back).
+    pub fn forget_launch_template(&self, id: &str) {
+        self.managed_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|_, v| v != id);
+    }
+
+    /// Deletes the operator-made launch templates of `owner`'s template that are not in
+    /// `in_use`: every generation, so that an edit of the template leaves nothing behind once
+    /// its last request is gone. Returns the ids deleted.
+    pub async fn delete_unused_launch_templates(
+        &self,
+        owner: &Owner,
+        in_use: &[String],
+    ) -> Result<Vec<String>, ProviderError> {
+        let filters = [
+            (tags::CLUSTER, self.cluster_id.clone()),
+            (tags::TEMPLATE, ops::fit_tag_value(&owner.template)),
+            (NAMESPACE_TAG, ops::fit_tag_value(&owner.namespace)),
+        ]
+        .into_iter()
+        .map(|(key, value)| Filter::builder().name(format!("tag:{key}")).values(value).build())
+        .collect();
+        let mut pages = self.ec2.describe_launch_templates().set_filters(Some(filters)).into_paginator().send();
+        let mut ids = vec![];
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("DescribeLaunchTemplates", e))?;
+            ids.extend(page.launch_templates().iter().filter_map(|lt| lt.launch_template_id()).map(str::to_string));
+        }
+        ids.retain(|id| !in_use.contains(id));
+        for id in &ids {
+            self.forget_launch_template(id);
+            match self.ec2.delete_launch_template().launch_template_id(id).send().await {
+                Ok(_) => tracing::info!(launch_template = %id, "deleted the operator's launch template"),
+                Err(error) => {
+                    let error = classify("DeleteLaunchTemplate", error);
+                    if !matches!(error, ProviderError::NotFound { .. }) && !error.code().contains("NotFound") {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::RootVolume;
+
+    fn owner() -> Owner {
+        Owner { uid: "u-1".into(), namespace: "grid".into(), name: "batch".into(), template: "workers".into() }
+    }
+
+    fn template() -> MachineTemplateSpec {
+        MachineTemplateSpec {
+            image_id: Some("ami-12345678".into()),
+            security_group_ids: vec!["sg-1".into()],
+            key_name: Some("ops".into()),
+            user_data: Some("#!/bin/sh\n".into()),
+            instance_profile: Some("worker".into()),
+            root_volume: Some(RootVolume { size_gi_b: Some(40), ..Default::default() }),
+            tags: BTreeMap::from([("team".to_string(), "hpc".to_string())]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_launch_data_carry_every_launch_field_and_the_shared_tags() {
+        let t = template();
+        let tags = shared_tags(&owner(), "blue", &t.tags);
+        let data = launch_data(&t, Some("ami-12345678".into()), Some("/dev/sda1".into()), &tags);
+        assert_eq!(data.image_id(), Some("ami-12345678"));
+        assert_eq!(data.key_name(), Some("ops"));
+        assert_eq!(data.security_group_ids(), ["sg-1"]);
+        assert_eq!(data.iam_instance_profile().and_then(|p| p.name()), Some("worker"));
+        let root = &data.block_device_mappings()[0];
+        assert_eq!(root.device_name(), Some("/dev/sda1"));
+        assert_eq!(root.ebs().and_then(|e| e.volume_size()), Some(40));
+        let decoded = base64::engine::general_purpose::STANDARD.decode(data.user_data().unwrap()).unwrap();
+        assert_eq!(decoded, b"#!/bin/sh\n");
+        let spec = &data.tag_specifications()[0];
+        let keys: Vec<_> = spec.tags().iter().map(|t| t.key().unwrap()).collect();
+        assert_eq!(keys, ["Name", "orb.dev/cluster", "orb.dev/namespace", "orb.dev/template", "team"]);
+        assert!(!keys.contains(&"orb.dev/request-uid"), "shared by every request of the template");
+    }
+
+    #[test]
+    fn the_name_is_stable_and_changes_with_the_launch_fields() {
+        let t = template();
+        let tags = shared_tags(&owner(), "blue", &t.tags);
+        let name =
+            |t: &MachineTemplateSpec| managed_name(&owner(), "blue", &launch_data(t, t.image_id.clone(), None, &tags));
+        assert_eq!(name(&t), name(&t.clone()));
+        assert!(name(&t).starts_with("orb-blue-grid-workers-"), "{}", name(&t));
+        let other = MachineTemplateSpec { key_name: Some("other".into()), ..template() };
+        assert_ne!(name(&t), name(&other));
+        let long = Owner { namespace: "n".repeat(63), template: "t".repeat(253), ..owner() };
+        let long_name = managed_name(&long, "blue", &launch_data(&t, None, None, &tags));
+        assert!(long_name.len() <= 128, "{}", long_name.len());
+    }
+}

@@ -1,0 +1,438 @@
+//! The Spot Fleet handler. RequestSpotFleet with the template's launch template and one
+//! override per (instance type, subnet) carrying weight and priority, target and on-demand
+//! capacity in units, the allocation strategies in this API's (camelCase) spelling — always
+//! set — the fleet role, `request` or `maintain`, and the attempt's ClientToken. The request
+//! is tagged; its instances are tagged through the launch template and found through the fleet.
+//!
+//! `request` fleets are one per attempt and never replace machines; a `maintain` fleet is one
+//! per request and is scaled — and lowered before a return — with ModifySpotFleetRequest (an
+//! absolute target, the fleet never choosing victims). Release cancels every active request of
+//! the request with its instances, including one still provisioning.
+
+use super::errors::classify;
+use super::fleet;
+use super::launch_template::LaunchTemplate;
+use super::ops::{self, Ops};
+use crate::api::{FleetType, MachineTemplateSpec};
+use crate::provider::{
+    FleetView, LaunchFailure, MarketMix, ProviderError, ProvisionOutcome, ProvisionRequest, market_split,
+};
+use aws_sdk_ec2::types::{
+    ActivityStatus, AllocationStrategy, BatchState, ExcessCapacityTerminationPolicy, FleetLaunchTemplateSpecification,
+    InstanceInterruptionBehavior, InstanceType, LaunchTemplateConfig, LaunchTemplateOverrides,
+    OnDemandAllocationStrategy, ResourceType, SpotFleetRequestConfig, SpotFleetRequestConfigData, Tag,
+    TagSpecification,
+};
+
+/// The role Spot Fleet uses when the template names none, and the short names ORB users write
+/// for it.
+pub const SERVICE_LINKED_ROLE: &str = "AWSServiceRoleForEC2SpotFleet";
+const SHORT_NAMES: &[&str] = &[SERVICE_LINKED_ROLE, "AmazonEC2SpotFleetTaggingRole", "AWSServiceRoleForEC2Fleet"];
+
+/// The role name to look up for `spotFleetRole` (an ARN is used as it is).
+pub fn role_name(template: &MachineTemplateSpec) -> Option<&str> {
+    match template.spot_fleet_role.as_deref() {
+        Some(arn) if arn.starts_with("arn:") => None,
+        Some(short) if SHORT_NAMES.contains(&short) => Some(SERVICE_LINKED_ROLE),
+        Some(name) => Some(name),
+        None => Some(SERVICE_LINKED_ROLE),
+    }
+}
+
+impl Ops {
+    /// The ARN of the template's Spot Fleet role (GetRole for a name).
+    pub async fn spot_fleet_role(&self, template: &MachineTemplateSpec) -> Result<String, ProviderError> {
+        let Some(name) = role_name(template) else { return Ok(template.spot_fleet_role.clone().unwrap_or_default()) };
+        let out = self.iam.get_role().role_name(name).send().await.map_err(|e| match classify("GetRole", e) {
+            ProviderError::NotFound { code, message } => ProviderError::invalid(
+                "spec.spotFleetRole",
+                code,
+                format!("{message} (role {name}; create it, or name an existing role)"),
+            ),
+            other => other,
+        })?;
+        Ok(out.role().map(|r| r.arn().to_string()).unwrap_or_default())
+    }
+}
+
+/// One RequestSpotFleet configuration.
+pub struct SpotFleetCall<'a> {
+    pub template: &'a MachineTemplateSpec,
+    pub launch_template: &'a LaunchTemplate,
+    pub role_arn: &'a str,
+    pub fleet_type: FleetType,
+    pub mix: MarketMix,
+    pub client_token: &'a str,
+    pub tags: &'a [Tag],
+}
+
+/// The configuration of a spot fleet request.
+pub fn config(c: &SpotFleetCall<'_>) -> SpotFleetRequestConfigData {
+    let t = c.template;
+    let lt = FleetLaunchTemplateSpecification::builder()
+        .set_launch_template_id(c.launch_template.id.clone())
+        .set_launch_template_name(c.launch_template.name.clone())
+        .version(&c.launch_template.version)
+        .build();
+    let overrides = fleet::offerings(t)
+        .into_iter()
+        .map(|o| {
+            LaunchTemplateOverrides::builder()
+                .set_instance_type(o.instance_type.as_deref().map(InstanceType::from))
+                .set_subnet_id(o.subnet)
+                .weighted_capacity(f64::from(o.weight))
+                .priority(o.priority)
+                .build()
+        })
+        .collect();
+    let maintain = c.fleet_type == FleetType::Maintain;
+    SpotFleetRequestConfigData::builder()
+        .iam_fleet_role(c.role_arn)
+        .r#type(if maintain { aws_sdk_ec2::types::FleetType::Maintain } else { aws_sdk_ec2::types::FleetType::Request })
+        .client_token(c.client_token)
+        .target_capacity((c.mix.on_demand + c.mix.spot) as i32)
+        .on_demand_target_capacity(c.mix.on_demand as i32)
+        .allocation_strategy(AllocationStrategy::from(fleet::spot_strategy(t)))
+        .on_demand_allocation_strategy(OnDemandAllocationStrategy::from(fleet::on_demand_strategy(t)))
+        .set_spot_price(t.max_spot_price.clone())
+        .launch_template_configs(
+            LaunchTemplateConfig::builder().launch_template_specification(lt).set_overrides(Some(overrides)).build(),
+        )
+        .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+        .excess_capacity_termination_policy(ExcessCapacityTerminationPolicy::NoTermination)
+        .replace_unhealthy_instances(maintain)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::SpotFleetRequest)
+                .set_tags(Some(c.tags.to_vec()))
+                .build(),
+        )
+        .build()
+}
+
+/// Provisions the attempt through Spot Fleet.
+pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {
+    let template = request.template;
+    let kind = fleet::fleet_type(template);
+    let units = request.mix.on_demand + request.mix.spot;
+    if kind == FleetType::Maintain
+        && let Some(id) =
+            active(ops, &request.resources.spot_fleet_request_ids, Wanted::Maintain { template_says: true })
+                .await?
+                .into_iter()
+                .next()
+    {
+        set_target(ops, &id, template, request.target_units).await?;
+        return Ok(ProvisionOutcome { accepted_units: units, ..Default::default() });
+    }
+    let lt = ops.launch_template(request.owner, template).await?;
+    let role_arn = ops.spot_fleet_role(template).await?;
+    let tags = ops::resource_tags(request.owner, &ops.cluster_id, &template.tags);
+    let call = SpotFleetCall {
+        template,
+        launch_template: &lt,
+        role_arn: &role_arn,
+        fleet_type: kind,
+        mix: request.mix,
+        client_token: request.client_token,
+        tags: &tags,
+    };
+    let out = ops
+        .ec2
+        .request_spot_fleet()
+        .spot_fleet_request_config(config(&call))
+        .send()
+        .await
+        .map_err(|e| classify("RequestSpotFleet", e))?;
+    let mut outcome = ProvisionOutcome { accepted_units: units, ..Default::default() };
+    outcome.resources.launch_template_id = lt.id.clone().filter(|_| lt.managed);
+    outcome.resources.spot_fleet_request_ids.extend(out.spot_fleet_request_id().map(str::to_string));
+    Ok(outcome)
+}
+
+fn is_active(state: &BatchState) -> bool {
+    matches!(state, BatchState::Submitted | BatchState::Active | BatchState::Modifying)
+}
+
+fn kind_of(config: &SpotFleetRequestConfig) -> FleetType {
+    match config.spot_fleet_request_config().and_then(|c| c.r#type()) {
+        Some(aws_sdk_ec2::types::FleetType::Maintain) => FleetType::Maintain,
+        _ => FleetType::Request,
+    }
+}
+
+/// The spot fleet requests, by id; ids EC2 no longer knows are left out.
+async fn describe(ops: &Ops, ids: &[String]) -> Result<Vec<SpotFleetRequestConfig>, ProviderError> {
+    let mut all = vec![];
+    let mut pages =
+        ops.ec2.describe_spot_fleet_requests().set_spot_fleet_request_ids(Some(ids.to_vec())).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        match page.map_err(|e| classify("DescribeSpotFleetRequests", e)) {
+            Ok(page) => all.extend(page.spot_fleet_request_configs().iter().cloned()),
+            Err(ProviderError::NotFound { .. }) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(all)
+}
+
+/// Which active requests `active` looks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Any,
+    /// `maintain` ones; a request whose type the answer omits is taken to be of the template's
+    /// type (`true`: maintain).
+    Maintain {
+        template_says: bool,
+    },
+}
+
+/// The active requests among `ids` that are `wanted`.
+async fn active(ops: &Ops, ids: &[String], wanted: Wanted) -> Result<Vec<String>, ProviderError> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(describe(ops, ids)
+        .await?
+        .iter()
+        .filter(|c| c.spot_fleet_request_state().is_some_and(is_active))
+        .filter(|c| match wanted {
+            Wanted::Any => true,
+            Wanted::Maintain { template_says } => c
+                .spot_fleet_request_config()
+                .and_then(|d| d.r#type())
+                .map_or(template_says, |t| *t == aws_sdk_ec2::types::FleetType::Maintain),
+        })
+        .filter_map(|c| c.spot_fleet_request_id().map(str::to_string))
+        .collect())
+}
+
+/// Sets a maintain spot fleet's target to `units`, split by market as the template asks.
+pub fn modify_call(
+    call: aws_sdk_ec2::operation::modify_spot_fleet_request::builders::ModifySpotFleetRequestFluentBuilder,
+    id: &str,
+    template: &MachineTemplateSpec,
+    units: u32,
+) -> aws_sdk_ec2::operation::modify_spot_fleet_request::builders::ModifySpotFleetRequestFluentBuilder {
+    let mix = market_split(template, units, MarketMix::default(), units);
+    call.spot_fleet_request_id(id)
+        .target_capacity(units as i32)
+        .on_demand_target_capacity(mix.on_demand as i32)
+        .excess_capacity_termination_policy(ExcessCapacityTerminationPolicy::NoTermination)
+}
+
+async fn set_target(ops: &Ops, id: &str, template: &MachineTemplateSpec, units: u32) -> Result<(), ProviderError> {
+    tracing::info!(spot_fleet_request = id, units, "setting the maintain spot fleet's target");
+    modify_call(ops.ec2.modify_spot_fleet_request(), id, template, units)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| classify("ModifySpotFleetRequest", e))
+}
+
+/// Lowers the request's maintain spot fleet (if any) to `units` before machines are terminated.
+pub async fn before_return(
+    ops: &Ops,
+    ids: &[String],
+    template: &MachineTemplateSpec,
+    units: u32,
+) -> Result<(), ProviderError> {
+    let template_says = fleet::fleet_type(template) == FleetType::Maintain;
+    for id in active(ops, ids, Wanted::Maintain { template_says }).await? {
+        set_target(ops, &id, template, units).await?;
+    }
+    Ok(())
+}
+
+/// Members, outstanding units and errors of the request's active spot fleet requests.
+pub async fn observe(ops: &Ops, ids: &[String], view: &mut FleetView) -> Result<(), ProviderError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for c in describe(ops, ids).await? {
+        let active = c.spot_fleet_request_state().is_some_and(is_active);
+        let Some(id) = c.spot_fleet_request_id() else { continue };
+        if c.activity_status() == Some(&ActivityStatus::Error) {
+            errors(ops, id, view).await?;
+        }
+        if !active {
+            continue;
+        }
+        let data = c.spot_fleet_request_config();
+        let fulfilling = c.activity_status() == Some(&ActivityStatus::PendingFulfillment);
+        view.outstanding += fleet::outstanding(
+            kind_of(&c),
+            active,
+            fulfilling,
+            f64::from(data.and_then(|d| d.target_capacity()).unwrap_or(0)),
+            data.and_then(|d| d.fulfilled_capacity()).unwrap_or(0.0),
+        );
+        let members = ops::follow(|token| async move {
+            let out = ops
+                .ec2
+                .describe_spot_fleet_instances()
+                .spot_fleet_request_id(id)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeSpotFleetInstances", e))?;
+            let ids = out.active_instances().iter().filter_map(|i| i.instance_id()).map(str::to_string).collect();
+            Ok((ids, out.next_token().map(str::to_string)))
+        })
+        .await?;
+        view.members.extend(members);
+    }
+    Ok(())
+}
+
+/// The errors in a spot fleet request's recent history (only asked when it reports errors).
+async fn errors(ops: &Ops, id: &str, view: &mut FleetView) -> Result<(), ProviderError> {
+    let since = aws_sdk_ec2::primitives::DateTime::from_secs(jiff::Timestamp::now().as_second() - 3600);
+    let out = ops
+        .ec2
+        .describe_spot_fleet_request_history()
+        .spot_fleet_request_id(id)
+        .start_time(since)
+        .event_type(aws_sdk_ec2::types::EventType::Error)
+        .send()
+        .await
+        .map_err(|e| classify("DescribeSpotFleetRequestHistory", e))?;
+    for record in out.history_records() {
+        let info = record.event_information();
+        view.failures.push(LaunchFailure {
+            code: info.and_then(|i| i.event_sub_type()).unwrap_or("SpotFleetError").to_string(),
+            message: format!(
+                "spot fleet request {id}: {}",
+                info.and_then(|i| i.event_description()).unwrap_or("no description")
+            ),
+            instance_type: None,
+            zone: None,
+        });
+    }
+    Ok(())
+}
+
+/// Cancels the request's active spot fleet requests, terminating their instances (a request
+/// still provisioning included).
+pub async fn cancel(ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
+    let live = active(ops, ids, Wanted::Any).await?;
+    if live.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(spot_fleet_requests = ?live, "cancelling spot fleet requests with their instances");
+    ops.ec2
+        .cancel_spot_fleet_requests()
+        .set_spot_fleet_request_ids(Some(live))
+        .terminate_instances(true)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| classify("CancelSpotFleetRequests", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Api, InstanceTypeSpec, PriceType};
+
+    fn template(price_type: PriceType, fleet_type: FleetType) -> MachineTemplateSpec {
+        MachineTemplateSpec {
+            api: Api::SpotFleet,
+            fleet_type: Some(fleet_type),
+            price_type,
+            on_demand_percent: Some(30),
+            max_spot_price: Some("0.07".into()),
+            instance_types: vec![
+                InstanceTypeSpec { type_: "t3.medium".into(), weight: 2, priority: None },
+                InstanceTypeSpec { type_: "t3.xlarge".into(), weight: 4, priority: None },
+            ],
+            subnet_ids: vec!["subnet-a".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_spot_fleet_request_for_each_fleet_type_and_price_type() {
+        let lt = LaunchTemplate { id: Some("lt-1".into()), name: None, version: "1".into(), managed: true };
+        let tags = vec![Tag::builder().key("orb.dev/request-uid").value("u-1").build()];
+        for fleet_type in [FleetType::Request, FleetType::Maintain] {
+            for price_type in [PriceType::OnDemand, PriceType::Spot, PriceType::Heterogeneous] {
+                let t = template(price_type, fleet_type);
+                let mix = market_split(&t, 10, MarketMix::default(), 10);
+                let call = SpotFleetCall {
+                    template: &t,
+                    launch_template: &lt,
+                    role_arn: "arn:aws:iam::123456789012:role/aws-service-role/spotfleet.amazonaws.com/AWSServiceRoleForEC2SpotFleet",
+                    fleet_type,
+                    mix,
+                    client_token: "orb-2-abc",
+                    tags: &tags,
+                };
+                let c = config(&call);
+                let case = format!("{fleet_type:?}/{price_type:?}");
+                assert_eq!(c.client_token(), Some("orb-2-abc"), "{case}");
+                assert_eq!(c.target_capacity(), Some(10), "{case}: in units");
+                let od = match price_type {
+                    PriceType::OnDemand => 10,
+                    PriceType::Spot => 0,
+                    PriceType::Heterogeneous => 3,
+                };
+                assert_eq!(c.on_demand_target_capacity(), Some(od), "{case}");
+                assert_eq!(
+                    c.allocation_strategy().map(|s| s.as_str()),
+                    Some("priceCapacityOptimized"),
+                    "{case}: always set, camelCase"
+                );
+                assert_eq!(c.on_demand_allocation_strategy().map(|s| s.as_str()), Some("lowestPrice"), "{case}");
+                assert_eq!(c.r#type().map(|t| t.as_str()), Some(format!("{fleet_type:?}").to_lowercase().as_str()));
+                assert_eq!(c.spot_price(), Some("0.07"));
+                assert_eq!(c.replace_unhealthy_instances(), Some(fleet_type == FleetType::Maintain));
+                assert_eq!(c.excess_capacity_termination_policy().map(|p| p.as_str()), Some("noTermination"));
+                let config = &c.launch_template_configs()[0];
+                assert_eq!(config.launch_template_specification().unwrap().launch_template_id(), Some("lt-1"));
+                let overrides: Vec<_> = config
+                    .overrides()
+                    .iter()
+                    .map(|o| {
+                        (
+                            o.instance_type().unwrap().as_str(),
+                            o.subnet_id().unwrap(),
+                            o.weighted_capacity().unwrap(),
+                            o.priority().unwrap(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(
+                    overrides,
+                    [("t3.medium", "subnet-a", 2.0, 0.0), ("t3.xlarge", "subnet-a", 4.0, 1.0)],
+                    "{case}"
+                );
+                let spec = &c.tag_specifications()[0];
+                assert_eq!(spec.resource_type().map(|r| r.as_str()), Some("spot-fleet-request"));
+                assert_eq!(spec.tags()[0].key(), Some("orb.dev/request-uid"));
+            }
+        }
+    }
+
+    #[test]
+    fn short_role_names_resolve_to_the_service_linked_role() {
+        let with = |role: Option<&str>| MachineTemplateSpec {
+            spot_fleet_role: role.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(role_name(&with(None)), Some(SERVICE_LINKED_ROLE));
+        assert_eq!(role_name(&with(Some("AmazonEC2SpotFleetTaggingRole"))), Some(SERVICE_LINKED_ROLE));
+        assert_eq!(role_name(&with(Some("my-fleet-role"))), Some("my-fleet-role"));
+        assert_eq!(role_name(&with(Some("arn:aws:iam::1:role/x"))), None);
+    }
+
+    #[test]
+    fn a_maintain_spot_fleet_is_scaled_to_an_absolute_target() {
+        let client = crate::provider::aws::client::offline();
+        let t = template(PriceType::Heterogeneous, FleetType::Maintain);
+        let built = modify_call(client.modify_spot_fleet_request(), "sfr-1", &t, 10);
+        let input = built.as_input();
+        assert_eq!((input.get_target_capacity(), input.get_on_demand_target_capacity()), (&Some(10), &Some(3)));
+        assert_eq!(input.get_excess_capacity_termination_policy().as_ref().map(|p| p.as_str()), Some("noTermination"));
+    }
+}

@@ -1,0 +1,88 @@
+//! One AWS test's slice of moto: the operator's AWS provider built exactly as the operator
+//! builds it, going through the fault proxy, plus a direct client for setup and assertions.
+
+use super::fault_proxy::FaultProxy;
+use super::moto;
+use aws_sdk_ec2::types::Filter;
+use orb_operator::api::*;
+use orb_operator::config::AwsSettings;
+use orb_operator::provider::AnyProvider;
+use orb_operator::provider::aws::AwsProvider;
+use std::collections::BTreeMap;
+
+pub const CLUSTER: &str = "orb-test";
+
+/// One test's slice of moto: a provider going through the fault proxy, a direct EC2 client for
+/// setup and assertions, and an image, two subnets and a security group that exist.
+pub struct Aws {
+    pub provider: AnyProvider,
+    pub ec2: aws_sdk_ec2::Client,
+    pub iam: aws_sdk_iam::Client,
+    pub proxy: FaultProxy,
+    pub image: String,
+    pub subnets: Vec<String>,
+    pub group: String,
+}
+
+pub async fn aws(test: &str) -> Option<Aws> {
+    let moto = moto::server(test)?;
+    let region = moto::region();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let settings = AwsSettings {
+        region: region.into(),
+        profile: None,
+        role_arn: None,
+        external_id: None,
+        endpoint_url: Some(proxy.endpoint.clone()),
+        max_attempts: Some(3),
+    };
+    // The SDK configuration exactly as the operator builds it, with moto's fixed credentials.
+    let sdk = orb_operator::provider::aws::client::sdk_config(&settings)
+        .await
+        .into_builder()
+        .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(moto::credentials()))
+        .build();
+    let provider = AnyProvider::Aws(AwsProvider::from_sdk(&sdk, &settings, CLUSTER));
+    let ec2 = moto::ec2(moto, region);
+    let iam = aws_sdk_iam::Client::new(&moto::sdk(moto, region).await);
+    let moto::Network { image, subnets, group } = moto::network(&ec2).await;
+    Some(Aws { provider, ec2, iam, proxy, image, subnets, group })
+}
+
+impl Aws {
+    pub fn template(&self, types: &[(&str, i32)]) -> MachineTemplateSpec {
+        MachineTemplateSpec {
+            provider: "default".into(),
+            api: Api::RunInstances,
+            image_id: Some(self.image.clone()),
+            instance_types: types
+                .iter()
+                .map(|(t, w)| InstanceTypeSpec { type_: t.to_string(), weight: *w, priority: None })
+                .collect(),
+            subnet_ids: self.subnets.clone(),
+            security_group_ids: vec![self.group.clone()],
+            tags: BTreeMap::from([("team".to_string(), "grid".to_string())]),
+            ..Default::default()
+        }
+    }
+
+    /// The Spot Fleet service-linked role, as an account that used Spot Fleet has it.
+    pub async fn spot_fleet_role(&self) {
+        moto::spot_fleet_role(&self.iam).await;
+    }
+
+    /// Instances tagged with the request's uid, straight from moto.
+    pub async fn instances_of(&self, mr: &MachineRequest) -> Vec<aws_sdk_ec2::types::Instance> {
+        let filter = Filter::builder().name("tag:orb.dev/request-uid").values(mr.metadata.uid.clone().unwrap()).build();
+        let out = self.ec2.describe_instances().filters(filter).send().await.unwrap();
+        out.reservations().iter().flat_map(|r| r.instances().iter().cloned()).collect()
+    }
+
+    pub async fn live_of(&self, mr: &MachineRequest) -> Vec<aws_sdk_ec2::types::Instance> {
+        self.instances_of(mr)
+            .await
+            .into_iter()
+            .filter(|i| matches!(i.state().and_then(|s| s.name()).map(|n| n.as_str()), Some("pending" | "running")))
+            .collect()
+    }
+}
