@@ -93,6 +93,9 @@ pub fn check(t: &MachineTemplateSpec) -> Result<(), FieldError> {
     for (i, subnet) in t.subnet_ids.iter().enumerate() {
         matches(compiled!(SUBNET), subnet, format!("spec.subnetIds[{i}]"), "a subnet id (subnet-...)")?;
     }
+    if t.api == Api::Asg && t.subnet_ids.is_empty() {
+        field("spec.subnetIds", "an Auto Scaling group needs at least one subnet (its VPCZoneIdentifier)")?;
+    }
     if matches!(t.api, Api::Ec2Fleet | Api::SpotFleet) {
         if t.api == Api::SpotFleet && t.fleet_type == Some(FleetType::Instant) {
             field("spec.fleetType", "SpotFleet has no instant type; use request or maintain (or EC2Fleet)")?;

@@ -92,14 +92,16 @@ impl Context {
     }
 
     /// Operator-made launch templates that requests other than `except` (by uid) record in
-    /// their status, from the cache: a release never deletes one of these.
+    /// their status, from the cache: a release never deletes one of these. Requests being
+    /// deleted do not count: they launch nothing more, and when several are deleted at once
+    /// each would otherwise keep the launch template for the others.
     pub fn launch_templates_in_use(&self, except: &str) -> Vec<String> {
         let mut ids: Vec<String> = self
             .requests
             .state()
             .iter()
             .filter_map(|r| r.0.as_ref().ok())
-            .filter(|r| r.uid().as_deref() != Some(except))
+            .filter(|r| r.uid().as_deref() != Some(except) && r.metadata.deletion_timestamp.is_none())
             .filter_map(|r| r.status.as_ref()?.resources.launch_template_id.clone())
             .collect();
         ids.sort();

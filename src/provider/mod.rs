@@ -176,6 +176,12 @@ pub struct ProvisionRequest<'a> {
     pub target_units: u32,
 }
 
+/// The absolute target a `maintain` fleet is set to for `request`: never below what the attempt
+/// itself asks for (an attempt recorded without a target must not shrink a fleet to zero).
+pub fn target_of(request: &ProvisionRequest<'_>) -> u32 {
+    request.target_units.max(request.mix.on_demand + request.mix.spot)
+}
+
 /// The request's fleets (EC2 Fleet, Spot Fleet) as the cloud reports them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FleetView {

@@ -18,6 +18,9 @@ pub struct Aws {
     pub provider: AnyProvider,
     pub ec2: aws_sdk_ec2::Client,
     pub iam: aws_sdk_iam::Client,
+    /// The moto server and this test's region, for clients of other services.
+    pub moto: &'static moto::Moto,
+    pub region: &'static str,
     pub proxy: FaultProxy,
     pub image: String,
     pub subnets: Vec<String>,
@@ -46,7 +49,7 @@ pub async fn aws(test: &str) -> Option<Aws> {
     let ec2 = moto::ec2(moto, region);
     let iam = aws_sdk_iam::Client::new(&moto::sdk(moto, region).await);
     let moto::Network { image, subnets, group } = moto::network(&ec2).await;
-    Some(Aws { provider, ec2, iam, proxy, image, subnets, group })
+    Some(Aws { provider, ec2, iam, moto, region, proxy, image, subnets, group })
 }
 
 impl Aws {

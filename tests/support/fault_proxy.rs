@@ -82,10 +82,18 @@ fn action_of(headers: &http::HeaderMap, body: &str) -> String {
     body.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("").to_string()
 }
 
-fn error_body(code: &str, message: &str) -> String {
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
-    )
+/// An AWS error in the shape of the service called: EC2's, or the query protocol's
+/// `ErrorResponse` of the other services (Auto Scaling, IAM) — the SDK reads the code from it.
+fn error_body(request: &str, code: &str, message: &str) -> String {
+    if request.contains("Version=2016-11-15") || request.is_empty() {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
+        )
+    } else {
+        format!(
+            "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>"
+        )
+    }
 }
 
 impl FaultProxy {
@@ -164,17 +172,15 @@ async fn handle(
         Some(Fault::Error { status, code, message }) => {
             return Response::builder()
                 .status(status)
-                .body(Full::new(Bytes::from(error_body(&code, &message))))
+                .body(Full::new(Bytes::from(error_body(&text, &code, &message))))
                 .unwrap();
         }
         Some(Fault::Reply(body)) => return Response::builder().status(200).body(Full::new(Bytes::from(body))).unwrap(),
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::Lost) => {
+            let lost = error_body(&text, "InternalError", "the answer was lost (injected)");
             let _ = pass_on(parts, bytes, text, client, upstream, state).await;
-            return Response::builder()
-                .status(500)
-                .body(Full::new(Bytes::from(error_body("InternalError", "the answer was lost (injected)"))))
-                .unwrap();
+            return Response::builder().status(500).body(Full::new(Bytes::from(lost))).unwrap();
         }
         None => {}
     }
@@ -211,7 +217,7 @@ async fn pass_on(
         let message = "The client token you have provided is associated with a resource that is already deleted or the parameters differ (proxy).";
         return Response::builder()
             .status(400)
-            .body(Full::new(Bytes::from(error_body("IdempotentParameterMismatch", message))))
+            .body(Full::new(Bytes::from(error_body(&text, "IdempotentParameterMismatch", message))))
             .unwrap();
     }
     let (status, body) = answer

@@ -20,7 +20,7 @@ use super::ops::{self, Ops};
 use crate::api::{FleetType, MachineTemplateSpec};
 use crate::provider::{
     InstanceState, LaunchFailure, MarketMix, ObservedMachine, ProviderError, ProvisionOutcome, ProvisionRequest,
-    market_split,
+    market_split, target_of,
 };
 use aws_sdk_ec2::operation::create_fleet::builders::CreateFleetFluentBuilder;
 use aws_sdk_ec2::types::{
@@ -209,7 +209,7 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
     if kind == FleetType::Maintain
         && let Some(id) = active_maintain_fleet(ops, &request.resources.fleet_ids).await?
     {
-        set_target(ops, &id, template, request.target_units).await?;
+        set_target(ops, &id, template, target_of(request)).await?;
         return Ok(ProvisionOutcome { accepted_units: request.mix.on_demand + request.mix.spot, ..Default::default() });
     }
     let lt = ops.launch_template(request.owner, template).await?;

@@ -1,7 +1,7 @@
 //! The AWS provider: one SDK configuration and one set of clients per configured provider,
-//! shared by the per-API handlers: RunInstances, EC2 Fleet and Spot Fleet. (Auto Scaling
-//! groups plug in beside them; a template naming one is refused at validation.)
+//! shared by the per-API handlers: RunInstances, EC2 Fleet, Spot Fleet and Auto Scaling groups.
 
+pub mod asg;
 pub mod client;
 pub mod ec2_fleet;
 pub mod errors;
@@ -24,7 +24,6 @@ use ops::Ops;
 /// A configured AWS account and region.
 pub struct AwsProvider {
     ops: Ops,
-    autoscaling: aws_sdk_autoscaling::Client,
     region: String,
 }
 
@@ -41,18 +40,13 @@ impl AwsProvider {
                 ec2: aws_sdk_ec2::Client::new(sdk),
                 ssm: aws_sdk_ssm::Client::new(sdk),
                 iam: aws_sdk_iam::Client::new(sdk),
+                autoscaling: aws_sdk_autoscaling::Client::new(sdk),
                 cluster_id: cluster_id.to_string(),
                 zones: Default::default(),
                 managed_templates: Default::default(),
             },
-            autoscaling: aws_sdk_autoscaling::Client::new(sdk),
             region: settings.region.clone(),
         }
-    }
-
-    /// The shared Auto Scaling client (for the ASG handler).
-    pub fn autoscaling(&self) -> &aws_sdk_autoscaling::Client {
-        &self.autoscaling
     }
 
     /// Those of `ids` that still exist and are the owner's: tagged with its uid, or carrying no
@@ -114,7 +108,7 @@ impl Provider for AwsProvider {
             Api::RunInstances => run_instances::provision(&self.ops, request).await,
             Api::Ec2Fleet => ec2_fleet::provision(&self.ops, request).await,
             Api::SpotFleet => spot_fleet::provision(&self.ops, request).await,
-            other => validate::check_api(other).map(|()| ProvisionOutcome::default()),
+            Api::Asg => asg::provision(&self.ops, request).await,
         }
     }
 
@@ -134,6 +128,7 @@ impl Provider for AwsProvider {
         let mut view = FleetView::default();
         ec2_fleet::observe(&self.ops, &resources.fleet_ids, &mut view).await?;
         spot_fleet::observe(&self.ops, &resources.spot_fleet_request_ids, &mut view).await?;
+        asg::observe(&self.ops, resources.asg_name.as_deref(), &mut view).await?;
         view.members.sort();
         view.members.dedup();
         Ok(view)
@@ -152,7 +147,11 @@ impl Provider for AwsProvider {
         let (resources, template, units) = (request.resources, request.template, request.target_units);
         ec2_fleet::before_return(&self.ops, &resources.fleet_ids, template, units).await?;
         spot_fleet::before_return(&self.ops, &resources.spot_fleet_request_ids, template, units).await?;
-        self.ops.terminate(&mine).await
+        let rest = match &resources.asg_name {
+            Some(group) => asg::return_members(&self.ops, group, template, &mine, units).await?,
+            None => mine,
+        };
+        self.ops.terminate(&rest).await
     }
 
     async fn release(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<Released, ProviderError> {
@@ -160,6 +159,7 @@ impl Provider for AwsProvider {
         // Fleets first, or a maintain fleet would replace what is terminated below.
         ec2_fleet::delete(&self.ops, &resources.fleet_ids).await?;
         spot_fleet::cancel(&self.ops, &resources.spot_fleet_request_ids).await?;
+        asg::delete(&self.ops, resources.asg_name.as_deref()).await?;
         // The tag lookup may not list instances launched moments ago; the ids the request's
         // status knows cover them.
         let listed = self.describe(owner).await?;

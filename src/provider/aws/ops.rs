@@ -11,12 +11,14 @@ use std::collections::BTreeMap;
 /// DescribeInstances page size and id-list size; TerminateInstances batch size.
 pub const PAGE: usize = 1000;
 
-/// EC2 and SSM clients of one provider, plus the cluster id every resource is tagged with.
+/// The AWS clients of one provider (EC2, SSM, IAM, Auto Scaling), plus the cluster id every
+/// resource is tagged with.
 #[derive(Clone)]
 pub struct Ops {
     pub ec2: aws_sdk_ec2::Client,
     pub ssm: aws_sdk_ssm::Client,
     pub iam: aws_sdk_iam::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
     pub cluster_id: String,
     /// Subnet id -> availability zone (a subnet never moves), learnt from DescribeSubnets.
     pub zones: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,

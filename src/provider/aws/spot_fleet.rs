@@ -15,7 +15,7 @@ use super::launch_template::LaunchTemplate;
 use super::ops::{self, Ops};
 use crate::api::{FleetType, MachineTemplateSpec};
 use crate::provider::{
-    FleetView, LaunchFailure, MarketMix, ProviderError, ProvisionOutcome, ProvisionRequest, market_split,
+    FleetView, LaunchFailure, MarketMix, ProviderError, ProvisionOutcome, ProvisionRequest, market_split, target_of,
 };
 use aws_sdk_ec2::types::{
     ActivityStatus, AllocationStrategy, BatchState, ExcessCapacityTerminationPolicy, FleetLaunchTemplateSpecification,
@@ -122,7 +122,7 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
                 .into_iter()
                 .next()
     {
-        set_target(ops, &id, template, request.target_units).await?;
+        set_target(ops, &id, template, target_of(request)).await?;
         return Ok(ProvisionOutcome { accepted_units: units, ..Default::default() });
     }
     let lt = ops.launch_template(request.owner, template).await?;

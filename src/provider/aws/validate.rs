@@ -42,24 +42,8 @@ fn at_index(error: ProviderError, field: &str, suffix: &str, values: &[String]) 
     }
 }
 
-/// Which APIs this build can provision through.
-pub fn check_api(api: Api) -> Result<(), ProviderError> {
-    match api {
-        Api::RunInstances | Api::Ec2Fleet | Api::SpotFleet => Ok(()),
-        other => Err(ProviderError::invalid(
-            "spec.api",
-            "UnsupportedApi",
-            format!(
-                "api {} is not supported by this operator version yet; use RunInstances, EC2Fleet or SpotFleet",
-                other.as_str()
-            ),
-        )),
-    }
-}
-
 pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<(), ProviderError> {
     crate::api::shape::check(t).map_err(|e| ProviderError::invalid(e.field, "InvalidParameterValue", e.message))?;
-    check_api(t.api)?;
     if let Some(image) = &t.image_id {
         let ami = ops.resolve_image(image).await.map_err(|e| at_index(e, "spec.imageId", "", &[]))?;
         let found = ops
