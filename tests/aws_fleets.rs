@@ -46,7 +46,7 @@ async fn release(aws: &Aws, mr: &MachineRequest, sink: &MemoryStatus, in_use: &[
 /// and the launch template the request recorded is gone.
 async fn assert_nothing_left(aws: &Aws, mr: &MachineRequest, status: &MachineRequestStatus) {
     assert!(aws.live_of(mr).await.is_empty(), "instances with the request's uid still live");
-    let left = support::moto::leftovers(&aws.ec2, support::aws::CLUSTER).await;
+    let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
     assert!(left.is_empty(), "left behind: {left:?}");
     let lt = status.resources.launch_template_id.clone().expect("the operator made a launch template");
     // EC2 answers NotFound for a deleted id; moto answers an empty list.

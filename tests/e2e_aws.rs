@@ -1,8 +1,9 @@
 //! End to end against a real Kubernetes API server (`ORB_E2E_KUBECONFIG`) with the operator
 //! binary's aws provider pointed at moto: the request lifecycle of `support::lifecycle` (fulfil
 //! 3, scale to 5, return one while shrinking to 4, replace one, delete) for a RunInstances, an
-//! EC2 Fleet and a Spot Fleet example template; then nothing of the operator is left in moto (no
-//! active fleet or spot fleet request, no pending or running instance, no launch template).
+//! EC2 Fleet, a Spot Fleet and an Auto Scaling group example template; then nothing of the
+//! operator is left in moto (no group, no active fleet or spot fleet request, no pending or
+//! running instance, no launch template).
 //! Skips with a message when no cluster is given.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
@@ -53,7 +54,7 @@ async fn lifecycle_with(test: &str, example: &str) {
     let (_uid, seen) = support::lifecycle::exercise(&client, &ns.name, template, request).await;
     assert!(seen.len() >= 6, "5 machines at the peak plus one replacement: {seen:?}");
 
-    let left = support::moto::leftovers(&ec2, CLUSTER_ID).await;
+    let left = support::moto::leftovers(moto, region, CLUSTER_ID).await;
     assert!(left.is_empty(), "left behind after deletion: {left:?}");
 }
 
@@ -70,4 +71,9 @@ async fn ec2_fleet_lifecycle_against_a_real_cluster_with_moto() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spot_fleet_lifecycle_against_a_real_cluster_with_moto() {
     lifecycle_with("spot_fleet_lifecycle_against_a_real_cluster_with_moto", "aws/spot-fleet-maintain.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asg_lifecycle_against_a_real_cluster_with_moto() {
+    lifecycle_with("asg_lifecycle_against_a_real_cluster_with_moto", "aws/asg-on-demand.yaml").await;
 }

@@ -97,6 +97,16 @@ pub fn check(t: &MachineTemplateSpec) -> Result<(), FieldError> {
         field("spec.subnetIds", "an Auto Scaling group needs at least one subnet (its VPCZoneIdentifier)")?;
     }
     if matches!(t.api, Api::Ec2Fleet | Api::SpotFleet) {
+        // Fleets of type request and maintain tag their instances only through the launch
+        // template: a given one would launch instances without the operator's tags, which it
+        // could neither find nor (under the IAM policy) terminate.
+        let instant = t.api == Api::Ec2Fleet && t.fleet_type.is_none_or(|f| f == FleetType::Instant);
+        if t.launch_template.is_some() && !instant {
+            field(
+                "spec.launchTemplate",
+                "request and maintain fleets tag their instances only through the launch template; leave launchTemplate out (the operator makes one from the template's fields) or use an instant EC2Fleet",
+            )?;
+        }
         if t.api == Api::SpotFleet && t.fleet_type == Some(FleetType::Instant) {
             field("spec.fleetType", "SpotFleet has no instant type; use request or maintain (or EC2Fleet)")?;
         }
@@ -269,11 +279,57 @@ mod tests {
             (Box::new(|t| t.tags = (0..46).map(|i| (format!("k{i}"), "v".into())).collect()), "spec.tags"),
             (Box::new(|t| t.user_data = Some("x".repeat(MAX_USER_DATA_BYTES + 1))), "spec.userData"),
             (Box::new(|t| t.instance_types[0].type_ = "large".into()), "spec.instanceTypes[0].type"),
+            (
+                Box::new(|t| {
+                    t.api = Api::SpotFleet;
+                    t.launch_template =
+                        Some(crate::api::LaunchTemplateRef { name: Some("mine".into()), ..Default::default() });
+                }),
+                "spec.launchTemplate",
+            ),
+            (
+                Box::new(|t| {
+                    t.api = Api::SpotFleet;
+                    t.fleet_type = Some(FleetType::Instant);
+                }),
+                "spec.fleetType",
+            ),
+            (
+                Box::new(|t| {
+                    t.api = Api::Asg;
+                    t.subnet_ids.clear();
+                }),
+                "spec.subnetIds",
+            ),
+            (
+                Box::new(|t| {
+                    t.api = Api::Ec2Fleet;
+                    t.subnet_ids = (0..8).map(|i| format!("subnet-{i:08x}")).collect();
+                    t.instance_types = (0..40)
+                        .map(|i| crate::api::InstanceTypeSpec {
+                            type_: format!("m{i}.large"),
+                            weight: 1,
+                            priority: None,
+                        })
+                        .collect();
+                }),
+                "spec.instanceTypes",
+            ),
         ];
         for (mutate, expected) in cases {
             let mut t = valid();
             mutate(&mut t);
             assert_eq!(check(&t).map_err(|e| e.field), Err(expected.to_string()));
         }
+    }
+
+    #[test]
+    fn an_instant_ec2_fleet_may_launch_from_a_given_launch_template() {
+        let mut t = valid();
+        t.api = Api::Ec2Fleet;
+        t.launch_template = Some(crate::api::LaunchTemplateRef { name: Some("mine".into()), ..Default::default() });
+        assert_eq!(check(&t).map_err(|e| e.field), Ok(()));
+        t.fleet_type = Some(FleetType::Maintain);
+        assert_eq!(check(&t).map_err(|e| e.field), Err("spec.launchTemplate".to_string()));
     }
 }

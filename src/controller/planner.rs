@@ -50,6 +50,9 @@ pub struct Frame<'a> {
     pub outstanding: u32,
     /// Errors the request's fleets report.
     pub fleet_failures: &'a [LaunchFailure],
+    /// Recorded fleets and spot fleet requests that are over (deleted, cancelled, failed):
+    /// forgotten from `status.resources`, they launch nothing more.
+    pub finished_fleets: &'a [String],
 }
 
 /// The next action.
@@ -136,6 +139,9 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
     for failure in frame.fleet_failures {
         note_failure(&mut status.failures, failure, frame.now);
     }
+    let finished = |id: &String| frame.finished_fleets.contains(id);
+    status.resources.fleet_ids.retain(|id| !finished(id));
+    status.resources.spot_fleet_request_ids.retain(|id| !finished(id));
     let deficit = capacity.saturating_sub(live_units(&status.machines) + frame.outstanding);
     let shortfall = deficit > 0 || pending_units(&status.machines) + frame.outstanding > 0;
     if deficit == 0
@@ -163,7 +169,12 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
     let hold = frame.launch_hold.clone().or(timeout_hold.clone()).or(cap_hold);
     let may_launch = deficit > 0 && status.blocked.is_none() && !timed_out(frame, &status) && hold.is_none();
     let blocked_until = status.blocked.as_ref().and_then(|b| b.retry_after.clone());
-    let (step, requeue) = if !to_return.is_empty() {
+    // A fleet that keeps its own target (maintain, Auto Scaling) still launching more than the
+    // request wants is lowered, even when no machine has to go.
+    let overshoot = keeps_target(frame.template)
+        && frame.outstanding > 0
+        && live_units(&status.machines) + frame.outstanding > capacity;
+    let (step, requeue) = if !to_return.is_empty() || overshoot {
         (Step::Return(to_return), Requeue::Soon)
     } else if let (true, Some(until)) = (may_launch, &backing_off) {
         let wait = until.0.duration_since(frame.now).unsigned_abs();
@@ -194,9 +205,13 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
 fn machine_cap(frame: &Frame<'_>, machines: &[Machine], deficit: u32) -> (u32, Option<(String, String)>) {
     let Some(max) = frame.template.max_machines else { return (deficit, None) };
     let max = max.max(0).unsigned_abs();
-    let own = u32::try_from(machines.iter().filter(|m| live(m)).count()).unwrap_or(u32::MAX);
-    let in_use = own.saturating_add(frame.machines_elsewhere);
     let smallest = frame.template.instance_types.iter().map(|t| t.weight.max(1).unsigned_abs()).min().unwrap_or(1);
+    // What the request's fleets still launch counts too, as machines of the smallest weight
+    // (the most machines it can become).
+    let own = u32::try_from(machines.iter().filter(|m| live(m)).count())
+        .unwrap_or(u32::MAX)
+        .saturating_add(frame.outstanding.div_ceil(smallest));
+    let in_use = own.saturating_add(frame.machines_elsewhere);
     let allowed = deficit.min(max.saturating_sub(in_use).saturating_mul(smallest));
     let hold = (allowed == 0 && deficit > 0).then(|| {
         (
@@ -319,10 +334,21 @@ fn next_attempt(frame: &Frame<'_>, status: &MachineRequestStatus, units: u32) ->
     }
 }
 
-/// Capacity units the request holds now: live machines plus what its fleets are still
-/// launching. A `maintain` fleet's target is set from it (an absolute value: replays are safe).
+/// Capacity units the request holds now — live machines plus what its fleets are still
+/// launching — never more than it asks for. A `maintain` fleet's (or an Auto Scaling group's)
+/// target is set from it: an absolute value, so replays are safe.
 pub fn fleet_target(frame: &Frame<'_>, status: &MachineRequestStatus) -> u32 {
-    live_units(&status.machines) + frame.outstanding
+    (live_units(&status.machines) + frame.outstanding).min(frame.spec.capacity.max(0).unsigned_abs())
+}
+
+/// Whether the template's fleet keeps a target the operator sets (and so must lower).
+fn keeps_target(template: &MachineTemplateSpec) -> bool {
+    use crate::api::{Api, FleetType};
+    match template.api {
+        Api::Asg => true,
+        Api::Ec2Fleet | Api::SpotFleet => template.fleet_type == Some(FleetType::Maintain),
+        Api::RunInstances => false,
+    }
 }
 
 /// The markets an attempt asks for.
@@ -719,6 +745,7 @@ mod tests {
             machines_elsewhere: 0,
             outstanding: 0,
             fleet_failures: &[],
+            finished_fleets: &[],
         }
     }
 
@@ -780,6 +807,34 @@ mod tests {
         let p = plan(&f, &MachineRequestStatus::default(), &running);
         let Step::Launch { units, attempt } = &p.step else { panic!("{:?}", p.step) };
         assert_eq!((*units, attempt.target_units), (2, 7));
+    }
+
+    #[test]
+    fn a_maintain_fleet_launching_more_than_wanted_is_lowered_and_finished_fleets_forgotten() {
+        use crate::api::{Api, FleetType};
+        let s = spec(4);
+        let t = MachineTemplateSpec { api: Api::SpotFleet, fleet_type: Some(FleetType::Maintain), ..template() };
+        let running = [obs("i-1", Running, "m5.large", 0), obs("i-2", Running, "m5.large", 0)];
+        let finished = ["sfr-old".to_string()];
+        let mut f = frame(&s, &t, 0);
+        // Capacity lowered from 6 to 4 while the fleet still launches 4 more units.
+        f.outstanding = 4;
+        f.finished_fleets = &finished;
+        let previous = MachineRequestStatus {
+            resources: crate::api::Resources {
+                spot_fleet_request_ids: vec!["sfr-old".into(), "sfr-new".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let p = plan(&f, &previous, &running);
+        assert_eq!(p.step, Step::Return(vec![]), "no machine goes, the fleet is lowered");
+        assert_eq!(fleet_target(&f, &p.status), 4, "to the request's capacity");
+        assert_eq!(p.status.resources.spot_fleet_request_ids, ["sfr-new"], "a cancelled request is forgotten");
+        // A request fleet cannot be lowered: nothing to do but wait.
+        let request_fleet = MachineTemplateSpec { fleet_type: Some(FleetType::Request), ..t.clone() };
+        let p = plan(&Frame { template: &request_fleet, ..f }, &previous, &running);
+        assert_eq!(p.step, Step::Wait);
     }
 
     #[test]

@@ -162,6 +162,7 @@ pub async fn drive(
         machines_elsewhere,
         outstanding: fleets.outstanding,
         fleet_failures: &fleets.failures,
+        finished_fleets: &fleets.finished,
     };
     let mut observed = provider.describe(&owner).await?;
     // Fleet members launched from a shared launch template carry no request tag: they are
@@ -195,7 +196,11 @@ pub async fn drive(
     match plan.step {
         Step::Wait => {}
         Step::Return(ids) => {
-            tracing::info!(request = %owner.key(), machines = ?ids, "returning machines");
+            if ids.is_empty() {
+                tracing::info!(request = %owner.key(), "lowering the fleet's target to the request's capacity");
+            } else {
+                tracing::info!(request = %owner.key(), machines = ?ids, "returning machines");
+            }
             let target = planner::fleet_target(&frame, &status);
             let request = ReturnRequest {
                 instance_ids: &ids,

@@ -194,6 +194,8 @@ pub struct FleetView {
     pub outstanding: u32,
     /// Errors the fleets reported (capacity, limits, bad parameters).
     pub failures: Vec<LaunchFailure>,
+    /// Recorded fleets that are over (deleted, cancelled, failed): they launch nothing more.
+    pub finished: Vec<String>,
 }
 
 /// Machines to return, and what the request holds that a return may have to adjust.

@@ -156,11 +156,17 @@ pub async fn network(ec2: &aws_sdk_ec2::Client) -> Network {
     }
 }
 
-/// Everything of `cluster` still alive in a test's own region: active fleets and spot fleet
-/// requests, pending or running instances (any: the region is the test's), and launch
-/// templates tagged for the cluster. Empty when a test left nothing behind.
-pub async fn leftovers(ec2: &aws_sdk_ec2::Client, cluster: &str) -> Vec<String> {
+/// Everything of `cluster` still alive in a test's own region: Auto Scaling groups, active
+/// fleets and spot fleet requests, pending or running instances (any: the region is the
+/// test's), and launch templates tagged for the cluster. Empty when a test left nothing behind.
+pub async fn leftovers(moto: &Moto, region: &str, cluster: &str) -> Vec<String> {
+    let ec2 = ec2(moto, region);
     let mut left = vec![];
+    let autoscaling = aws_sdk_autoscaling::Client::new(&sdk(moto, region).await);
+    let groups = autoscaling.describe_auto_scaling_groups().send().await.unwrap();
+    for g in groups.auto_scaling_groups() {
+        left.push(format!("Auto Scaling group {}", g.auto_scaling_group_name().unwrap()));
+    }
     let fleets = ec2.describe_fleets().send().await.unwrap();
     for f in fleets.fleets() {
         let state = f.fleet_state().unwrap().as_str();

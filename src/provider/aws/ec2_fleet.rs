@@ -34,8 +34,11 @@ use std::collections::BTreeSet;
 /// CreateFleet calls an instant attempt may make: the first, then follow-ups without the
 /// offerings that failed.
 pub const INSTANT_ROUNDS: usize = 3;
-/// DeleteFleets takes at most 25 fleets of type request or maintain per call.
+/// Fleets per DeleteFleets call: within EC2's limits for every fleet type.
 const DELETE_BATCH: usize = 25;
+/// A fleet that has not reported its activity this long after its creation is not placing
+/// requests any more (moto never reports one).
+const PLACING: i64 = 120;
 
 /// One CreateFleet call.
 pub struct FleetCall<'a> {
@@ -56,18 +59,18 @@ fn aws_type(fleet_type: FleetType) -> aws_sdk_ec2::types::FleetType {
     }
 }
 
-/// The target in units, split by market as the attempt asked.
-pub fn target(mix: MarketMix) -> TargetCapacitySpecificationRequest {
+/// The target in units, split by market as the attempt asked. The default capacity type (what
+/// the rest of the target is launched as) follows the template's price type, and is only sent
+/// at creation: ModifyFleet changes the three numbers only.
+pub fn target(mix: MarketMix, default_type: Option<&MachineTemplateSpec>) -> TargetCapacitySpecificationRequest {
     let total = mix.on_demand + mix.spot;
     TargetCapacitySpecificationRequest::builder()
         .total_target_capacity(total as i32)
         .on_demand_target_capacity(mix.on_demand as i32)
         .spot_target_capacity(mix.spot as i32)
-        .default_target_capacity_type(if mix.spot > 0 {
-            DefaultTargetCapacityType::Spot
-        } else {
-            DefaultTargetCapacityType::OnDemand
-        })
+        .set_default_target_capacity_type(default_type.map(|t| {
+            if fleet::uses_spot(t) { DefaultTargetCapacityType::Spot } else { DefaultTargetCapacityType::OnDemand }
+        }))
         .build()
 }
 
@@ -95,9 +98,9 @@ pub fn configure(call: CreateFleetFluentBuilder, c: &FleetCall<'_>) -> CreateFle
         .collect();
     let mut tag_kinds = vec![ResourceType::Fleet];
     if c.fleet_type == FleetType::Instant {
-        // Only instant fleets may tag instances at launch; the others tag them through the
-        // launch template.
-        tag_kinds.extend([ResourceType::Instance, ResourceType::Volume]);
+        // Only instant fleets may tag instances at launch (and nothing else: volumes are
+        // tagged through the launch template); the others tag instances through it too.
+        tag_kinds.push(ResourceType::Instance);
     }
     let mut call = call
         .r#type(aws_type(c.fleet_type))
@@ -108,7 +111,7 @@ pub fn configure(call: CreateFleetFluentBuilder, c: &FleetCall<'_>) -> CreateFle
                 .set_overrides(Some(overrides))
                 .build(),
         )
-        .target_capacity_specification(target(c.mix))
+        .target_capacity_specification(target(c.mix, Some(t)))
         .on_demand_options(
             OnDemandOptionsRequest::builder()
                 .allocation_strategy(FleetOnDemandAllocationStrategy::from(
@@ -316,18 +319,26 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
     Ok(outcome)
 }
 
-/// The request's active `maintain` fleet, if it has one.
+/// The request's active `maintain` fleet, if it has one. A recorded fleet that EC2 does not
+/// list yet (its listing lags behind a create) may be it: that is an error worth retrying, never
+/// a reason to create a second fleet.
 async fn active_maintain_fleet(ops: &Ops, fleet_ids: &[String]) -> Result<Option<String>, ProviderError> {
     if fleet_ids.is_empty() {
         return Ok(None);
     }
-    Ok(describe(ops, fleet_ids)
-        .await?
-        .into_iter()
-        .find(|f| {
-            f.r#type() == Some(&aws_sdk_ec2::types::FleetType::Maintain) && f.fleet_state().is_some_and(is_active)
-        })
-        .and_then(|f| f.fleet_id().map(str::to_string)))
+    let fleets = describe(ops, fleet_ids).await?;
+    if let Some(f) = fleets.iter().find(|f| {
+        f.r#type() == Some(&aws_sdk_ec2::types::FleetType::Maintain) && f.fleet_state().is_some_and(is_active)
+    }) {
+        return Ok(f.fleet_id().map(str::to_string));
+    }
+    if let Some(unlisted) = fleet_ids.iter().find(|id| !fleets.iter().any(|f| f.fleet_id() == Some(id.as_str()))) {
+        return Err(ProviderError::Transient {
+            code: "FleetNotListedYet".into(),
+            message: format!("fleet {unlisted} is recorded but DescribeFleets does not list it yet; waiting for it"),
+        });
+    }
+    Ok(None)
 }
 
 fn is_active(state: &FleetStateCode) -> bool {
@@ -343,7 +354,7 @@ pub fn modify_call(
 ) -> aws_sdk_ec2::operation::modify_fleet::builders::ModifyFleetFluentBuilder {
     let mix = market_split(template, units, MarketMix::default(), units);
     call.fleet_id(fleet_id)
-        .target_capacity_specification(target(mix))
+        .target_capacity_specification(target(mix, None))
         .excess_capacity_termination_policy(FleetExcessCapacityTerminationPolicy::NoTermination)
 }
 
@@ -376,16 +387,27 @@ pub async fn before_return(
 
 /// The fleets, by id; ids EC2 no longer knows are left out.
 async fn describe(ops: &Ops, fleet_ids: &[String]) -> Result<Vec<aws_sdk_ec2::types::FleetData>, ProviderError> {
+    ops::describe_known(fleet_ids, |ids| describe_once(ops, ids)).await
+}
+
+async fn describe_once(ops: &Ops, fleet_ids: Vec<String>) -> Result<Vec<aws_sdk_ec2::types::FleetData>, ProviderError> {
     let mut fleets = vec![];
-    let mut pages = ops.ec2.describe_fleets().set_fleet_ids(Some(fleet_ids.to_vec())).into_paginator().send();
+    let mut pages = ops.ec2.describe_fleets().set_fleet_ids(Some(fleet_ids)).into_paginator().send();
     while let Some(page) = pages.next().await {
-        match page.map_err(|e| classify("DescribeFleets", e)) {
-            Ok(page) => fleets.extend(page.fleets().iter().cloned()),
-            Err(ProviderError::NotFound { .. }) => break,
-            Err(e) => return Err(e),
-        }
+        fleets.extend(page.map_err(|e| classify("DescribeFleets", e))?.fleets().iter().cloned());
     }
     Ok(fleets)
+}
+
+/// Whether a request fleet is still placing or fulfilling its requests: it says so, or it has
+/// said nothing yet and is young.
+fn fulfilling(f: &aws_sdk_ec2::types::FleetData) -> bool {
+    use aws_sdk_ec2::types::FleetActivityStatus;
+    match f.activity_status() {
+        Some(FleetActivityStatus::PendingFulfillment) => true,
+        Some(_) => false,
+        None => f.create_time().is_some_and(|t| jiff::Timestamp::now().as_second() - t.secs() < PLACING),
+    }
 }
 
 /// What the request's fleets report: members of the active request / maintain fleets, their
@@ -404,29 +426,25 @@ pub async fn observe(
             Some(aws_sdk_ec2::types::FleetType::Request) => FleetType::Request,
             _ => FleetType::Instant,
         };
-        for e in f.errors() {
-            let overrides = e.launch_template_and_overrides().and_then(|lt| lt.overrides());
-            view.failures.push(LaunchFailure {
-                code: e.error_code().unwrap_or("Unknown").to_string(),
-                message: format!(
-                    "fleet {}: {}",
-                    f.fleet_id().unwrap_or_default(),
-                    e.error_message().unwrap_or("no message")
-                ),
-                instance_type: overrides.and_then(|o| o.instance_type()).map(|t| t.as_str().to_string()),
-                zone: overrides.and_then(|o| o.availability_zone()).map(str::to_string),
-            });
-        }
+        // An instant fleet's errors were recorded from its CreateFleet answer; its instances
+        // carry the request's tags.
+        let Some(id) = f.fleet_id() else { continue };
         let active = f.fleet_state().is_some_and(is_active);
+        if f.fleet_state().is_some() && !active {
+            view.finished.push(id.to_string());
+        }
         if kind == FleetType::Instant || !active {
             continue;
         }
-        let fulfilling =
-            f.activity_status().is_some_and(|a| *a == aws_sdk_ec2::types::FleetActivityStatus::PendingFulfillment);
         let target = f.target_capacity_specification().and_then(|t| t.total_target_capacity()).unwrap_or(0);
-        view.outstanding +=
-            fleet::outstanding(kind, active, fulfilling, f64::from(target), f.fulfilled_capacity().unwrap_or(0.0));
-        let Some(id) = f.fleet_id() else { continue };
+        let short =
+            fleet::outstanding(kind, active, fulfilling(&f), f64::from(target), f.fulfilled_capacity().unwrap_or(0.0));
+        view.outstanding += short;
+        if short > 0 {
+            // Short of its target: say why (request and maintain fleets report errors in their
+            // history, not in DescribeFleets).
+            history_errors(ops, id, view).await?;
+        }
         let members = ops::follow(|token| async move {
             let out = ops
                 .ec2
@@ -445,6 +463,30 @@ pub async fn observe(
     Ok(())
 }
 
+/// The errors in a fleet's recent history.
+async fn history_errors(ops: &Ops, id: &str, view: &mut crate::provider::FleetView) -> Result<(), ProviderError> {
+    let since = aws_sdk_ec2::primitives::DateTime::from_secs(jiff::Timestamp::now().as_second() - 3600);
+    let out = ops
+        .ec2
+        .describe_fleet_history()
+        .fleet_id(id)
+        .start_time(since)
+        .event_type(aws_sdk_ec2::types::FleetEventType::ServiceError)
+        .send()
+        .await
+        .map_err(|e| classify("DescribeFleetHistory", e))?;
+    for record in out.history_records() {
+        let info = record.event_information();
+        view.failures.push(LaunchFailure {
+            code: info.and_then(|i| i.event_sub_type()).unwrap_or("FleetError").to_string(),
+            message: format!("fleet {id}: {}", info.and_then(|i| i.event_description()).unwrap_or("no description")),
+            instance_type: None,
+            zone: None,
+        });
+    }
+    Ok(())
+}
+
 /// Deletes the request's fleets that are still active, terminating their instances.
 pub async fn delete(ops: &Ops, fleet_ids: &[String]) -> Result<(), ProviderError> {
     if fleet_ids.is_empty() {
@@ -458,13 +500,26 @@ pub async fn delete(ops: &Ops, fleet_ids: &[String]) -> Result<(), ProviderError
         .collect();
     for chunk in live.chunks(DELETE_BATCH) {
         tracing::info!(fleets = ?chunk, "deleting fleets with their instances");
-        ops.ec2
+        let out = ops
+            .ec2
             .delete_fleets()
             .set_fleet_ids(Some(chunk.to_vec()))
             .terminate_instances(true)
             .send()
             .await
             .map_err(|e| classify("DeleteFleets", e))?;
+        // A fleet that could not be deleted would replace what is terminated next.
+        if let Some(failed) = out.unsuccessful_fleet_deletions().first() {
+            let error = failed.error();
+            return Err(ProviderError::Transient {
+                code: error.and_then(|e| e.code()).map_or("DeleteFleetFailed".into(), |c| c.as_str().to_string()),
+                message: format!(
+                    "DeleteFleets: fleet {} was not deleted: {}",
+                    failed.fleet_id().unwrap_or_default(),
+                    error.and_then(|e| e.message()).unwrap_or("no message")
+                ),
+            });
+        }
     }
     Ok(())
 }
@@ -535,6 +590,8 @@ mod tests {
                     PriceType::Heterogeneous => (6, 4),
                 };
                 assert_eq!(target.total_target_capacity(), Some(10), "{case}: in units");
+                let default = if price_type == PriceType::OnDemand { "on-demand" } else { "spot" };
+                assert_eq!(target.default_target_capacity_type().map(|d| d.as_str()), Some(default), "{case}");
                 assert_eq!(
                     (target.on_demand_target_capacity(), target.spot_target_capacity()),
                     (Some(od), Some(spot)),
@@ -583,7 +640,7 @@ mod tests {
                     .map(|s| s.resource_type().unwrap().as_str().to_string())
                     .collect();
                 if fleet_type == FleetType::Instant {
-                    assert_eq!(kinds, ["fleet", "instance", "volume"], "{case}");
+                    assert_eq!(kinds, ["fleet", "instance"], "{case}: EC2 accepts no other kinds here");
                 } else {
                     assert_eq!(kinds, ["fleet"], "{case}: EC2 refuses instance tags on request/maintain fleets");
                 }
@@ -612,5 +669,6 @@ mod tests {
             (Some(12), Some(7), Some(5))
         );
         assert_eq!(input.get_excess_capacity_termination_policy().as_ref().map(|p| p.as_str()), Some("no-termination"));
+        assert!(target.default_target_capacity_type().is_none(), "ModifyFleet changes the numbers only");
     }
 }

@@ -97,10 +97,30 @@ pub fn launch_data(
     data.build()
 }
 
-/// The deterministic name of the launch template for these launch data: the template's
+/// What shapes a launch from an operator-made launch template, in a stable text: the template's
+/// launch fields with the image resolved, the root device and the instance tags. (Not the SDK
+/// value's `Debug`: it hides user data.)
+fn fingerprint(template: &MachineTemplateSpec, image: Option<&str>, root_device: Option<&str>, tags: &[Tag]) -> String {
+    let t = template;
+    let tags: Vec<(&str, &str)> =
+        tags.iter().map(|t| (t.key().unwrap_or_default(), t.value().unwrap_or_default())).collect();
+    serde_json::json!({
+        "image": image,
+        "key": t.key_name,
+        "userData": t.user_data,
+        "profile": t.instance_profile,
+        "rootVolume": t.root_volume,
+        "rootDevice": root_device,
+        "securityGroups": t.security_group_ids,
+        "tags": tags,
+    })
+    .to_string()
+}
+
+/// The deterministic name of the launch template for a launch `fingerprint`: the template's
 /// namespace and name (cut to fit) and a hash of everything that shapes a launch.
-pub fn managed_name(owner: &Owner, cluster_id: &str, data: &RequestLaunchTemplateData) -> String {
-    let digest = Sha256::digest(format!("{cluster_id}/{}/{}/{data:?}", owner.namespace, owner.template));
+pub fn managed_name(owner: &Owner, cluster_id: &str, fingerprint: &str) -> String {
+    let digest = Sha256::digest(format!("{cluster_id}/{}/{}/{fingerprint}", owner.namespace, owner.template));
     let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let readable: String = format!("orb-{cluster_id}-{}-{}", owner.namespace, owner.template)
         .chars()
@@ -135,8 +155,12 @@ impl Ops {
             _ => None,
         };
         let tags = shared_tags(owner, &self.cluster_id, &template.tags);
+        let name = managed_name(
+            owner,
+            &self.cluster_id,
+            &fingerprint(template, image.as_deref(), root_device.as_deref(), &tags),
+        );
         let data = launch_data(template, image, root_device, &tags);
-        let name = managed_name(owner, &self.cluster_id, &data);
         let known =
             self.managed_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&name).cloned();
         let id = match known {
@@ -153,20 +177,20 @@ impl Ops {
         Ok(LaunchTemplate { id: Some(id), name: None, version: "1".into(), managed: true })
     }
 
-    /// Creates the launch template `name`, or finds it when it already exists (a restart).
+    /// Creates the launch template `name`, or finds it when it already exists (a restart, or
+    /// an answer lost). No ClientToken: the name makes the creation idempotent, and a token
+    /// repeated after a release deleted the template could be answered with the deleted one.
     async fn create_launch_template(
         &self,
         name: &str,
         data: RequestLaunchTemplateData,
         tags: Vec<Tag>,
     ) -> Result<String, ProviderError> {
-        let token: String = name.chars().rev().take(64).collect::<String>().chars().rev().collect();
         let created = self
             .ec2
             .create_launch_template()
             .launch_template_name(name)
             .launch_template_data(data)
-            .client_token(token)
             .tag_specifications(
                 TagSpecification::builder().resource_type(ResourceType::LaunchTemplate).set_tags(Some(tags)).build(),
             )
@@ -288,14 +312,17 @@ mod tests {
     fn the_name_is_stable_and_changes_with_the_launch_fields() {
         let t = template();
         let tags = shared_tags(&owner(), "blue", &t.tags);
-        let name =
-            |t: &MachineTemplateSpec| managed_name(&owner(), "blue", &launch_data(t, t.image_id.clone(), None, &tags));
+        let name = |t: &MachineTemplateSpec| {
+            managed_name(&owner(), "blue", &fingerprint(t, t.image_id.as_deref(), None, &tags))
+        };
         assert_eq!(name(&t), name(&t.clone()));
         assert!(name(&t).starts_with("orb-blue-grid-workers-"), "{}", name(&t));
         let other = MachineTemplateSpec { key_name: Some("other".into()), ..template() };
         assert_ne!(name(&t), name(&other));
+        let script = MachineTemplateSpec { user_data: Some("#!/bin/sh\necho changed\n".into()), ..template() };
+        assert_ne!(name(&t), name(&script), "a user data edit makes a new launch template");
         let long = Owner { namespace: "n".repeat(63), template: "t".repeat(253), ..owner() };
-        let long_name = managed_name(&long, "blue", &launch_data(&t, None, None, &tags));
+        let long_name = managed_name(&long, "blue", &fingerprint(&t, None, None, &tags));
         assert!(long_name.len() <= 128, "{}", long_name.len());
     }
 }

@@ -140,10 +140,8 @@ impl Provider for AwsProvider {
         if mine.len() < ids.len() {
             tracing::warn!(request = %owner.key(), asked = ids.len(), owned = mine.len(), "not returning instances this request does not own");
         }
-        if mine.is_empty() {
-            return Ok(());
-        }
         // A maintain fleet would replace what leaves: lower it first (absolute, replay-safe).
+        // With no machine to return, this only lowers a fleet launching more than wanted.
         let (resources, template, units) = (request.resources, request.template, request.target_units);
         ec2_fleet::before_return(&self.ops, &resources.fleet_ids, template, units).await?;
         spot_fleet::before_return(&self.ops, &resources.spot_fleet_request_ids, template, units).await?;

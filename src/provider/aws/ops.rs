@@ -140,6 +140,30 @@ where
     }
 }
 
+/// Describes `ids` with `call`, leaving out the ids EC2 no longer knows: one unknown id fails
+/// a whole describe call of fleets or spot fleet requests, so then each id is asked alone.
+pub async fn describe_known<T, F, Fut>(ids: &[String], call: F) -> Result<Vec<T>, ProviderError>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, ProviderError>>,
+{
+    match call(ids.to_vec()).await {
+        Err(ProviderError::NotFound { .. }) if ids.len() > 1 => {
+            let mut found = vec![];
+            for id in ids {
+                match call(vec![id.clone()]).await {
+                    Ok(one) => found.extend(one),
+                    Err(ProviderError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(found)
+        }
+        Err(ProviderError::NotFound { .. }) => Ok(vec![]),
+        other => other,
+    }
+}
+
 /// Calls `call` with `ids`; when EC2 answers that some ids do not exist, drops the ids it names
 /// and calls again (a missing id fails a whole EC2 call). `None` when no id was left. Any other
 /// error, or one that names no id, is returned.
@@ -305,6 +329,34 @@ mod tests {
         };
         assert_eq!(kinds(false), ["instance", "volume"]);
         assert_eq!(kinds(true), ["instance", "volume", "spot-instances-request"]);
+    }
+
+    #[tokio::test]
+    async fn ids_ec2_no_longer_knows_are_left_out_of_a_describe() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let ids: Vec<String> = ["fleet-a", "fleet-gone", "fleet-c"].map(String::from).to_vec();
+        let found = describe_known(&ids, |asked: Vec<String>| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if asked.iter().any(|id| id == "fleet-gone") {
+                    Err(ProviderError::NotFound { code: "InvalidFleetId.NotFound".into(), message: "gone".into() })
+                } else {
+                    Ok(asked)
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(found, ["fleet-a", "fleet-c"], "the known ones, not nothing");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4, "one call, then one per id");
+        let error = describe_known(&ids, |_| async {
+            Err::<Vec<String>, _>(ProviderError::Throttled {
+                code: "RequestLimitExceeded".into(),
+                message: "slow".into(),
+            })
+        })
+        .await;
+        assert!(matches!(error, Err(ProviderError::Throttled { .. })), "other errors are not hidden");
     }
 
     #[test]

@@ -24,16 +24,20 @@ use aws_sdk_ec2::types::{
     TagSpecification,
 };
 
-/// The role Spot Fleet uses when the template names none, and the short names ORB users write
-/// for it.
+/// The role Spot Fleet uses when the template names none: the service-linked role.
 pub const SERVICE_LINKED_ROLE: &str = "AWSServiceRoleForEC2SpotFleet";
-const SHORT_NAMES: &[&str] = &[SERVICE_LINKED_ROLE, "AmazonEC2SpotFleetTaggingRole", "AWSServiceRoleForEC2Fleet"];
+/// Spot Fleet requests per CancelSpotFleetRequests call (EC2's limit is 100).
+const CANCEL_BATCH: usize = 100;
+/// A request that has not reported its activity this long after its creation is not placing
+/// requests any more (moto never reports one).
+const PLACING: i64 = 120;
 
-/// The role name to look up for `spotFleetRole` (an ARN is used as it is).
+/// The role name to look up for `spotFleetRole` (an ARN is used as it is): the name given —
+/// `AWSServiceRoleForEC2SpotFleet` is the service-linked role's, `AmazonEC2SpotFleetTaggingRole`
+/// the one AWS guides have users create — or the service-linked role when none is given.
 pub fn role_name(template: &MachineTemplateSpec) -> Option<&str> {
     match template.spot_fleet_role.as_deref() {
         Some(arn) if arn.starts_with("arn:") => None,
-        Some(short) if SHORT_NAMES.contains(&short) => Some(SERVICE_LINKED_ROLE),
         Some(name) => Some(name),
         None => Some(SERVICE_LINKED_ROLE),
     }
@@ -115,15 +119,23 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
     let template = request.template;
     let kind = fleet::fleet_type(template);
     let units = request.mix.on_demand + request.mix.spot;
-    if kind == FleetType::Maintain
-        && let Some(id) =
-            active(ops, &request.resources.spot_fleet_request_ids, Wanted::Maintain { template_says: true })
-                .await?
-                .into_iter()
-                .next()
-    {
-        set_target(ops, &id, template, target_of(request)).await?;
-        return Ok(ProvisionOutcome { accepted_units: units, ..Default::default() });
+    let recorded = &request.resources.spot_fleet_request_ids;
+    if kind == FleetType::Maintain && !recorded.is_empty() {
+        let configs = describe(ops, recorded).await?;
+        if let Some(id) = select(&configs, Wanted::Maintain { template_says: true }).into_iter().next() {
+            set_target(ops, &id, template, target_of(request)).await?;
+            return Ok(ProvisionOutcome { accepted_units: units, ..Default::default() });
+        }
+        // A recorded request the listing does not show yet may be the maintain fleet: wait for
+        // it rather than make a second one.
+        if let Some(unlisted) =
+            recorded.iter().find(|id| !configs.iter().any(|c| c.spot_fleet_request_id() == Some(id.as_str())))
+        {
+            return Err(ProviderError::Transient {
+                code: "SpotFleetNotListedYet".into(),
+                message: format!("spot fleet request {unlisted} is recorded but not listed yet; waiting for it"),
+            });
+        }
     }
     let lt = ops.launch_template(request.owner, template).await?;
     let role_arn = ops.spot_fleet_role(template).await?;
@@ -161,19 +173,32 @@ fn kind_of(config: &SpotFleetRequestConfig) -> FleetType {
     }
 }
 
-/// The spot fleet requests, by id; ids EC2 no longer knows are left out.
+/// The spot fleet requests, by id; ids EC2 no longer knows (deleted 48 hours after their
+/// cancellation) are left out.
 async fn describe(ops: &Ops, ids: &[String]) -> Result<Vec<SpotFleetRequestConfig>, ProviderError> {
+    ops::describe_known(ids, |ids| describe_once(ops, ids)).await
+}
+
+async fn describe_once(ops: &Ops, ids: Vec<String>) -> Result<Vec<SpotFleetRequestConfig>, ProviderError> {
     let mut all = vec![];
     let mut pages =
-        ops.ec2.describe_spot_fleet_requests().set_spot_fleet_request_ids(Some(ids.to_vec())).into_paginator().send();
+        ops.ec2.describe_spot_fleet_requests().set_spot_fleet_request_ids(Some(ids)).into_paginator().send();
     while let Some(page) = pages.next().await {
-        match page.map_err(|e| classify("DescribeSpotFleetRequests", e)) {
-            Ok(page) => all.extend(page.spot_fleet_request_configs().iter().cloned()),
-            Err(ProviderError::NotFound { .. }) => break,
-            Err(e) => return Err(e),
-        }
+        all.extend(
+            page.map_err(|e| classify("DescribeSpotFleetRequests", e))?.spot_fleet_request_configs().iter().cloned(),
+        );
     }
     Ok(all)
+}
+
+/// Whether a request is still placing or fulfilling: it says so, or has said nothing yet and
+/// is young.
+fn fulfilling(c: &SpotFleetRequestConfig) -> bool {
+    match c.activity_status() {
+        Some(ActivityStatus::PendingFulfillment) => true,
+        Some(_) => false,
+        None => c.create_time().is_some_and(|t| jiff::Timestamp::now().as_second() - t.secs() < PLACING),
+    }
 }
 
 /// Which active requests `active` looks for.
@@ -192,8 +217,12 @@ async fn active(ops: &Ops, ids: &[String], wanted: Wanted) -> Result<Vec<String>
     if ids.is_empty() {
         return Ok(vec![]);
     }
-    Ok(describe(ops, ids)
-        .await?
+    Ok(select(&describe(ops, ids).await?, wanted))
+}
+
+/// The ids of the active requests among `configs` that are `wanted`.
+fn select(configs: &[SpotFleetRequestConfig], wanted: Wanted) -> Vec<String> {
+    configs
         .iter()
         .filter(|c| c.spot_fleet_request_state().is_some_and(is_active))
         .filter(|c| match wanted {
@@ -204,7 +233,7 @@ async fn active(ops: &Ops, ids: &[String], wanted: Wanted) -> Result<Vec<String>
                 .map_or(template_says, |t| *t == aws_sdk_ec2::types::FleetType::Maintain),
         })
         .filter_map(|c| c.spot_fleet_request_id().map(str::to_string))
-        .collect())
+        .collect()
 }
 
 /// Sets a maintain spot fleet's target to `units`, split by market as the template asks.
@@ -252,6 +281,9 @@ pub async fn observe(ops: &Ops, ids: &[String], view: &mut FleetView) -> Result<
     for c in describe(ops, ids).await? {
         let active = c.spot_fleet_request_state().is_some_and(is_active);
         let Some(id) = c.spot_fleet_request_id() else { continue };
+        if c.spot_fleet_request_state().is_some() && !active {
+            view.finished.push(id.to_string());
+        }
         if c.activity_status() == Some(&ActivityStatus::Error) {
             errors(ops, id, view).await?;
         }
@@ -259,11 +291,10 @@ pub async fn observe(ops: &Ops, ids: &[String], view: &mut FleetView) -> Result<
             continue;
         }
         let data = c.spot_fleet_request_config();
-        let fulfilling = c.activity_status() == Some(&ActivityStatus::PendingFulfillment);
         view.outstanding += fleet::outstanding(
             kind_of(&c),
             active,
-            fulfilling,
+            fulfilling(&c),
             f64::from(data.and_then(|d| d.target_capacity()).unwrap_or(0)),
             data.and_then(|d| d.fulfilled_capacity()).unwrap_or(0.0),
         );
@@ -316,18 +347,30 @@ async fn errors(ops: &Ops, id: &str, view: &mut FleetView) -> Result<(), Provide
 /// still provisioning included).
 pub async fn cancel(ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
     let live = active(ops, ids, Wanted::Any).await?;
-    if live.is_empty() {
-        return Ok(());
+    for chunk in live.chunks(CANCEL_BATCH) {
+        tracing::info!(spot_fleet_requests = ?chunk, "cancelling spot fleet requests with their instances");
+        let out = ops
+            .ec2
+            .cancel_spot_fleet_requests()
+            .set_spot_fleet_request_ids(Some(chunk.to_vec()))
+            .terminate_instances(true)
+            .send()
+            .await
+            .map_err(|e| classify("CancelSpotFleetRequests", e))?;
+        // A request that could not be cancelled would replace what is terminated next.
+        if let Some(failed) = out.unsuccessful_fleet_requests().first() {
+            let error = failed.error();
+            return Err(ProviderError::Transient {
+                code: error.and_then(|e| e.code()).map_or("CancelFailed".into(), |c| c.as_str().to_string()),
+                message: format!(
+                    "CancelSpotFleetRequests: {} was not cancelled: {}",
+                    failed.spot_fleet_request_id().unwrap_or_default(),
+                    error.and_then(|e| e.message()).unwrap_or("no message")
+                ),
+            });
+        }
     }
-    tracing::info!(spot_fleet_requests = ?live, "cancelling spot fleet requests with their instances");
-    ops.ec2
-        .cancel_spot_fleet_requests()
-        .set_spot_fleet_request_ids(Some(live))
-        .terminate_instances(true)
-        .send()
-        .await
-        .map(drop)
-        .map_err(|e| classify("CancelSpotFleetRequests", e))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -415,13 +458,13 @@ mod tests {
     }
 
     #[test]
-    fn short_role_names_resolve_to_the_service_linked_role() {
+    fn role_names_are_looked_up_and_none_means_the_service_linked_role() {
         let with = |role: Option<&str>| MachineTemplateSpec {
             spot_fleet_role: role.map(str::to_string),
             ..Default::default()
         };
         assert_eq!(role_name(&with(None)), Some(SERVICE_LINKED_ROLE));
-        assert_eq!(role_name(&with(Some("AmazonEC2SpotFleetTaggingRole"))), Some(SERVICE_LINKED_ROLE));
+        assert_eq!(role_name(&with(Some("AmazonEC2SpotFleetTaggingRole"))), Some("AmazonEC2SpotFleetTaggingRole"));
         assert_eq!(role_name(&with(Some("my-fleet-role"))), Some("my-fleet-role"));
         assert_eq!(role_name(&with(Some("arn:aws:iam::1:role/x"))), None);
     }
