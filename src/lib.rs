@@ -5,4 +5,5 @@
 pub mod api;
 pub mod config;
 pub mod controller;
+pub mod hostfactory;
 pub mod provider;

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use orb_operator::{api, config::Config, controller, provider::Registry};
+use orb_operator::{api, config::Config, controller, hostfactory, provider::Registry};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -36,6 +36,20 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Answer one IBM Spectrum Symphony HostFactory provider call (JSON in, JSON on stdout).
+    Hostfactory {
+        /// The HostFactory call.
+        verb: hostfactory::Verb,
+        /// The input JSON file HostFactory passes.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Namespace of the templates and requests (else ORB_HF_NAMESPACE, else the plugin config).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Only templates matching this label selector are offered.
+        #[arg(long)]
+        template_selector: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -49,13 +63,23 @@ enum ConfigCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // A HostFactory call is one short exchange: a single-threaded runtime starts fastest.
+    let runtime = match &cli.command {
+        Command::Hostfactory { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Command::Hostfactory { verb, file, namespace, template_selector } = cli.command {
+        // HostFactory reads stdout: only the answer goes there.
+        let options = hostfactory::cli::Options { verb, file, namespace, template_selector };
+        return runtime.block_on(hostfactory::cli::run(options));
+    }
     match runtime.block_on(execute(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -79,6 +103,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             let cfg = Config::from_process(config.as_deref())?;
             print!("{}", cfg.redacted_yaml());
         }
+        Command::Hostfactory { .. } => anyhow::bail!("hostfactory calls are answered by hostfactory::cli::run"),
         Command::Run { config, log_json, namespace } => {
             init_logging(log_json);
             let cfg = Config::from_process(config.as_deref())?;

@@ -57,9 +57,13 @@ async fn health_names_the_region() {
 async fn validation_names_each_bad_field() {
     let Some(aws) = aws("validation_names_each_bad_field").await else { return };
     let good = aws.template(&[("m5.large", 1), ("m5.xlarge", 2)]);
-    aws.provider.validate(&good).await.unwrap();
+    let facts = aws.provider.validate(&good).await.unwrap();
+    // What HostFactory's getAvailableTemplates answers from, in the template's order.
+    let summary: Vec<_> =
+        facts.iter().map(|f| (f.type_.as_str(), f.vcpus, f.memory_mib, f.architecture.as_str())).collect();
+    assert_eq!(summary, [("m5.large", 2, 8192, "x86_64"), ("m5.xlarge", 4, 16384, "x86_64")]);
 
-    let field_of = |r: Result<(), ProviderError>| match r {
+    let field_of = |r: Result<Vec<InstanceTypeFacts>, ProviderError>| match r {
         Err(ProviderError::Invalid { field, .. }) => field,
         other => panic!("expected Invalid, got {other:?}"),
     };

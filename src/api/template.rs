@@ -275,6 +275,23 @@ pub struct MachineTemplateStatus {
     /// Machines of all requests using this template.
     #[serde(default)]
     pub machines_in_use: i32,
+    /// What validation learnt about the instance types, in the template's order (HostFactory's
+    /// `getAvailableTemplates` answers from it without calling the cloud).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instance_types: Vec<InstanceTypeFacts>,
+}
+
+/// One instance type as the cloud describes it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceTypeFacts {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub vcpus: i32,
+    #[serde(rename = "memoryMiB")]
+    pub memory_mib: i64,
+    /// `x86_64`, `arm64`, ...
+    pub architecture: String,
 }
 
 impl MachineTemplateSpec {

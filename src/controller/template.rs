@@ -5,7 +5,7 @@
 
 use super::{Context, Error, MANAGER};
 use crate::api::conditions::{self, Cond};
-use crate::api::{MachineTemplate, MachineTemplateStatus};
+use crate::api::{InstanceTypeFacts, MachineTemplate, MachineTemplateStatus};
 use crate::provider::{Provider, ProviderError, Registry};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
@@ -19,26 +19,39 @@ use std::time::{Duration, Instant};
 /// How long a validation verdict is reused for the same template generation.
 const VALIDATION_TTL: Duration = Duration::from_secs(300);
 
-/// Last verdict per template uid: (generation, when, condition).
+/// The verdict of a validation: the `Ready` condition and, when valid, the instance type facts.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub ready: Cond,
+    pub instance_types: Vec<InstanceTypeFacts>,
+}
+
+/// Last verdict per template uid: (generation, when, verdict).
 #[derive(Default)]
-pub struct ValidationCache(Mutex<HashMap<String, (i64, Instant, Cond)>>);
+pub struct ValidationCache(Mutex<HashMap<String, (i64, Instant, Verdict)>>);
 
 impl ValidationCache {
-    fn get(&self, uid: &str, generation: i64) -> Option<Cond> {
+    fn get(&self, uid: &str, generation: i64) -> Option<Verdict> {
         let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(uid).filter(|(g, at, _)| *g == generation && at.elapsed() < VALIDATION_TTL).map(|(_, _, c)| c.clone())
+        map.get(uid).filter(|(g, at, _)| *g == generation && at.elapsed() < VALIDATION_TTL).map(|(_, _, v)| v.clone())
     }
-    fn put(&self, uid: String, generation: i64, cond: Cond) {
+    fn put(&self, uid: String, generation: i64, verdict: Verdict) {
         let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.insert(uid, (generation, Instant::now(), cond));
+        map.insert(uid, (generation, Instant::now(), verdict));
     }
 }
 
 /// The `Ready` verdict for a template: provider known, template valid, provider healthy.
 pub async fn readiness(template: &MachineTemplate, registry: &Registry) -> Cond {
+    verdict(template, registry).await.ready
+}
+
+/// The verdict for a template, with what validation learnt about its instance types.
+pub async fn verdict(template: &MachineTemplate, registry: &Registry) -> Verdict {
+    let not_ready = |ready: Cond| Verdict { ready, instance_types: vec![] };
     let name = &template.spec.provider;
     let Some(provider) = registry.get(name) else {
-        return Cond::new(
+        return not_ready(Cond::new(
             conditions::READY,
             false,
             "ProviderNotFound",
@@ -46,21 +59,32 @@ pub async fn readiness(template: &MachineTemplate, registry: &Registry) -> Cond 
                 "spec.provider: no provider named `{name}` in the operator config (configured: {})",
                 registry.names().join(", ")
             ),
-        );
+        ));
     };
-    if let Err(e) = provider.validate(&template.spec).await {
-        let reason = match &e {
-            ProviderError::Invalid { .. } => "InvalidSpec",
-            ProviderError::Auth { .. } => "NotAuthorized",
-            _ => "ValidationUnavailable",
-        };
-        return Cond::new(conditions::READY, false, reason, e.to_string());
-    }
-    match provider.health().await {
-        Ok(where_) => {
-            Cond::new(conditions::READY, true, "Valid", format!("template valid; provider `{name}` healthy: {where_}"))
+    let instance_types = match provider.validate(&template.spec).await {
+        Ok(facts) => facts,
+        Err(e) => {
+            let reason = match &e {
+                ProviderError::Invalid { .. } => "InvalidSpec",
+                ProviderError::Auth { .. } => "NotAuthorized",
+                _ => "ValidationUnavailable",
+            };
+            return not_ready(Cond::new(conditions::READY, false, reason, e.to_string()));
         }
-        Err(e) => Cond::new(conditions::READY, false, "ProviderUnhealthy", format!("provider `{name}`: {e}")),
+    };
+    match provider.health().await {
+        Ok(where_) => Verdict {
+            ready: Cond::new(
+                conditions::READY,
+                true,
+                "Valid",
+                format!("template valid; provider `{name}` healthy: {where_}"),
+            ),
+            instance_types,
+        },
+        Err(e) => {
+            not_ready(Cond::new(conditions::READY, false, "ProviderUnhealthy", format!("provider `{name}`: {e}")))
+        }
     }
 }
 
@@ -78,17 +102,19 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<MachineTemplate>>, ctx: Arc<C
 async fn reconcile_template(template: &MachineTemplate, ctx: Arc<Context>) -> Result<Action, Error> {
     let generation = template.meta().generation.unwrap_or_default();
     let uid = template.uid().unwrap_or_default();
-    let ready = match ctx.validations.get(&uid, generation) {
-        Some(cond) => cond,
+    let verdict = match ctx.validations.get(&uid, generation) {
+        Some(verdict) => verdict,
         None => {
-            let cond = readiness(template, &ctx.registry).await;
+            let verdict = verdict(template, &ctx.registry).await;
+            let cond = &verdict.ready;
             // Transient trouble (throttling, outages) is re-checked soon rather than cached.
             if cond.status || cond.reason == "InvalidSpec" || cond.reason == "ProviderNotFound" {
-                ctx.validations.put(uid, generation, cond.clone());
+                ctx.validations.put(uid, generation, verdict.clone());
             }
-            cond
+            verdict
         }
     };
+    let ready = verdict.ready;
     let previous = template.status.clone().unwrap_or_default();
     let mut status = MachineTemplateStatus {
         observed_generation: Some(generation),
@@ -99,6 +125,8 @@ async fn reconcile_template(template: &MachineTemplate, ctx: Arc<Context>) -> Re
             None,
         ))
         .unwrap_or(i32::MAX),
+        // Facts of the current generation when it validated; else what was known before.
+        instance_types: if ready.status { verdict.instance_types } else { previous.instance_types.clone() },
     };
     if !ready.status {
         tracing::info!(template = %template.name_any(), reason = %ready.reason, message = %ready.message, "template not ready");

@@ -7,7 +7,7 @@
 pub mod aws;
 pub mod sim;
 
-use crate::api::{MachineTemplateSpec, Resources};
+use crate::api::{InstanceTypeFacts, MachineTemplateSpec, Resources};
 use crate::config::{Config, ProviderConfig};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -327,8 +327,13 @@ impl ProviderError {
 pub trait Provider: Send + Sync {
     /// A cheap call proving the cloud is reachable; the text describes where (e.g. the region).
     fn health(&self) -> impl Future<Output = Result<String, ProviderError>> + Send;
-    /// Checks what admission cannot: do the image, subnets, groups and types exist?
-    fn validate(&self, template: &MachineTemplateSpec) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// Checks what admission cannot: do the image, subnets, groups and types exist? Returns
+    /// what it learnt about the instance types (vCPUs, memory, architecture), in the
+    /// template's order.
+    fn validate(
+        &self,
+        template: &MachineTemplateSpec,
+    ) -> impl Future<Output = Result<Vec<InstanceTypeFacts>, ProviderError>> + Send;
     /// Launches up to `units` capacity units. Partial success is `Ok` with failures listed.
     fn provision(
         &self,
@@ -382,7 +387,7 @@ impl Provider for AnyProvider {
             Self::Aws(p) => p.health().await,
         }
     }
-    async fn validate(&self, template: &MachineTemplateSpec) -> Result<(), ProviderError> {
+    async fn validate(&self, template: &MachineTemplateSpec) -> Result<Vec<InstanceTypeFacts>, ProviderError> {
         match self {
             Self::Sim(p) => p.validate(template).await,
             Self::Aws(p) => p.validate(template).await,

@@ -10,7 +10,7 @@ use super::{
     FleetView, Holdings, InstanceState, LaunchFailure, ObservedMachine, Owner, Provider, ProviderError,
     ProvisionOutcome, ProvisionRequest, Released, ReturnRequest, machines_for, spot_after_on_demand,
 };
-use crate::api::{MachineTemplateSpec, Resources};
+use crate::api::{InstanceTypeFacts, MachineTemplateSpec, Resources};
 use crate::config::SimSettings;
 use jiff::{SignedDuration, Timestamp};
 use rand::Rng;
@@ -181,9 +181,10 @@ impl Provider for SimProvider {
 
     /// The simulator has no resources to look up: a template is valid when its fields have
     /// the shapes AWS accepts.
-    async fn validate(&self, template: &MachineTemplateSpec) -> Result<(), ProviderError> {
+    async fn validate(&self, template: &MachineTemplateSpec) -> Result<Vec<InstanceTypeFacts>, ProviderError> {
         crate::api::shape::check(template)
-            .map_err(|e| ProviderError::invalid(e.field, "InvalidParameterValue", e.message))
+            .map_err(|e| ProviderError::invalid(e.field, "InvalidParameterValue", e.message))?;
+        Ok(template.instance_types.iter().map(|t| simulated_facts(&t.type_)).collect())
     }
 
     async fn provision(&self, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {
@@ -270,5 +271,29 @@ impl Provider for SimProvider {
             instance.terminate_requested_at.get_or_insert(now);
         }
         Ok(Released::Done)
+    }
+}
+/// What the simulated cloud says of an instance type: vCPUs from its size (`large` 2,
+/// `xlarge` 4, `4xlarge` 16, smaller sizes 1 or 2), 4 GiB per vCPU (8 for `r` families, 2 for
+/// `c`), `arm64` for Graviton families (a `g` after the generation digit, e.g. `m6g`).
+pub fn simulated_facts(instance_type: &str) -> InstanceTypeFacts {
+    let (family, size) = instance_type.split_once('.').unwrap_or((instance_type, "large"));
+    let vcpus: i32 = match size {
+        "nano" | "micro" | "small" => 1,
+        "medium" | "large" => 2,
+        "xlarge" => 4,
+        other => other.strip_suffix("xlarge").and_then(|n| n.parse::<i32>().ok()).map_or(2, |n| n * 4),
+    };
+    let per_vcpu = match family.chars().next() {
+        Some('r' | 'x') => 8192,
+        Some('c') => 2048,
+        _ => 4096,
+    };
+    let graviton = family.find(|c: char| c.is_ascii_digit()).is_some_and(|i| family[i + 1..].starts_with('g'));
+    InstanceTypeFacts {
+        type_: instance_type.to_string(),
+        vcpus,
+        memory_mib: i64::from(vcpus) * per_vcpu,
+        architecture: if graviton { "arm64" } else { "x86_64" }.to_string(),
     }
 }

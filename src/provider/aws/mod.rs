@@ -16,7 +16,7 @@ use super::{
     FleetView, Holdings, ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome, ProvisionRequest, Released,
     ReturnRequest, tags,
 };
-use crate::api::{Api, MachineTemplateSpec, Resources};
+use crate::api::{Api, InstanceTypeFacts, MachineTemplateSpec, Resources};
 use crate::config::AwsSettings;
 use errors::classify;
 use ops::Ops;
@@ -99,7 +99,7 @@ impl Provider for AwsProvider {
         Ok(format!("AWS region {} reachable ({} availability zones)", self.region, zones.availability_zones().len()))
     }
 
-    async fn validate(&self, template: &MachineTemplateSpec) -> Result<(), ProviderError> {
+    async fn validate(&self, template: &MachineTemplateSpec) -> Result<Vec<InstanceTypeFacts>, ProviderError> {
         validate::template(&self.ops, template).await
     }
 

@@ -6,7 +6,7 @@
 
 use super::errors::classify;
 use super::ops::Ops;
-use crate::api::{Api, MachineTemplateSpec};
+use crate::api::{Api, InstanceTypeFacts, MachineTemplateSpec};
 use crate::provider::ProviderError;
 
 /// When a check of a whole list fails, checks its values one at a time and names the first
@@ -42,7 +42,20 @@ fn at_index(error: ProviderError, field: &str, suffix: &str, values: &[String]) 
     }
 }
 
-pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<(), ProviderError> {
+/// What EC2 says of an instance type, as the template's status keeps it.
+fn instance_type_facts(info: &aws_sdk_ec2::types::InstanceTypeInfo) -> InstanceTypeFacts {
+    InstanceTypeFacts {
+        type_: info.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
+        vcpus: info.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or_default(),
+        memory_mib: info.memory_info().and_then(|m| m.size_in_mib()).unwrap_or_default(),
+        architecture: info
+            .processor_info()
+            .and_then(|p| p.supported_architectures().first())
+            .map_or_else(|| "x86_64".to_string(), |a| a.as_str().to_string()),
+    }
+}
+
+pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<Vec<InstanceTypeFacts>, ProviderError> {
     crate::api::shape::check(t).map_err(|e| ProviderError::invalid(e.field, "InvalidParameterValue", e.message))?;
     if let Some(image) = &t.image_id {
         let ami = ops.resolve_image(image).await.map_err(|e| at_index(e, "spec.imageId", "", &[]))?;
@@ -94,14 +107,24 @@ pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<(), Provider
             return Err(pinpoint(e, "spec.securityGroupIds", &t.security_group_ids, |id| groups(vec![id])).await);
         }
     }
+    let mut facts = vec![];
     if !t.instance_types.is_empty() {
         let names: Vec<String> = t.instance_types.iter().map(|i| i.type_.clone()).collect();
-        ops.ec2
+        let out = ops
+            .ec2
             .describe_instance_types()
             .set_instance_types(Some(names.iter().map(|n| n.as_str().into()).collect()))
             .send()
             .await
             .map_err(|e| at_index(classify("DescribeInstanceTypes", e), "spec.instanceTypes", ".type", &names))?;
+        // In the template's order (the answer's is EC2's).
+        facts = names
+            .iter()
+            .filter_map(|name| {
+                out.instance_types().iter().find(|i| i.instance_type().is_some_and(|t| t.as_str() == name))
+            })
+            .map(instance_type_facts)
+            .collect();
     }
     if let Some(key) = &t.key_name {
         ops.ec2
@@ -128,7 +151,7 @@ pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<(), Provider
             .await
             .map_err(|e| at_index(classify("GetInstanceProfile", e), "spec.instanceProfile", "", &[]))?;
     }
-    Ok(())
+    Ok(facts)
 }
 
 /// `Ok` when `exists`, else the field's not-found error (some describe calls answer an empty

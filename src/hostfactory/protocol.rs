@@ -1,0 +1,216 @@
+//! HostFactory's JSON, in and out: the input variants HostFactory (and ORB before it) sends, read
+//! strictly with errors that name what is wrong, and the mapping of the operator's phases and
+//! machine results onto HostFactory's status and result values.
+
+use crate::api::{Machine, MachineResult, Phase};
+use serde_json::{Value, json};
+
+/// Input HostFactory sent that cannot be answered; the text says what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+fn bad(text: impl Into<String>) -> BadInput {
+    BadInput(text.into())
+}
+
+/// `requestMachines`: the template and the machine count, from `{"template": {"templateId",
+/// "machineCount"}}` or the flat `{"templateId", "machineCount"}` (ORB also read `maxNumber`).
+pub fn machines_wanted(input: &Value) -> Result<(String, i32), BadInput> {
+    let template = input.get("template").unwrap_or(input);
+    let id = template
+        .get("templateId")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| bad("requestMachines: template.templateId is missing or not a string"))?;
+    let count = template
+        .get("machineCount")
+        .or_else(|| template.get("maxNumber"))
+        .ok_or_else(|| bad("requestMachines: template.machineCount is missing"))?;
+    let count = count
+        .as_i64()
+        .or_else(|| count.as_str().and_then(|s| s.trim().parse().ok()))
+        .ok_or_else(|| bad(format!("requestMachines: template.machineCount must be a whole number, not {count}")))?;
+    if !(1..=i64::from(i32::MAX)).contains(&count) {
+        return Err(bad(format!("requestMachines: template.machineCount must be at least 1, not {count}")));
+    }
+    Ok((id.to_string(), count as i32))
+}
+
+/// `getRequestStatus`: the request ids, from `{"requests": [{"requestId"}, ...]}`, a single
+/// `{"requests": {"requestId"}}`, a bare `{"requestId"}` or a list of such objects.
+pub fn request_ids(input: &Value) -> Result<Vec<String>, BadInput> {
+    let items: Vec<&Value> = match input.get("requests").unwrap_or(input) {
+        Value::Array(list) => list.iter().collect(),
+        one @ Value::Object(_) => vec![one],
+        other => {
+            return Err(bad(format!("getRequestStatus: requests must be a list of {{\"requestId\"}}, not {other}")));
+        }
+    };
+    let ids = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.get("requestId")
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| bad(format!("getRequestStatus: requests[{i}].requestId is missing or not a string")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() {
+        return Err(bad("getRequestStatus: no requestId given"));
+    }
+    Ok(ids)
+}
+
+/// A machine HostFactory names: its host name and/or its machine (instance) id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineRef {
+    pub name: Option<String>,
+    pub machine_id: Option<String>,
+}
+
+/// `requestReturnMachines` / `getReturnRequests`: `{"machines": [{"name", "machineId"}]}`.
+/// `required`: at least one machine, each with a name or an id.
+pub fn machines(verb: &str, input: &Value, required: bool) -> Result<Vec<MachineRef>, BadInput> {
+    let list = match input.get("machines") {
+        Some(Value::Array(list)) => list.as_slice(),
+        None | Some(Value::Null) if !required => &[],
+        Some(other) => return Err(bad(format!("{verb}: machines must be a list, not {other}"))),
+        None => return Err(bad(format!("{verb}: machines is missing"))),
+    };
+    let refs: Vec<MachineRef> = list
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let text = |key: &str| m.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+            let r = MachineRef { name: text("name"), machine_id: text("machineId") };
+            if r.name.is_none() && r.machine_id.is_none() {
+                return Err(bad(format!("{verb}: machines[{i}] has neither a name nor a machineId")));
+            }
+            Ok(r)
+        })
+        .collect::<Result<_, _>>()?;
+    if required && refs.is_empty() {
+        return Err(bad(format!("{verb}: no machine given")));
+    }
+    Ok(refs)
+}
+
+/// HostFactory's request status for a request in `phase`.
+pub fn request_status(phase: Option<Phase>) -> &'static str {
+    match phase {
+        None | Some(Phase::Pending | Phase::Provisioning) => "running",
+        Some(Phase::Fulfilled) => "complete",
+        Some(Phase::Partial | Phase::Failed | Phase::Deleting) => "complete_with_error",
+    }
+}
+
+/// HostFactory's result for a machine of an acquiring request.
+pub fn machine_result(m: &Machine) -> &'static str {
+    match m.result {
+        Some(MachineResult::Succeed) => "succeed",
+        Some(MachineResult::Fail) => "fail",
+        Some(MachineResult::Executing) | None => "executing",
+    }
+}
+
+/// One machine as HostFactory reads it. `result` is the acquire or return result.
+pub fn machine_json(m: &Machine, result: &str, message: Option<&str>) -> Value {
+    let launch = m.launch_time.as_ref().map_or(0, |t| t.0.as_second());
+    let message = message.or(m.message.as_deref()).unwrap_or_default();
+    json!({
+        "machineId": m.instance_id,
+        "name": m.name,
+        "result": result,
+        "status": m.state,
+        "privateIpAddress": m.private_ip,
+        "publicIpAddress": m.public_ip,
+        "launchtime": launch,
+        "message": message,
+        "cloudHostId": m.instance_id,
+        "instanceType": m.instance_type,
+        "priceType": m.capacity_type.as_deref().map(|c| if c == "spot" { "spot" } else { "ondemand" }),
+    })
+}
+
+/// Seconds HostFactory may wait before a machine listed by `getReturnRequests` goes: none for one
+/// already gone; for the operator's own returns as ORB granted them (spot 120, else 300).
+pub fn grace_period(m: &Machine) -> i64 {
+    if m.result == Some(MachineResult::Fail) {
+        0
+    } else if m.capacity_type.as_deref() == Some("spot") {
+        120
+    } else {
+        300
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_machines_reads_the_nested_and_the_flat_form() {
+        let nested = json!({"template": {"templateId": "workers", "machineCount": 3}});
+        assert_eq!(machines_wanted(&nested), Ok(("workers".into(), 3)));
+        let flat = json!({"templateId": "workers", "machineCount": "2"});
+        assert_eq!(machines_wanted(&flat), Ok(("workers".into(), 2)));
+        let orb = json!({"templateId": "workers", "maxNumber": 4});
+        assert_eq!(machines_wanted(&orb), Ok(("workers".into(), 4)));
+    }
+
+    #[test]
+    fn malformed_requests_name_the_field() {
+        let cases = [
+            (json!({}), "templateId"),
+            (json!({"template": {"templateId": 7, "machineCount": 1}}), "templateId"),
+            (json!({"template": {"templateId": "w"}}), "machineCount is missing"),
+            (json!({"template": {"templateId": "w", "machineCount": 0}}), "at least 1"),
+            (json!({"template": {"templateId": "w", "machineCount": "many"}}), "whole number"),
+            (json!({"template": {"templateId": "w", "machineCount": 1.5}}), "whole number"),
+        ];
+        for (input, expected) in cases {
+            let error = machines_wanted(&input).unwrap_err().0;
+            assert!(error.contains(expected), "{input}: {error}");
+        }
+    }
+
+    #[test]
+    fn request_ids_come_as_a_list_a_single_object_or_bare() {
+        let ids = |v: Value| request_ids(&v);
+        assert_eq!(
+            ids(json!({"requests": [{"requestId": "req-1"}, {"requestId": "ret-2"}]})),
+            Ok(vec!["req-1".into(), "ret-2".into()])
+        );
+        assert_eq!(ids(json!({"requests": {"requestId": "req-1"}})), Ok(vec!["req-1".into()]));
+        assert_eq!(ids(json!({"requestId": "req-1"})), Ok(vec!["req-1".into()]));
+        assert_eq!(ids(json!([{"requestId": "req-1"}])), Ok(vec!["req-1".into()]));
+        assert!(ids(json!({"requests": []})).unwrap_err().0.contains("no requestId"));
+        assert!(ids(json!({"requests": [{"id": "x"}]})).unwrap_err().0.contains("requests[0].requestId"));
+        assert!(ids(json!({"requests": "req-1"})).is_err());
+    }
+
+    #[test]
+    fn machines_need_a_name_or_an_id() {
+        let input = json!({"machines": [{"name": "host-1", "machineId": "i-1"}, {"machineId": "i-2"}]});
+        let refs = machines("requestReturnMachines", &input, true).unwrap();
+        assert_eq!(refs[1], MachineRef { name: None, machine_id: Some("i-2".into()) });
+        assert!(
+            machines("requestReturnMachines", &json!({"machines": [{}]}), true).unwrap_err().0.contains("machines[0]")
+        );
+        assert!(machines("requestReturnMachines", &json!({"machines": []}), true).is_err());
+        assert!(machines("requestReturnMachines", &json!({}), true).is_err());
+        assert_eq!(machines("getReturnRequests", &json!({}), false), Ok(vec![]));
+    }
+
+    #[test]
+    fn phases_map_to_hostfactory_statuses() {
+        assert_eq!(request_status(None), "running");
+        assert_eq!(request_status(Some(Phase::Provisioning)), "running");
+        assert_eq!(request_status(Some(Phase::Fulfilled)), "complete");
+        assert_eq!(request_status(Some(Phase::Partial)), "complete_with_error");
+        assert_eq!(request_status(Some(Phase::Failed)), "complete_with_error");
+    }
+}
