@@ -588,3 +588,23 @@ async fn every_aws_example_template_launches() {
     assert!(body.contains("BlockDeviceMapping.1.Ebs.VolumeType=gp3"), "root volume sent");
     assert!(body.contains("UserData="), "user data sent");
 }
+
+#[tokio::test]
+async fn a_template_leaving_the_type_to_its_launch_template_learns_that_types_facts() {
+    let Some(aws) = aws("a_template_leaving_the_type_to_its_launch_template_learns_that_types_facts").await else {
+        return;
+    };
+    let data = aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+        .image_id(&aws.image)
+        .instance_type(aws_sdk_ec2::types::InstanceType::C5Xlarge)
+        .build();
+    aws.ec2.create_launch_template().launch_template_name("given").launch_template_data(data).send().await.unwrap();
+    let template = MachineTemplateSpec {
+        launch_template: Some(LaunchTemplateRef { name: Some("given".into()), ..Default::default() }),
+        subnet_ids: aws.subnets.clone(),
+        ..Default::default()
+    };
+    let facts = aws.provider.validate(&template).await.unwrap();
+    let summary: Vec<_> = facts.iter().map(|f| (f.type_.as_str(), f.vcpus, f.memory_mib)).collect();
+    assert_eq!(summary, [("c5.xlarge", 4, 8192)], "what HostFactory's attributes are built from");
+}

@@ -166,3 +166,69 @@ async fn config_check_names_a_mistyped_variable() {
     assert!(!output.status.success());
     assert!(stderr.contains("ORB_PROVIDERS__DEFAULT__REGIONN (providers.default.regionn)"), "{stderr}");
 }
+
+/// A HostFactory provider script run as HostFactory runs it (`<verb>.sh -f <input>` with the
+/// HF_* variables), with the built binary behind it.
+fn hostfactory_script(verb: &str, input: &Path, env: &[(&str, &str)]) -> Command {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hostfactory/scripts").join(format!("{verb}.sh"));
+    let mut cmd = Command::new(script);
+    cmd.arg("-f").arg(input).env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd.env("ORB_OPERATOR_BIN", env!("CARGO_BIN_EXE_orb-operator"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// stdout must be exactly one JSON document: HostFactory parses it.
+fn json_answer(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{stdout}"))
+}
+
+#[tokio::test]
+async fn a_hostfactory_call_with_bad_input_answers_a_json_message_and_logs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, r#"{"template": {"templateId": "workers"}}"#).unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let env = [("HF_PROVIDER_LOGDIR", logs.to_str().unwrap()), ("HF_LOGLEVEL", "DEBUG"), ("ORB_HF_NAMESPACE", "grid")];
+    let output = finish(hostfactory_script("requestMachines", &input, &env), 30).await;
+    assert!(!output.status.success(), "a failed call exits non-zero");
+    let answer = json_answer(&output);
+    let message = answer["message"].as_str().unwrap();
+    assert!(message.contains("machineCount is missing"), "{message}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("stack backtrace"), "{stderr}");
+    let log = std::fs::read_to_string(logs.join("orb-operator-hostfactory.log")).unwrap();
+    assert!(log.contains("RequestMachines failed") && log.contains("machineCount is missing"), "{log}");
+    assert!(log.contains("requestMachines input: {\"template\""), "DEBUG logs the input: {log}");
+
+    std::fs::write(&input, "not json").unwrap();
+    let output = finish(hostfactory_script("getRequestStatus", &input, &env), 30).await;
+    assert!(json_answer(&output)["message"].as_str().unwrap().contains("is not JSON"));
+}
+
+#[tokio::test]
+async fn a_hostfactory_call_without_a_namespace_says_where_to_set_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, "{}").unwrap();
+    let output = finish(hostfactory_script("getAvailableTemplates", &input, &[]), 30).await;
+    assert!(!output.status.success());
+    let message = json_answer(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("--namespace") && message.contains("ORB_HF_NAMESPACE"), "{message}");
+    // The plugin config in HF_PROVIDER_CONFDIR names it (and a kubeconfig beside it is used).
+    std::fs::write(dir.path().join("orb-operator.json"), r#"{"namespace": "grid", "templateSelector": "a=b"}"#)
+        .unwrap();
+    let (url, served) = https_api_server().await;
+    kubeconfig(&url, dir.path());
+    let env = [("HF_PROVIDER_CONFDIR", dir.path().to_str().unwrap())];
+    let output = finish(hostfactory_script("getAvailableTemplates", &input, &env), 30).await;
+    let message = json_answer(&output)["message"].as_str().unwrap().to_string();
+    assert!(!output.status.success(), "the test API server knows no CRDs");
+    assert!(message.contains("Kubernetes API") && message.contains("could not find"), "{message}");
+    assert_eq!(served.load(Ordering::SeqCst), 1, "one list call, over TLS, with the config's kubeconfig");
+}

@@ -136,7 +136,19 @@ pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<Vec<Instance
             .and_then(|out| found(!out.key_pairs().is_empty(), "spec.keyName", "InvalidKeyPair.NotFound", key))?;
     }
     if let Some(lt) = &t.launch_template {
-        launch_template(ops, lt).await?;
+        let chosen = launch_template(ops, lt).await?;
+        // A template that leaves the type to its launch template: describe that type, so its
+        // facts are known too (HostFactory's attributes).
+        if let (true, Some(instance_type)) = (t.instance_types.is_empty(), chosen) {
+            let out = ops
+                .ec2
+                .describe_instance_types()
+                .instance_types(instance_type.as_str().into())
+                .send()
+                .await
+                .map_err(|e| at_index(classify("DescribeInstanceTypes", e), "spec.launchTemplate", "", &[]))?;
+            facts = out.instance_types().iter().map(instance_type_facts).collect();
+        }
     }
     if t.api == Api::SpotFleet {
         ops.spot_fleet_role(t).await?;
@@ -161,7 +173,8 @@ fn found(exists: bool, field: &str, code: &str, what: &str) -> Result<(), Provid
 }
 
 /// The launch template and the version the template asks for (`$Default` when none) exist.
-async fn launch_template(ops: &Ops, lt: &crate::api::LaunchTemplateRef) -> Result<(), ProviderError> {
+/// Returns the instance type that version launches, if it names one.
+async fn launch_template(ops: &Ops, lt: &crate::api::LaunchTemplateRef) -> Result<Option<String>, ProviderError> {
     let what = lt.id.as_deref().or(lt.name.as_deref()).unwrap_or_default();
     let out = ops
         .ec2
@@ -177,7 +190,8 @@ async fn launch_template(ops: &Ops, lt: &crate::api::LaunchTemplateRef) -> Resul
             "spec.launchTemplate",
             "InvalidLaunchTemplateName.NotFoundException",
             &format!("launch template {what}"),
-        );
+        )
+        .map(|()| None);
     };
     let version = lt.version.clone().unwrap_or_else(|| "$Default".into());
     let versions = ops
@@ -193,5 +207,11 @@ async fn launch_template(ops: &Ops, lt: &crate::api::LaunchTemplateRef) -> Resul
         "spec.launchTemplate.version",
         "InvalidLaunchTemplateVersion.NotFound",
         &format!("version {version} of launch template {what}"),
-    )
+    )?;
+    Ok(versions
+        .launch_template_versions()
+        .first()
+        .and_then(|v| v.launch_template_data())
+        .and_then(|d| d.instance_type())
+        .map(|t| t.as_str().to_string()))
 }

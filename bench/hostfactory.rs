@@ -1,0 +1,193 @@
+//! How long each HostFactory call takes at 10 and 1,000 requests. Prints figures; not a test.
+//!
+//! `cargo bench --bench hostfactory` answers every verb in-process against a scripted API server
+//! (tower-test) holding N HostFactory requests of 5 machines each: the plugin's own cost —
+//! decoding the label-selected lists, building the answers — without a network.
+//! With `ORB_E2E_KUBECONFIG` set it also creates N such requests in a fresh namespace of that
+//! cluster (statuses written directly; no operator needed) and times the real binary through the
+//! provider scripts, as HostFactory runs them, then deletes the namespace.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failed run
+
+use http::{Request, Response};
+use kube::client::Body;
+use orb_operator::hostfactory::{Plugin, Verb};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const NS: &str = "bench";
+
+fn request(i: usize) -> Value {
+    let name = format!("req-{i:08x}-0000-4000-8000-000000000000");
+    let machines: Vec<Value> = (0..5)
+        .map(|m| {
+            let id = format!("i-{i:08x}{m:09x}");
+            json!({"name": format!("{name}-{}", &id[2..]), "instanceId": id, "state": "running", "result": "succeed",
+                   "instanceType": "m5.large", "capacityType": "on-demand", "weight": 1, "zone": "us-east-1a",
+                   "privateIp": "10.0.0.1", "launchTime": "2026-11-26T10:00:00Z"})
+        })
+        .collect();
+    json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineRequest",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{i}"), "resourceVersion": "1", "generation": 1,
+                     "labels": {"orb.dev/created-by": "hostfactory"}},
+        "spec": {"templateRef": {"name": "workers"}, "capacity": 5, "fulfilmentTimeout": "15m"},
+        "status": {"phase": "Fulfilled", "requestedCapacity": 5, "fulfilledCapacity": 5, "machines": machines, "conditions": []}})
+}
+
+fn template() -> Value {
+    json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineTemplate",
+        "metadata": {"name": "workers", "namespace": NS, "uid": "t", "generation": 1},
+        "spec": {"imageId": "ami-0123456789abcdef0", "instanceTypes": [{"type": "m5.large"}]},
+        "status": {"observedGeneration": 1, "machinesInUse": 0,
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "Valid", "message": "ok", "observedGeneration": 1, "lastTransitionTime": "2026-11-26T10:00:00Z"}],
+                   "instanceTypes": [{"type": "m5.large", "vcpus": 2, "memoryMiB": 8192, "architecture": "x86_64"}]}})
+}
+
+/// A plugin whose API server holds `n` requests.
+fn scripted(n: usize) -> Plugin {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let requests: Vec<Value> = (0..n).map(request).collect();
+    tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let path = req.uri().path().to_string();
+            let method = req.method().clone();
+            let answer = if path.ends_with("/machinetemplates") {
+                json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineTemplateList", "metadata": {}, "items": [template()]})
+            } else if path.ends_with("/machinetemplates/workers") {
+                template()
+            } else if path.ends_with("/machinerequests") && method == http::Method::POST {
+                let bytes = req.into_body().collect_bytes().await.unwrap();
+                serde_json::from_slice(&bytes).unwrap()
+            } else if path.ends_with("/machinerequests") {
+                json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineRequestList", "metadata": {}, "items": requests})
+            } else {
+                let name = path.rsplit('/').next().unwrap();
+                requests.iter().find(|r| r["metadata"]["name"] == name).cloned().unwrap_or_else(|| requests[0].clone())
+            };
+            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap());
+        }
+    });
+    Plugin { client: kube::Client::new(service, NS), namespace: NS.into(), template_selector: None }
+}
+
+fn inputs() -> Vec<(Verb, Value)> {
+    let first = request(0);
+    let machine = &first["status"]["machines"][0];
+    vec![
+        (Verb::GetAvailableTemplates, json!({})),
+        (Verb::RequestMachines, json!({"template": {"templateId": "workers", "machineCount": 5}})),
+        (Verb::GetRequestStatus, json!({"requests": [{"requestId": first["metadata"]["name"]}]})),
+        (
+            Verb::RequestReturnMachines,
+            json!({"machines": [{"name": machine["name"], "machineId": machine["instanceId"]}]}),
+        ),
+        (Verb::GetReturnRequests, json!({"machines": []})),
+    ]
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+async fn in_process() {
+    println!("in-process against a scripted API server (median of 20 calls):");
+    println!("{:<24} {:>12} {:>12}", "verb", "10 requests", "1000 requests");
+    let mut rows: Vec<(Verb, Vec<Duration>)> = inputs().into_iter().map(|(v, _)| (v, vec![])).collect();
+    for n in [10, 1000] {
+        let plugin = scripted(n);
+        for (i, (verb, input)) in inputs().into_iter().enumerate() {
+            let mut times = vec![];
+            for _ in 0..20 {
+                let started = Instant::now();
+                // requestReturnMachines patches; the scripted server answers a patch like a get.
+                let _ = plugin.answer(verb, &input).await;
+                times.push(started.elapsed());
+            }
+            rows[i].1.push(median(times));
+        }
+    }
+    for (verb, times) in rows {
+        println!("{:<24} {:>12.2?} {:>12.2?}", format!("{verb:?}"), times[0], times[1]);
+    }
+}
+
+/// Against a real cluster: N requests in a fresh namespace, each verb run through its script.
+async fn on_a_cluster(kubeconfig: &str) {
+    use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+    use orb_operator::api::{MachineRequest, MachineTemplate};
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(kubeconfig).unwrap(),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    println!("\nthrough the provider scripts against {kubeconfig} (one call each):");
+    println!("{:<24} {:>12} {:>12}", "verb", "10 requests", "1000 requests");
+    let mut rows: Vec<(Verb, Vec<Duration>)> = inputs().into_iter().map(|(v, _)| (v, vec![])).collect();
+    for n in [10, 1000] {
+        let ns = format!("orb-bench-hf-{n}-{:04x}", rand::random::<u16>());
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let object =
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).unwrap();
+        namespaces.create(&PostParams::default(), &object).await.unwrap();
+        let templates: Api<MachineTemplate> = Api::namespaced(client.clone(), &ns);
+        let requests: Api<MachineRequest> = Api::namespaced(client.clone(), &ns);
+        let mut t: MachineTemplate = serde_json::from_value(template()).unwrap();
+        t.metadata.namespace = Some(ns.clone());
+        let status = t.status.take();
+        templates.create(&PostParams::default(), &t).await.unwrap();
+        let patch = json!({"status": status});
+        templates.patch_status("workers", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        for i in 0..n {
+            let mut mr: MachineRequest = serde_json::from_value(request(i)).unwrap();
+            mr.metadata.namespace = Some(ns.clone());
+            mr.metadata.uid = None;
+            mr.metadata.resource_version = None;
+            let status = mr.status.take();
+            let name = mr.metadata.name.clone().unwrap();
+            requests.create(&PostParams::default(), &mr).await.unwrap();
+            requests
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+                .await
+                .unwrap();
+        }
+        let dir = std::env::temp_dir().join(&ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, (verb, input)) in inputs().into_iter().enumerate() {
+            let name = format!("{verb:?}");
+            let script_name = format!("{}{}.sh", name[..1].to_lowercase(), &name[1..]);
+            let file = dir.join("input.json");
+            std::fs::write(&file, input.to_string()).unwrap();
+            let started = Instant::now();
+            let output = std::process::Command::new(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hostfactory/scripts").join(&script_name),
+            )
+            .arg("-f")
+            .arg(&file)
+            .env("ORB_OPERATOR_BIN", env!("CARGO_BIN_EXE_orb-operator"))
+            .env("KUBECONFIG", kubeconfig)
+            .env("ORB_HF_NAMESPACE", &ns)
+            .output()
+            .unwrap();
+            rows[i].1.push(started.elapsed());
+            assert!(output.status.success(), "{script_name}: {}", String::from_utf8_lossy(&output.stdout));
+        }
+        namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
+    }
+    for (verb, times) in rows {
+        println!("{:<24} {:>12.2?} {:>12.2?}", format!("{verb:?}"), times[0], times[1]);
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    in_process().await;
+    match std::env::var("ORB_E2E_KUBECONFIG") {
+        Ok(path) if !path.is_empty() => on_a_cluster(&path).await,
+        _ => println!("\n(set ORB_E2E_KUBECONFIG to also time the scripts against a real cluster)"),
+    }
+}

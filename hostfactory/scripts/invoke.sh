@@ -1,0 +1,38 @@
+#!/bin/sh
+# Runs one HostFactory provider call through `orb-operator hostfactory <verb> -f <input>`, the
+# way HostFactory runs a provider plugin's scripts:
+#   HF_PROVIDER_CONFDIR  the plugin config (orb-operator.json: namespace, templateSelector) and,
+#                        if present, a kubeconfig file used when KUBECONFIG is not set
+#   HF_PROVIDER_WORKDIR  the directory the call runs in (relative input paths are kept working)
+#   HF_PROVIDER_LOGDIR   where orb-operator-hostfactory.log is written
+#   HF_LOGLEVEL          DEBUG or TRACE also logs each input
+# ORB_OPERATOR_BIN names the binary (default: orb-operator on PATH).
+set -eu
+verb="$1"
+shift
+bin="${ORB_OPERATOR_BIN:-orb-operator}"
+if [ -z "${KUBECONFIG:-}" ] && [ -n "${HF_PROVIDER_CONFDIR:-}" ] && [ -f "$HF_PROVIDER_CONFDIR/kubeconfig" ]; then
+    KUBECONFIG="$HF_PROVIDER_CONFDIR/kubeconfig"
+    export KUBECONFIG
+fi
+# HostFactory passes `-f <file>`: make the path absolute before changing directory.
+if [ "${1:-}" = "-f" ] && [ -n "${2:-}" ]; then
+    case "$2" in
+        /*) input="$2" ;;
+        *) input="$(pwd)/$2" ;;
+    esac
+    shift 2
+    set -- -f "$input" "$@"
+    case "${HF_LOGLEVEL:-}" in
+        DEBUG | TRACE)
+            if [ -n "${HF_PROVIDER_LOGDIR:-}" ]; then
+                { printf '%s %s input: ' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$verb"; tr -d '\n' < "$input"; echo; } \
+                    >> "$HF_PROVIDER_LOGDIR/orb-operator-hostfactory.log"
+            fi
+            ;;
+    esac
+fi
+if [ -n "${HF_PROVIDER_WORKDIR:-}" ] && [ -d "$HF_PROVIDER_WORKDIR" ]; then
+    cd "$HF_PROVIDER_WORKDIR"
+fi
+exec "$bin" hostfactory "$verb" "$@"
