@@ -62,7 +62,15 @@ enum ConfigCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // HostFactory reads a JSON message on stdout, even for a bad command line.
+        Err(e) if std::env::args().nth(1).as_deref() == Some("hostfactory") && e.use_stderr() => {
+            println!("{}", serde_json::json!({"message": e.to_string().trim()}));
+            return std::process::ExitCode::FAILURE;
+        }
+        Err(e) => e.exit(),
+    };
     // A HostFactory call is one short exchange: a single-threaded runtime starts fastest.
     let runtime = match &cli.command {
         Command::Hostfactory { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build(),

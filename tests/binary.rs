@@ -209,6 +209,16 @@ async fn a_hostfactory_call_with_bad_input_answers_a_json_message_and_logs_it() 
     std::fs::write(&input, "not json").unwrap();
     let output = finish(hostfactory_script("getRequestStatus", &input, &env), 30).await;
     assert!(json_answer(&output)["message"].as_str().unwrap().contains("is not JSON"));
+
+    // Symphony's own level names; a log directory that is not there never costs the answer.
+    let env = [("HF_PROVIDER_LOGDIR", "/nonexistent/logs"), ("HF_LOGLEVEL", "LOG_DEBUG"), ("ORB_HF_NAMESPACE", "grid")];
+    let output = finish(hostfactory_script("getRequestStatus", &input, &env), 30).await;
+    assert!(json_answer(&output)["message"].as_str().unwrap().contains("is not JSON"));
+
+    // A command line HostFactory should never send still answers in JSON.
+    let output = finish(operator(&["hostfactory", "getEverything", "-f", "x.json"], &[]), 30).await;
+    assert!(!output.status.success());
+    assert!(json_answer(&output)["message"].as_str().unwrap().contains("getEverything"));
 }
 
 #[tokio::test]

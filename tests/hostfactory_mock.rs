@@ -210,6 +210,10 @@ fn route(method: &Method, path: &str, query: &str, body: &Value) -> (u16, Value)
     let rest = path.strip_prefix(&base).unwrap_or_else(|| panic!("unexpected path {path}"));
     let query = urlencoding_decode(query);
     match (method.as_str(), rest.split_once('/')) {
+        // A selector nothing matches: an empty namespace as HostFactory may meet it.
+        ("GET", None) if rest == "machinetemplates" && query.contains("labelSelector=") => {
+            (200, json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineTemplateList", "metadata": {}, "items": []}))
+        }
         ("GET", None) if rest == "machinetemplates" => (200, templates()),
         ("GET", Some(("machinetemplates", name))) => templates()["items"]
             .as_array()
@@ -310,6 +314,12 @@ async fn get_available_templates_lists_the_ready_ones_with_their_attributes() {
         answer["templates"].as_array().unwrap().iter().map(|t| t["templateId"].as_str().unwrap()).collect();
     assert_eq!(ids, ["arm", "workers"], "the template that is not Ready is left out");
     assert_eq!(seen.lock().unwrap().calls, ["GET /apis/orb.dev/v1alpha1/namespaces/grid/machinetemplates?"]);
+
+    let (mut plugin, _) = self::plugin();
+    plugin.template_selector = Some("orb.dev/hostfactory=offered".into());
+    let empty = plugin.answer(Verb::GetAvailableTemplates, &json!({})).await.unwrap();
+    shaped("getAvailableTemplates", &empty);
+    golden("getAvailableTemplates.empty", &empty);
 }
 
 #[tokio::test]
@@ -440,4 +450,36 @@ fn the_shapes_refuse_what_hostfactory_would_refuse() {
     ] {
         assert!(!validator.is_valid(&bad), "{bad}");
     }
+}
+
+#[tokio::test]
+async fn returning_a_machine_twice_or_one_already_leaving_lowers_capacity_once_at_most() {
+    let (plugin, seen) = plugin();
+    // A's machine named twice (by name, by id); D's machine already being returned; C's machine
+    // that AWS reclaimed (the operator replaces it: giving it back acknowledges, lowers nothing).
+    let input = json!({"machines": [
+        {"name": format!("{A}-0a00000000000001a")},
+        {"machineId": "i-0a00000000000001a"},
+        {"name": format!("{D}-0d00000000000002d"), "machineId": "i-0d00000000000002d"},
+        {"name": format!("{C}-0c00000000000002c"), "machineId": "i-0c00000000000002c"},
+    ]});
+    let answer = plugin.answer(Verb::RequestReturnMachines, &input).await.unwrap();
+    assert!(answer["message"].as_str().unwrap().starts_with("3 machine(s)"), "{answer}");
+    let seen = seen.lock().unwrap();
+    let capacity = |name: &str| {
+        let path = format!("machinerequests/{name}");
+        let i = seen.calls.iter().position(|c| c.starts_with("PATCH") && c.contains(&path)).unwrap();
+        seen.bodies[i]["spec"]["capacity"].clone()
+    };
+    assert_eq!(capacity(A), 1, "2 - the one machine's weight, once");
+    assert_eq!(capacity(D), 1, "already leaving: not counted again");
+    assert_eq!(capacity(C), 2, "lost and replaced: acknowledged, not counted");
+}
+
+#[tokio::test]
+async fn a_return_id_that_cannot_be_a_label_is_simply_unknown() {
+    let (plugin, seen) = plugin();
+    let answer = plugin.answer(Verb::GetRequestStatus, &json!({"requestId": "ret-not/a label"})).await.unwrap();
+    assert_eq!(answer["requests"][0]["status"], "complete_with_error");
+    assert!(seen.lock().unwrap().calls.is_empty(), "no call with an invalid label selector");
 }

@@ -5,7 +5,8 @@
 #                        if present, a kubeconfig file used when KUBECONFIG is not set
 #   HF_PROVIDER_WORKDIR  the directory the call runs in (relative input paths are kept working)
 #   HF_PROVIDER_LOGDIR   where orb-operator-hostfactory.log is written
-#   HF_LOGLEVEL          DEBUG or TRACE also logs each input
+#   HF_LOGLEVEL          DEBUG or TRACE (LOG_DEBUG, LOG_TRACE as Symphony sets them) also logs
+#                        each input; logging never fails the call
 # ORB_OPERATOR_BIN names the binary (default: orb-operator on PATH).
 set -eu
 verb="$1"
@@ -24,10 +25,10 @@ if [ "${1:-}" = "-f" ] && [ -n "${2:-}" ]; then
     shift 2
     set -- -f "$input" "$@"
     case "${HF_LOGLEVEL:-}" in
-        DEBUG | TRACE)
+        DEBUG | TRACE | LOG_DEBUG | LOG_TRACE)
             if [ -n "${HF_PROVIDER_LOGDIR:-}" ]; then
                 { printf '%s %s input: ' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$verb"; tr -d '\n' < "$input"; echo; } \
-                    >> "$HF_PROVIDER_LOGDIR/orb-operator-hostfactory.log"
+                    >> "$HF_PROVIDER_LOGDIR/orb-operator-hostfactory.log" 2>/dev/null || true
             fi
             ;;
     esac

@@ -106,7 +106,9 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
 
     let named: BTreeSet<&str> = frame.spec.return_machines.iter().map(String::as_str).collect();
     for m in &mut status.machines {
-        if named.contains(m.instance_id.as_str()) && live(m) {
+        // A stopped machine named too: it holds no capacity, but it still exists (and costs).
+        let terminable = state_of(m).is_some_and(InstanceState::can_terminate);
+        if named.contains(m.instance_id.as_str()) && !m.returning && terminable {
             m.returning = true;
             m.message = Some("returning: named in spec.returnMachines".into());
         }
@@ -835,6 +837,16 @@ mod tests {
         let request_fleet = MachineTemplateSpec { fleet_type: Some(FleetType::Request), ..t.clone() };
         let p = plan(&Frame { template: &request_fleet, ..f }, &previous, &running);
         assert_eq!(p.step, Step::Wait);
+    }
+
+    #[test]
+    fn a_stopped_machine_named_for_return_is_terminated_too() {
+        let (mut s, t) = (spec(1), template());
+        s.return_machines = vec!["i-stopped".into()];
+        let observed = [obs("i-1", Running, "m5.large", 0), obs("i-stopped", Stopped, "m5.large", 0)];
+        let p = plan(&frame(&s, &t, 0), &MachineRequestStatus::default(), &observed);
+        assert_eq!(p.step, Step::Return(vec!["i-stopped".into()]));
+        assert_eq!(p.status.fulfilled_capacity, 1, "it held no capacity; the running one stays");
     }
 
     #[test]

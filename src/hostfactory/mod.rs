@@ -163,6 +163,13 @@ impl Plugin {
     }
 
     async fn return_status(&self, id: &str) -> Result<Value, HfError> {
+        // Only ids this plugin made can be label keys; anything else is simply unknown.
+        let made_here = id.len() == 40 && id[4..].chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        if !made_here {
+            return Ok(
+                json!({"requestId": id, "status": "complete_with_error", "message": format!("no return request {id} in namespace {}", self.namespace), "machines": []}),
+            );
+        }
         let key = format!("{RETURN_PREFIX}{id}");
         let owners = self.requests().list(&ListParams::default().labels(&key)).await?.items;
         if owners.is_empty() {
@@ -201,7 +208,8 @@ impl Plugin {
         let wanted = protocol::machines("requestReturnMachines", input, true)?;
         // Owner of each machine: the request its name names (`<request>-<id>`), else found among
         // the requests HostFactory made. Nothing changes unless every machine has an owner.
-        let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // (A set: the same machine named twice, by id and by name, is one return.)
+        let mut owners: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut unplaced = vec![];
         for m in &wanted {
             let owner = match owner_by_name(m) {
@@ -225,14 +233,14 @@ impl Plugin {
                     ))
                 })?;
                 let id = instance_id_in(mr, &m).unwrap_or_default();
-                owners.entry(mr.name_any()).or_default().push(id);
+                owners.entry(mr.name_any()).or_default().insert(id);
             }
         }
         let id = format!("ret-{}", uuid::Uuid::new_v4());
         for (name, ids) in &owners {
-            self.return_from(name, ids, &id).await?;
+            self.return_from(name, &ids.iter().cloned().collect::<Vec<_>>(), &id).await?;
         }
-        let count: usize = owners.values().map(Vec::len).sum();
+        let count: usize = owners.values().map(BTreeSet::len).sum();
         Ok(json!({"requestId": id, "message": format!("{count} machine(s) being returned")}))
     }
 
@@ -245,8 +253,17 @@ impl Plugin {
             let status = mr.status.clone().unwrap_or_default();
             let known: BTreeSet<&str> = status.machines.iter().map(|m| m.instance_id.as_str()).collect();
             let already: BTreeSet<&str> = mr.spec.return_machines.iter().map(String::as_str).collect();
-            let weight = |id: &str| status.machines.iter().find(|m| m.instance_id == id).map_or(0, |m| m.weight.max(0));
-            let newly: Vec<&String> = ids.iter().filter(|id| !already.contains(id.as_str())).collect();
+            // Only a machine that still holds capacity lowers it: one already leaving (a
+            // scale-down victim) or lost (replaced by the operator) is acknowledged, never
+            // counted twice — else every return of such a machine would shrink the request again.
+            let weight = |id: &str| {
+                status
+                    .machines
+                    .iter()
+                    .find(|m| m.instance_id == id && m.counts_as_live())
+                    .map_or(0, |m| m.weight.max(0))
+            };
+            let newly: BTreeSet<&String> = ids.iter().filter(|id| !already.contains(id.as_str())).collect();
             let lowered = newly.iter().map(|id| weight(id)).sum::<i32>();
             // Ids the cloud forgot are dropped from the list: it would only grow otherwise.
             let mut list: Vec<String> =
