@@ -100,6 +100,12 @@ pub struct AwsSettings {
     /// Attempts per AWS call by the SDK's standard retry mode (1-10, default 3).
     #[serde(default, deserialize_with = "lenient_u32", skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Instance profiles (names, or ARNs) templates of this provider may launch with; none
+    /// when empty. The operator passes their roles to EC2 (`iam:PassRole`), so this list is
+    /// what decides who may run code with which credentials. A list, or comma-separated text
+    /// (`ORB_PROVIDERS__<NAME>__ALLOWED_INSTANCE_PROFILES=a,b`).
+    #[serde(default, deserialize_with = "lenient_list", skip_serializing_if = "Vec::is_empty")]
+    pub allowed_instance_profiles: Vec<String>,
 }
 
 /// Why configuration could not be loaded. Every variant names the key.
@@ -360,6 +366,23 @@ fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error>
     }
 }
 
+/// A list of strings, or one comma-separated string (as an environment variable gives it).
+fn lenient_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Option::<ListOrText>::deserialize(d)? {
+        None => vec![],
+        Some(ListOrText::List(list)) => list,
+        Some(ListOrText::Text(text)) => {
+            text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+        }
+    })
+}
+
 /// A duration string, checked with the same grammar as `fulfilmentTimeout`.
 fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let text = String::deserialize(d)?;
@@ -505,6 +528,27 @@ mod tests {
         assert!(msg.starts_with("ORB_PROVIDERS__DEFAULT__REGIONN (providers.default.regionn)"), "{msg}");
         let msg = err(Config::load(None, env(&[("ORB_PROVIDERS__DEFAULT__REGION", "us-east-1")])));
         assert!(msg.starts_with("providers.default.type"), "a provider without a type: {msg}");
+    }
+
+    #[test]
+    fn allowed_instance_profiles_come_as_a_list_or_comma_separated_text() {
+        let from_env = Config::load(
+            None,
+            env(&[
+                ("ORB_PROVIDERS__DEFAULT__TYPE", "aws"),
+                ("ORB_PROVIDERS__DEFAULT__REGION", "us-east-1"),
+                ("ORB_PROVIDERS__DEFAULT__ALLOWED_INSTANCE_PROFILES", "grid-worker, batch"),
+            ]),
+        )
+        .unwrap();
+        let ProviderConfig::Aws(aws) = &from_env.providers["default"] else { panic!("aws") };
+        assert_eq!(aws.allowed_instance_profiles, ["grid-worker", "batch"]);
+        let f = file(
+            "providers:\n  default:\n    type: aws\n    region: us-east-1\n    allowedInstanceProfiles: [grid-worker]\n",
+        );
+        let from_file = Config::load(Some(f.path()), env(&[])).unwrap();
+        let ProviderConfig::Aws(aws) = &from_file.providers["default"] else { panic!("aws") };
+        assert_eq!(aws.allowed_instance_profiles, ["grid-worker"]);
     }
 
     #[test]

@@ -87,6 +87,21 @@ async fn validation_names_each_bad_field() {
     t.image_id = Some("resolve:ssm:/orb/test/missing".into());
     assert_eq!(field_of(aws.provider.validate(&t).await), "spec.imageId");
 
+    // Only the instance profiles the provider config allows (here: `worker`) may be passed.
+    let mut t = good.clone();
+    t.instance_profile = Some("arn:aws:iam::123456789012:instance-profile/admin".into());
+    let calls = aws.proxy.calls("GetInstanceProfile").len();
+    match aws.provider.validate(&t).await {
+        Err(ProviderError::Invalid { field, code, message }) => {
+            assert_eq!((field.as_str(), code.as_str()), ("spec.instanceProfile", "InstanceProfileNotAllowed"));
+            assert!(message.contains("allowed: worker"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(aws.proxy.calls("GetInstanceProfile").len(), calls, "refused before any call");
+    t.instance_profile = Some("worker".into());
+    assert_eq!(field_of(aws.provider.validate(&t).await), "spec.instanceProfile", "allowed, but moto has none");
+
     let mut t = good.clone();
     t.api = Api::Asg;
     t.subnet_ids.clear();

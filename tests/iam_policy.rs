@@ -76,6 +76,25 @@ fn the_policy_grants_every_call_the_code_makes_and_nothing_else() {
 }
 
 #[test]
+fn roles_are_passed_only_to_ec2_and_spot_fleet_and_never_on_every_role() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/iam-policy.json");
+    let policy: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let passing: Vec<&Value> =
+        policy["Statement"].as_array().unwrap().iter().filter(|s| s["Action"] == "iam:PassRole").collect();
+    assert!(!passing.is_empty());
+    for s in passing {
+        let resources: Vec<&str> = match &s["Resource"] {
+            Value::String(r) => vec![r.as_str()],
+            Value::Array(list) => list.iter().map(|r| r.as_str().unwrap()).collect(),
+            other => panic!("{other}"),
+        };
+        assert!(resources.iter().all(|r| *r != "*" && r.contains(":role/")), "{}: {resources:?}", s["Sid"]);
+        let service = s["Condition"]["StringEquals"]["iam:PassedToService"].as_str().unwrap();
+        assert!(["ec2.amazonaws.com", "spotfleet.amazonaws.com"].contains(&service), "{service}");
+    }
+}
+
+#[test]
 fn destructive_actions_are_limited_to_the_operators_resources() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/iam-policy.json");
     let policy: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

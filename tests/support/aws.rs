@@ -38,6 +38,7 @@ pub async fn aws(test: &str) -> Option<Aws> {
         external_id: None,
         endpoint_url: Some(proxy.endpoint.clone()),
         max_attempts: Some(3),
+        allowed_instance_profiles: vec!["worker".into()],
     };
     // The SDK configuration exactly as the operator builds it, with moto's fixed credentials.
     let sdk = orb_operator::provider::aws::client::sdk_config(&settings)

@@ -25,6 +25,8 @@ use ops::Ops;
 pub struct AwsProvider {
     ops: Ops,
     region: String,
+    /// Instance profile names templates may use (`allowedInstanceProfiles`).
+    allowed_profiles: Vec<String>,
 }
 
 impl AwsProvider {
@@ -46,6 +48,7 @@ impl AwsProvider {
                 managed_templates: Default::default(),
             },
             region: settings.region.clone(),
+            allowed_profiles: settings.allowed_instance_profiles.iter().map(|p| profile_name(p).to_string()).collect(),
         }
     }
 
@@ -87,6 +90,11 @@ impl AwsProvider {
     }
 }
 
+/// The name of an instance profile given by name or ARN (`arn:...:instance-profile/path/name`).
+fn profile_name(profile: &str) -> &str {
+    profile.rsplit('/').next().unwrap_or(profile)
+}
+
 impl Provider for AwsProvider {
     async fn health(&self) -> Result<String, ProviderError> {
         let zones = self
@@ -100,6 +108,23 @@ impl Provider for AwsProvider {
     }
 
     async fn validate(&self, template: &MachineTemplateSpec) -> Result<Vec<InstanceTypeFacts>, ProviderError> {
+        if let Some(profile) = &template.instance_profile
+            && !self.allowed_profiles.iter().any(|allowed| allowed == profile_name(profile))
+        {
+            return Err(ProviderError::invalid(
+                "spec.instanceProfile",
+                "InstanceProfileNotAllowed",
+                format!(
+                    "instance profile {profile} is not in allowedInstanceProfiles of provider `{}` (allowed: {}); the operator passes only the roles its config allows",
+                    template.provider,
+                    if self.allowed_profiles.is_empty() {
+                        "none".to_string()
+                    } else {
+                        self.allowed_profiles.join(", ")
+                    }
+                ),
+            ));
+        }
         validate::template(&self.ops, template).await
     }
 
