@@ -29,6 +29,7 @@ run:
 
 crds:
 	$(CARGO) run --locked -q -- crd --dir crds
+	$(CARGO) run --locked -q -- crd > deploy/crds.yaml
 
 fmt:
 	$(CARGO) fmt

@@ -36,6 +36,9 @@ fn committed_crds_equal_the_generated_ones() {
         let committed = std::fs::read_to_string(root().join("crds").join(file)).unwrap_or_default();
         assert!(committed == generated, "crds/{file} is stale: run `make crds` and commit the result");
     }
+    // The kustomize base carries them too (kustomize loads nothing outside its directory).
+    let committed = std::fs::read_to_string(root().join("deploy/crds.yaml")).unwrap_or_default();
+    assert!(committed == crds_yaml().unwrap(), "deploy/crds.yaml is stale: run `make crds` and commit the result");
 }
 
 #[test]
@@ -454,4 +457,15 @@ mod invalid_templates {
             prop_assert_eq!(launched, 0);
         }
     }
+}
+
+#[test]
+fn the_kustomize_base_lists_the_crds_and_the_operator() {
+    let read = |path: &str| -> serde_yaml::Value {
+        serde_yaml::from_str(&std::fs::read_to_string(root().join(path)).unwrap()).unwrap()
+    };
+    let resources = |v: &serde_yaml::Value| -> Vec<String> {
+        v["resources"].as_sequence().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(resources(&read("deploy/kustomization.yaml")), ["crds.yaml", "operator.yaml"]);
 }
