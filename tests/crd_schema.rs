@@ -36,6 +36,11 @@ fn committed_crds_equal_the_generated_ones() {
         let committed = std::fs::read_to_string(root().join("crds").join(file)).unwrap_or_default();
         assert!(committed == generated, "crds/{file} is stale: run `make crds` and commit the result");
     }
+    // The chart carries them (Helm installs its crds/ first).
+    for (file, generated) in crd_files().unwrap() {
+        let committed = std::fs::read_to_string(root().join("charts/orb-operator/crds").join(file)).unwrap_or_default();
+        assert!(committed == generated, "charts/orb-operator/crds/{file} is stale: run `make crds`");
+    }
     // The kustomize base carries them too (kustomize loads nothing outside its directory).
     let committed = std::fs::read_to_string(root().join("deploy/crds.yaml")).unwrap_or_default();
     assert!(committed == crds_yaml().unwrap(), "deploy/crds.yaml is stale: run `make crds` and commit the result");
