@@ -6,4 +6,6 @@ pub mod api;
 pub mod config;
 pub mod controller;
 pub mod hostfactory;
+pub mod http;
+pub mod metrics;
 pub mod provider;

@@ -25,6 +25,9 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(long)]
         namespace: Option<String>,
+        /// Where `/healthz`, `/readyz` and `/metrics` are served ("off" for nowhere).
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        http_addr: String,
     },
     /// Print both CRDs as one multi-document YAML (or write one file per CRD into --dir).
     Crd {
@@ -112,7 +115,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             print!("{}", cfg.redacted_yaml());
         }
         Command::Hostfactory { .. } => anyhow::bail!("hostfactory calls are answered by hostfactory::cli::run"),
-        Command::Run { config, log_json, namespace } => {
+        Command::Run { config, log_json, namespace, http_addr } => {
             init_logging(log_json);
             let cfg = Config::from_process(config.as_deref())?;
             tracing::info!(cluster_id = %cfg.cluster_id, providers = ?cfg.providers.keys().collect::<Vec<_>>(), "configuration loaded");
@@ -120,7 +123,15 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 .await
                 .context("no Kubernetes client configuration (kubeconfig or in-cluster)")?;
             let registry = Registry::from_config(&cfg).await;
-            controller::run(client, registry, namespace.as_deref()).await?;
+            let listener = match http_addr.as_str() {
+                "off" => None,
+                addr => Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen on --http-addr {addr}"))?,
+                ),
+            };
+            controller::run(client, registry, namespace.as_deref(), listener).await?;
         }
     }
     Ok(())

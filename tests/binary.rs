@@ -118,7 +118,8 @@ async fn the_operator_against_an_https_api_server_without_crds_exits_with_a_clea
     let (url, served) = https_api_server().await;
     let dir = tempfile::tempdir().unwrap();
     let config = kubeconfig(&url, dir.path());
-    let output = finish(operator(&["run"], &[("KUBECONFIG", config.to_str().unwrap())]), 60).await;
+    let args = ["run", "--http-addr", "127.0.0.1:0"];
+    let output = finish(operator(&args, &[("KUBECONFIG", config.to_str().unwrap())]), 60).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "the operator panicked:\n{stderr}");
     assert!(!output.status.success(), "without CRDs the operator cannot run:\n{stderr}");

@@ -71,6 +71,7 @@ pub struct Context {
     pub validations: template::ValidationCache,
     /// The last status written for each request: a reconcile never plans from an older one.
     pub written: request::StatusMemory,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Context {
@@ -231,7 +232,14 @@ async fn check_crds(
 }
 
 /// Runs both controllers until a shutdown signal, over all namespaces or only `namespace`.
-pub async fn run(client: Client, registry: Registry, namespace: Option<&str>) -> anyhow::Result<()> {
+/// Runs both controllers, and serves `/healthz`, `/readyz` (once the caches are synced) and
+/// `/metrics` on `listener` when one is given.
+pub async fn run(
+    client: Client,
+    registry: Registry,
+    namespace: Option<&str>,
+    listener: Option<tokio::net::TcpListener>,
+) -> anyhow::Result<()> {
     type Templates = DeserializeGuard<MachineTemplate>;
     type Requests = DeserializeGuard<MachineRequest>;
     let (templates, requests) = match namespace {
@@ -258,6 +266,23 @@ pub async fn run(client: Client, registry: Registry, namespace: Option<&str>) ->
         timing: Timing::default(),
         validations: template::ValidationCache::default(),
         written: request::StatusMemory::default(),
+        metrics: Default::default(),
+    });
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(listener) = listener {
+        let state = crate::http::State {
+            metrics: ctx.metrics.clone(),
+            ready: ready.clone(),
+            requests: Some(request_store.clone()),
+        };
+        tokio::spawn(crate::http::serve(listener, state));
+    }
+    let (ready_templates, ready_requests) = (ctx.templates.clone(), request_store.clone());
+    tokio::spawn(async move {
+        if ready_templates.wait_until_ready().await.is_ok() && ready_requests.wait_until_ready().await.is_ok() {
+            ready.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!("caches synced; ready");
+        }
     });
 
     // A template change re-queues the requests that use it: a new generation or a new Ready

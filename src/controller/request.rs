@@ -267,6 +267,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<MachineRequest>>, ctx: Arc<Co
 }
 
 async fn reconcile_request(mr: Arc<MachineRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     let ns = mr.namespace().unwrap_or_default();
     let api: Api<MachineRequest> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, mr.clone(), |event| async {
@@ -285,12 +286,14 @@ async fn reconcile_request(mr: Arc<MachineRequest>, ctx: Arc<Context>) -> Result
         }
         Err(error @ Error::ReleaseInProgress { .. }) => {
             tracing::debug!(request = %format!("{ns}/{}", mr.name_any()), %error, "release in progress");
+            ctx.metrics.reconciled("request", started.elapsed(), None);
         }
         Err(error) => {
             tracing::warn!(request = %format!("{ns}/{}", mr.name_any()), %error, "reconcile failed");
             publish(&ctx, &mr, EventType::Warning, &error.reason(), error.to_string(), "Reconcile").await;
+            ctx.metrics.reconciled("request", started.elapsed(), Some(&error.reason()));
         }
-        Ok(_) => {}
+        Ok(_) => ctx.metrics.reconciled("request", started.elapsed(), None),
     }
     result
 }
@@ -455,6 +458,10 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
 /// An Event for each phase transition.
 async fn announce(ctx: &Context, mr: &MachineRequest, before: &MachineRequestStatus, after: &MachineRequestStatus) {
     let (Some(phase), true) = (after.phase, after.phase != before.phase) else { return };
+    if let (Phase::Fulfilled, Some(created)) = (phase, mr.meta().creation_timestamp.as_ref()) {
+        let took = jiff::Timestamp::now().duration_since(created.0);
+        ctx.metrics.fulfilled(took.unsigned_abs());
+    }
     let note = conditions::find(&after.conditions, conditions::READY).map(|c| c.message.clone()).unwrap_or_default();
     let type_ = match phase {
         Phase::Failed | Phase::Partial => EventType::Warning,

@@ -91,7 +91,14 @@ pub async fn verdict(template: &MachineTemplate, registry: &Registry) -> Verdict
 /// Reconciles one MachineTemplate; one that does not deserialize is reported on itself.
 pub async fn reconcile(guard: Arc<DeserializeGuard<MachineTemplate>>, ctx: Arc<Context>) -> Result<Action, Error> {
     match &guard.0 {
-        Ok(template) => reconcile_template(template, ctx).await,
+        Ok(template) => {
+            let started = Instant::now();
+            let metrics = ctx.metrics.clone();
+            let result = reconcile_template(template, ctx).await;
+            let category = result.as_ref().err().map(Error::reason);
+            metrics.reconciled("template", started.elapsed(), category.as_deref());
+            result
+        }
         Err(invalid) => {
             super::report_invalid(&ctx, "MachineTemplate", invalid).await;
             Ok(Action::await_change())

@@ -67,6 +67,9 @@ def main():
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
     assert "--log-json" in container["args"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert by_kind(objects, "Service")[0]["spec"]["ports"][0]["port"] == 8080, "the metrics Service"
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
     config = yaml.safe_load(by_kind(objects, "ConfigMap")[0]["data"]["config.yaml"])
     assert config == {"clusterId": "orb", "providers": {"default": {"type": "sim"}}}, config
@@ -99,6 +102,8 @@ def main():
     assert by_kind(objects, "ServiceAccount")[0]["metadata"]["annotations"] == irsa
     container = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     assert "--log-json" not in container["args"] and container["env"][0]["name"] == "AWS_STS_REGIONAL_ENDPOINTS"
+    objects, _ = render({"metrics": {"service": False}})
+    assert not by_kind(objects, "Service"), "metrics off: no Service"
     objects, _ = render({"serviceAccount": {"create": False, "name": "existing"}})
     assert not by_kind(objects, "ServiceAccount")
     assert by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["serviceAccountName"] == "existing"

@@ -1,0 +1,162 @@
+//! The operator's Prometheus metrics: reconciles (count, duration, errors by category) per
+//! controller, the time from a request's creation to Fulfilled, and — read from the request
+//! cache at each scrape — machines by state and template. Served on `/metrics` by `http`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub controller: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: String,
+    pub category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MachineLabels {
+    pub namespace: String,
+    pub template: String,
+    pub state: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 5 ms to ~80 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// Every metric family, registered once.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_seconds: Family<ControllerLabels, Histogram, fn() -> Histogram>,
+    time_to_fulfilled: Histogram,
+    machines: Family<MachineLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("orb");
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let reconcile_seconds =
+            Family::<ControllerLabels, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram);
+        // 1 s to ~4.5 h.
+        let time_to_fulfilled = Histogram::new(exponential_buckets(1.0, 2.0, 15));
+        let machines = Family::<MachineLabels, Gauge>::default();
+        registry.register("reconciles", "Reconciles by controller and result", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by controller and error category",
+            reconcile_errors.clone(),
+        );
+        registry.register("reconcile_duration_seconds", "Time spent in one reconcile", reconcile_seconds.clone());
+        registry.register(
+            "request_time_to_fulfilled_seconds",
+            "Time from a MachineRequest's creation to its phase Fulfilled",
+            time_to_fulfilled.clone(),
+        );
+        registry.register(
+            "machines",
+            "Machines of all requests by namespace, template and EC2 state",
+            machines.clone(),
+        );
+        Self { registry, reconciles, reconcile_errors, reconcile_seconds, time_to_fulfilled, machines }
+    }
+}
+
+impl Metrics {
+    /// Records one reconcile of `controller`; `error` is the error's category when it failed.
+    pub fn reconciled(&self, controller: &str, took: Duration, error: Option<&str>) {
+        let result = if error.is_some() { "error" } else { "ok" };
+        self.reconciles.get_or_create(&ReconcileLabels { controller: controller.into(), result: result.into() }).inc();
+        if let Some(category) = error {
+            let labels = ErrorLabels { controller: controller.into(), category: category.into() };
+            self.reconcile_errors.get_or_create(&labels).inc();
+        }
+        self.reconcile_seconds
+            .get_or_create(&ControllerLabels { controller: controller.into() })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records a request reaching Fulfilled `took` after its creation.
+    pub fn fulfilled(&self, took: Duration) {
+        self.time_to_fulfilled.observe(took.as_secs_f64());
+    }
+
+    /// The text exposition, with the machine gauges set from `requests` (the controller's cache).
+    pub fn render<'a>(&self, requests: impl IntoIterator<Item = &'a crate::api::MachineRequest>) -> String {
+        use kube::ResourceExt;
+        self.machines.clear();
+        for mr in requests {
+            for m in mr.status.iter().flat_map(|s| s.machines.iter()) {
+                let labels = MachineLabels {
+                    namespace: mr.namespace().unwrap_or_default(),
+                    template: mr.spec.template_ref.name.clone(),
+                    state: m.state.clone(),
+                };
+                self.machines.get_or_create(&labels).inc();
+            }
+        }
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Machine, MachineRequest, MachineRequestSpec, MachineRequestStatus, TemplateRef};
+
+    #[test]
+    fn every_family_is_exposed_with_what_was_recorded() {
+        let metrics = Metrics::default();
+        metrics.reconciled("request", Duration::from_millis(20), None);
+        metrics.reconciled("request", Duration::from_millis(40), Some("Provider"));
+        metrics.fulfilled(Duration::from_secs(12));
+        let mut mr = MachineRequest::new(
+            "r",
+            MachineRequestSpec { template_ref: TemplateRef { name: "w".into() }, ..Default::default() },
+        );
+        mr.metadata.namespace = Some("grid".into());
+        let machine =
+            |id: &str, state: &str| Machine { instance_id: id.into(), state: state.into(), ..Default::default() };
+        mr.status = Some(MachineRequestStatus {
+            machines: vec![machine("i-1", "running"), machine("i-2", "running"), machine("i-3", "pending")],
+            ..Default::default()
+        });
+        let text = metrics.render([&mr]);
+        for expected in [
+            r#"orb_reconciles_total{controller="request",result="ok"} 1"#,
+            r#"orb_reconciles_total{controller="request",result="error"} 1"#,
+            r#"orb_reconcile_errors_total{controller="request",category="Provider"} 1"#,
+            r#"orb_reconcile_duration_seconds_count{controller="request"} 2"#,
+            "orb_request_time_to_fulfilled_seconds_count 1",
+            r#"orb_machines{namespace="grid",template="w",state="running"} 2"#,
+            r#"orb_machines{namespace="grid",template="w",state="pending"} 1"#,
+        ] {
+            assert!(text.contains(expected), "missing {expected} in:\n{text}");
+        }
+        // Machines that are gone leave the gauges at the next scrape.
+        let text = metrics.render([]);
+        assert!(!text.contains("orb_machines{"), "{text}");
+    }
+}
