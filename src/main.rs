@@ -122,7 +122,8 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("no Kubernetes client configuration (kubeconfig or in-cluster)")?;
-            let registry = Registry::from_config(&cfg).await;
+            let metrics = std::sync::Arc::new(orb_operator::metrics::Metrics::default());
+            let registry = Registry::from_config(&cfg, &metrics).await;
             let listener = match http_addr.as_str() {
                 "off" => None,
                 addr => Some(
@@ -131,7 +132,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                         .with_context(|| format!("cannot listen on --http-addr {addr}"))?,
                 ),
             };
-            controller::run(client, registry, namespace.as_deref(), listener).await?;
+            controller::run(client, registry, namespace.as_deref(), listener, metrics).await?;
         }
     }
     Ok(())

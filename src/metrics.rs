@@ -28,6 +28,20 @@ pub struct ControllerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsCallLabels {
+    pub provider: String,
+    pub service: String,
+    pub operation: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsOperationLabels {
+    pub provider: String,
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MachineLabels {
     pub namespace: String,
     pub template: String,
@@ -40,6 +54,7 @@ fn seconds_histogram() -> Histogram {
 }
 
 /// Every metric family, registered once.
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<ReconcileLabels, Counter>,
@@ -47,6 +62,8 @@ pub struct Metrics {
     reconcile_seconds: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     time_to_fulfilled: Histogram,
     machines: Family<MachineLabels, Gauge>,
+    aws_calls: Family<AwsCallLabels, Counter>,
+    aws_call_seconds: Family<AwsOperationLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -59,6 +76,9 @@ impl Default for Metrics {
         // 1 s to ~4.5 h.
         let time_to_fulfilled = Histogram::new(exponential_buckets(1.0, 2.0, 15));
         let machines = Family::<MachineLabels, Gauge>::default();
+        let aws_calls = Family::<AwsCallLabels, Counter>::default();
+        let aws_call_seconds =
+            Family::<AwsOperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram);
         registry.register("reconciles", "Reconciles by controller and result", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -76,7 +96,26 @@ impl Default for Metrics {
             "Machines of all requests by namespace, template and EC2 state",
             machines.clone(),
         );
-        Self { registry, reconciles, reconcile_errors, reconcile_seconds, time_to_fulfilled, machines }
+        registry.register(
+            "aws_calls",
+            "AWS calls by provider, service, operation and outcome (ok, client_error, throttled, server_error, no_response)",
+            aws_calls.clone(),
+        );
+        registry.register(
+            "aws_call_duration_seconds",
+            "Latency of AWS calls, SDK retries included",
+            aws_call_seconds.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_seconds,
+            time_to_fulfilled,
+            machines,
+            aws_calls,
+            aws_call_seconds,
+        }
     }
 }
 
@@ -92,6 +131,19 @@ impl Metrics {
         self.reconcile_seconds
             .get_or_create(&ControllerLabels { controller: controller.into() })
             .observe(took.as_secs_f64());
+    }
+
+    /// Records one AWS call (with the SDK's retries) and how long it took.
+    pub fn aws_call(&self, provider: &str, service: &str, operation: &str, outcome: &str, took: Duration) {
+        let labels = AwsCallLabels {
+            provider: provider.into(),
+            service: service.into(),
+            operation: operation.into(),
+            outcome: outcome.into(),
+        };
+        self.aws_calls.get_or_create(&labels).inc();
+        let labels = AwsOperationLabels { provider: provider.into(), operation: operation.into() };
+        self.aws_call_seconds.get_or_create(&labels).observe(took.as_secs_f64());
     }
 
     /// Records a request reaching Fulfilled `took` after its creation.

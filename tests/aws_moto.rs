@@ -336,6 +336,16 @@ async fn throttling_is_retried_and_surfaces_when_it_persists() {
     let error = aws.provider.provision(&launch("t-2")).await.unwrap_err();
     assert!(matches!(&error, ProviderError::Throttled { code, .. } if code == "RequestLimitExceeded"), "{error:?}");
     assert_eq!(aws.live_of(&mr).await.len(), 1, "nothing more launched");
+
+    // /metrics counts each call once (its SDK retries inside), by outcome, with its latency.
+    let text = aws.metrics.render([]);
+    for expected in [
+        r#"operation="RunInstances",outcome="ok"} 1"#,
+        r#"operation="RunInstances",outcome="throttled"} 1"#,
+        r#"orb_aws_call_duration_seconds_count{provider="default",operation="RunInstances"} 2"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
 }
 
 #[tokio::test]

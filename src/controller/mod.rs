@@ -239,6 +239,7 @@ pub async fn run(
     registry: Registry,
     namespace: Option<&str>,
     listener: Option<tokio::net::TcpListener>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> anyhow::Result<()> {
     type Templates = DeserializeGuard<MachineTemplate>;
     type Requests = DeserializeGuard<MachineRequest>;
@@ -266,7 +267,7 @@ pub async fn run(
         timing: Timing::default(),
         validations: template::ValidationCache::default(),
         written: request::StatusMemory::default(),
-        metrics: Default::default(),
+        metrics,
     });
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(listener) = listener {

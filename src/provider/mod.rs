@@ -441,14 +441,16 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Builds every configured provider (AWS clients are created here, once).
-    pub async fn from_config(config: &Config) -> Self {
+    /// Builds every configured provider (AWS clients are created here, once); their AWS calls
+    /// are counted in `metrics`.
+    pub async fn from_config(config: &Config, metrics: &std::sync::Arc<crate::metrics::Metrics>) -> Self {
         let mut providers = BTreeMap::new();
         for (name, provider) in &config.providers {
             let built = match provider {
                 ProviderConfig::Sim(settings) => AnyProvider::Sim(sim::SimProvider::new(settings.clone())),
                 ProviderConfig::Aws(settings) => {
-                    AnyProvider::Aws(aws::AwsProvider::new(settings, &config.cluster_id).await)
+                    let calls = aws::call_metrics::CallMetrics { provider: name.clone(), metrics: metrics.clone() };
+                    AnyProvider::Aws(aws::AwsProvider::new(settings, &config.cluster_id, calls).await)
                 }
             };
             providers.insert(name.clone(), built);

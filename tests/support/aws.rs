@@ -22,6 +22,8 @@ pub struct Aws {
     pub moto: &'static moto::Moto,
     pub region: &'static str,
     pub proxy: FaultProxy,
+    /// The provider's metrics (its AWS calls are counted here).
+    pub metrics: std::sync::Arc<orb_operator::metrics::Metrics>,
     pub image: String,
     pub subnets: Vec<String>,
     pub group: String,
@@ -46,11 +48,14 @@ pub async fn aws(test: &str) -> Option<Aws> {
         .into_builder()
         .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(moto::credentials()))
         .build();
-    let provider = AnyProvider::Aws(AwsProvider::from_sdk(&sdk, &settings, CLUSTER));
+    let metrics = std::sync::Arc::new(orb_operator::metrics::Metrics::default());
+    let calls =
+        orb_operator::provider::aws::call_metrics::CallMetrics { provider: "default".into(), metrics: metrics.clone() };
+    let provider = AnyProvider::Aws(AwsProvider::from_sdk(&sdk, &settings, CLUSTER, calls));
     let ec2 = moto::ec2(moto, region);
     let iam = aws_sdk_iam::Client::new(&moto::sdk(moto, region).await);
     let moto::Network { image, subnets, group } = moto::network(&ec2).await;
-    Some(Aws { provider, ec2, iam, moto, region, proxy, image, subnets, group })
+    Some(Aws { provider, ec2, iam, moto, region, proxy, metrics, image, subnets, group })
 }
 
 impl Aws {

@@ -2,6 +2,7 @@
 //! shared by the per-API handlers: RunInstances, EC2 Fleet, Spot Fleet and Auto Scaling groups.
 
 pub mod asg;
+pub mod call_metrics;
 pub mod client;
 pub mod ec2_fleet;
 pub mod errors;
@@ -30,19 +31,33 @@ pub struct AwsProvider {
 }
 
 impl AwsProvider {
-    /// Builds the SDK configuration and clients (no network call is made here).
-    pub async fn new(settings: &AwsSettings, cluster_id: &str) -> Self {
-        Self::from_sdk(&client::sdk_config(settings).await, settings, cluster_id)
+    /// Builds the SDK configuration and clients (no network call is made here); every call is
+    /// counted in `calls`.
+    pub async fn new(settings: &AwsSettings, cluster_id: &str, calls: call_metrics::CallMetrics) -> Self {
+        Self::from_sdk(&client::sdk_config(settings).await, settings, cluster_id, calls)
     }
 
     /// Builds the clients from a prepared SDK configuration (tests give it fixed credentials).
-    pub fn from_sdk(sdk: &aws_config::SdkConfig, settings: &AwsSettings, cluster_id: &str) -> Self {
+    pub fn from_sdk(
+        sdk: &aws_config::SdkConfig,
+        settings: &AwsSettings,
+        cluster_id: &str,
+        calls: call_metrics::CallMetrics,
+    ) -> Self {
         Self {
             ops: Ops {
-                ec2: aws_sdk_ec2::Client::new(sdk),
-                ssm: aws_sdk_ssm::Client::new(sdk),
-                iam: aws_sdk_iam::Client::new(sdk),
-                autoscaling: aws_sdk_autoscaling::Client::new(sdk),
+                ec2: aws_sdk_ec2::Client::from_conf(
+                    aws_sdk_ec2::config::Builder::from(sdk).interceptor(calls.clone()).build(),
+                ),
+                ssm: aws_sdk_ssm::Client::from_conf(
+                    aws_sdk_ssm::config::Builder::from(sdk).interceptor(calls.clone()).build(),
+                ),
+                iam: aws_sdk_iam::Client::from_conf(
+                    aws_sdk_iam::config::Builder::from(sdk).interceptor(calls.clone()).build(),
+                ),
+                autoscaling: aws_sdk_autoscaling::Client::from_conf(
+                    aws_sdk_autoscaling::config::Builder::from(sdk).interceptor(calls).build(),
+                ),
                 cluster_id: cluster_id.to_string(),
                 zones: Default::default(),
                 managed_templates: Default::default(),
