@@ -117,6 +117,19 @@ impl Context {
     }
 }
 
+/// `Ok` when every configured provider answers its health check, else which one does not.
+pub async fn providers_answer(registry: &Registry) -> Result<(), String> {
+    use crate::provider::Provider;
+    for name in registry.names() {
+        if let Some(provider) = registry.get(name)
+            && let Err(e) = provider.health().await
+        {
+            return Err(format!("provider `{name}`: {e}"));
+        }
+    }
+    Ok(())
+}
+
 /// Reports an object that does not deserialize: a Warning Event on it (naming the problem) and
 /// a log line. The controllers leave it alone until it changes; every other object goes on.
 pub(crate) async fn report_invalid(ctx: &Context, kind: &str, invalid: &InvalidObject) {
@@ -278,12 +291,19 @@ pub async fn run(
         };
         tokio::spawn(crate::http::serve(listener, state));
     }
-    let (ready_templates, ready_requests) = (ctx.templates.clone(), request_store.clone());
+    let (ready_templates, ready_requests, providers) = (ctx.templates.clone(), request_store.clone(), ctx.clone());
     tokio::spawn(async move {
-        if ready_templates.wait_until_ready().await.is_ok() && ready_requests.wait_until_ready().await.is_ok() {
-            ready.store(true, std::sync::atomic::Ordering::SeqCst);
-            tracing::info!("caches synced; ready");
+        if ready_templates.wait_until_ready().await.is_err() || ready_requests.wait_until_ready().await.is_err() {
+            return;
         }
+        // Ready once every configured provider answers too (a cloud that cannot be reached
+        // would only fail every reconcile); asked again every 10 s until then.
+        while let Err(unhealthy) = providers_answer(&providers.registry).await {
+            tracing::warn!(%unhealthy, "not ready: a provider does not answer");
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        }
+        ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!("caches synced and providers answer; ready");
     });
 
     // A template change re-queues the requests that use it: a new generation or a new Ready
@@ -331,4 +351,40 @@ pub async fn run(
     tracing::info!("controllers started");
     futures::join!(request_ctrl, template_ctrl);
     Ok(())
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    use super::*;
+    use crate::config::{AwsSettings, SimSettings};
+    use crate::provider::{AnyProvider, aws, sim};
+
+    #[tokio::test]
+    async fn ready_only_when_every_provider_answers() {
+        let sim = || AnyProvider::Sim(sim::SimProvider::new(SimSettings::default()));
+        assert_eq!(providers_answer(&Registry::with([("default".to_string(), sim())])).await, Ok(()));
+
+        // An AWS provider whose endpoint nobody serves.
+        let settings = AwsSettings {
+            region: "us-east-1".into(),
+            profile: None,
+            role_arn: None,
+            external_id: None,
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+            max_attempts: Some(1),
+            allowed_instance_profiles: vec![],
+        };
+        let sdk = aws::client::sdk_config(&settings)
+            .await
+            .into_builder()
+            .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
+                aws_sdk_ec2::config::Credentials::new("k", "s", None, None, "test"),
+            ))
+            .build();
+        let calls = aws::call_metrics::CallMetrics { provider: "prod".into(), metrics: Arc::default() };
+        let unreachable = AnyProvider::Aws(aws::AwsProvider::from_sdk(&sdk, &settings, "c", calls));
+        let registry = Registry::with([("default".to_string(), sim()), ("prod".to_string(), unreachable)]);
+        let error = providers_answer(&registry).await.unwrap_err();
+        assert!(error.starts_with("provider `prod`"), "{error}");
+    }
 }
