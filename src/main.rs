@@ -19,8 +19,11 @@ enum Command {
         /// Operator config file (YAML or JSON); ORB_* variables override it.
         #[arg(long, env = "ORB_CONFIG")]
         config: Option<PathBuf>,
-        /// Log as JSON lines instead of text.
-        #[arg(long)]
+        /// Log format: `text`, or `json` lines (for log collectors).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+        /// The same as `--log-format json` (kept for existing manifests).
+        #[arg(long, hide = true)]
         log_json: bool,
         /// Watch only this namespace (default: all namespaces).
         #[arg(long)]
@@ -53,6 +56,12 @@ enum Command {
         #[arg(long)]
         template_selector: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -115,8 +124,8 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             print!("{}", cfg.redacted_yaml());
         }
         Command::Hostfactory { .. } => anyhow::bail!("hostfactory calls are answered by hostfactory::cli::run"),
-        Command::Run { config, log_json, namespace, http_addr } => {
-            init_logging(log_json);
+        Command::Run { config, log_format, log_json, namespace, http_addr } => {
+            init_logging(log_json || log_format == LogFormat::Json);
             let cfg = Config::from_process(config.as_deref())?;
             tracing::info!(cluster_id = %cfg.cluster_id, providers = ?cfg.providers.keys().collect::<Vec<_>>(), "configuration loaded");
             let client = kube::Client::try_default()

@@ -243,3 +243,16 @@ async fn a_hostfactory_call_without_a_namespace_says_where_to_set_one() {
     assert!(message.contains("Kubernetes API") && message.contains("could not find"), "{message}");
     assert_eq!(served.load(Ordering::SeqCst), 1, "one list call, over TLS, with the config's kubeconfig");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_json_lines() {
+    let (url, _) = https_api_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(&url, dir.path());
+    let args = ["run", "--http-addr", "127.0.0.1:0", "--log-format", "json"];
+    let output = finish(operator(&args, &[("KUBECONFIG", config.to_str().unwrap())]), 60).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().find(|l| l.contains("configuration loaded")).unwrap_or_else(|| panic!("{stdout}"));
+    let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(parsed["fields"]["message"], "configuration loaded", "{parsed}");
+}

@@ -66,7 +66,7 @@ def main():
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
-    assert "--log-json" in container["args"]
+    assert container["args"][-2:] == ["--log-format", "json"], container["args"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert by_kind(objects, "Service")[0]["spec"]["ports"][0]["port"] == 8080, "the metrics Service"
@@ -101,7 +101,7 @@ def main():
     validate(objects, "aws")
     assert by_kind(objects, "ServiceAccount")[0]["metadata"]["annotations"] == irsa
     container = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
-    assert "--log-json" not in container["args"] and container["env"][0]["name"] == "AWS_STS_REGIONAL_ENDPOINTS"
+    assert "text" in container["args"] and container["env"][0]["name"] == "AWS_STS_REGIONAL_ENDPOINTS"
     objects, _ = render({"metrics": {"service": False}})
     assert not by_kind(objects, "Service"), "metrics off: no Service"
     objects, _ = render({"serviceAccount": {"create": False, "name": "existing"}})
