@@ -508,17 +508,15 @@ pub async fn delete(ops: &Ops, fleet_ids: &[String]) -> Result<(), ProviderError
             .send()
             .await
             .map_err(|e| classify("DeleteFleets", e))?;
-        // A fleet that could not be deleted would replace what is terminated next.
         if let Some(failed) = out.unsuccessful_fleet_deletions().first() {
             let error = failed.error();
-            return Err(ProviderError::Transient {
-                code: error.and_then(|e| e.code()).map_or("DeleteFleetFailed".into(), |c| c.as_str().to_string()),
-                message: format!(
-                    "DeleteFleets: fleet {} was not deleted: {}",
-                    failed.fleet_id().unwrap_or_default(),
-                    error.and_then(|e| e.message()).unwrap_or("no message")
-                ),
-            });
+            return Err(super::errors::not_removed(
+                "DeleteFleets",
+                &format!("fleet {} was not deleted", failed.fleet_id().unwrap_or_default()),
+                error.and_then(|e| e.code()).map(|c| c.as_str()),
+                error.and_then(|e| e.message()),
+                "DeleteFleetFailed",
+            ));
         }
     }
     Ok(())

@@ -72,6 +72,17 @@ pub fn field_for(code: &str) -> Option<&'static str> {
     })
 }
 
+/// A fleet or spot fleet request that EC2 reports it did not delete or cancel: worth retrying
+/// (the release stays in progress), and never to be ignored — it would replace what is
+/// terminated next.
+/// `what` says which and how (`fleet fleet-1 was not deleted`).
+pub fn not_removed(call: &str, what: &str, code: Option<&str>, message: Option<&str>, fallback: &str) -> ProviderError {
+    ProviderError::Transient {
+        code: code.unwrap_or(fallback).to_string(),
+        message: format!("{call}: {what}: {}", message.unwrap_or("no message")),
+    }
+}
+
 /// Classifies an AWS error code and message.
 pub fn classify_code(code: &str, message: &str, http_status: Option<u16>) -> ProviderError {
     let (code, message) = (code.to_string(), message.to_string());

@@ -21,6 +21,7 @@ use crate::api::{Api, InstanceTypeFacts, MachineTemplateSpec, Resources};
 use crate::config::AwsSettings;
 use errors::classify;
 use ops::Ops;
+use validate::profile_name;
 
 /// A configured AWS account and region.
 pub struct AwsProvider {
@@ -103,11 +104,6 @@ impl AwsProvider {
     pub fn ops(&self) -> &Ops {
         &self.ops
     }
-}
-
-/// The name of an instance profile given by name or ARN (`arn:...:instance-profile/path/name`).
-fn profile_name(profile: &str) -> &str {
-    profile.rsplit('/').next().unwrap_or(profile)
 }
 
 impl Provider for AwsProvider {

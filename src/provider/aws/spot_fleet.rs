@@ -357,17 +357,15 @@ pub async fn cancel(ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
             .send()
             .await
             .map_err(|e| classify("CancelSpotFleetRequests", e))?;
-        // A request that could not be cancelled would replace what is terminated next.
         if let Some(failed) = out.unsuccessful_fleet_requests().first() {
             let error = failed.error();
-            return Err(ProviderError::Transient {
-                code: error.and_then(|e| e.code()).map_or("CancelFailed".into(), |c| c.as_str().to_string()),
-                message: format!(
-                    "CancelSpotFleetRequests: {} was not cancelled: {}",
-                    failed.spot_fleet_request_id().unwrap_or_default(),
-                    error.and_then(|e| e.message()).unwrap_or("no message")
-                ),
-            });
+            return Err(super::errors::not_removed(
+                "CancelSpotFleetRequests",
+                &format!("{} was not cancelled", failed.spot_fleet_request_id().unwrap_or_default()),
+                error.and_then(|e| e.code()).map(|c| c.as_str()),
+                error.and_then(|e| e.message()),
+                "CancelFailed",
+            ));
         }
     }
     Ok(())

@@ -154,8 +154,7 @@ pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<Vec<Instance
         ops.spot_fleet_role(t).await?;
     }
     if let Some(profile) = &t.instance_profile {
-        // An ARN names the profile by its last path segment.
-        let name = profile.rsplit('/').next().unwrap_or(profile);
+        let name = profile_name(profile);
         ops.iam
             .get_instance_profile()
             .instance_profile_name(name)
@@ -164,6 +163,12 @@ pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<Vec<Instance
             .map_err(|e| at_index(classify("GetInstanceProfile", e), "spec.instanceProfile", "", &[]))?;
     }
     Ok(facts)
+}
+
+/// The name of an instance profile given by name or ARN (`arn:...:instance-profile/path/name`):
+/// an ARN names the profile by its last path segment.
+pub fn profile_name(profile: &str) -> &str {
+    profile.rsplit('/').next().unwrap_or(profile)
 }
 
 /// `Ok` when `exists`, else the field's not-found error (some describe calls answer an empty
