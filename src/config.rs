@@ -106,6 +106,110 @@ pub struct AwsSettings {
     /// (`ORB_PROVIDERS__<NAME>__ALLOWED_INSTANCE_PROFILES=a,b`).
     #[serde(default, deserialize_with = "lenient_list", skip_serializing_if = "Vec::is_empty")]
     pub allowed_instance_profiles: Vec<String>,
+    /// Describe calls per second the operator allows itself (default 16; EC2 refills 20/s).
+    #[serde(default, deserialize_with = "lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub describe_rate: Option<u32>,
+    /// Describe calls that may go out at once (default 80; EC2's bucket holds 100).
+    #[serde(default, deserialize_with = "lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub describe_burst: Option<u32>,
+    /// Mutating calls per second (default 4; EC2 refills 5/s).
+    #[serde(default, deserialize_with = "lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub mutate_rate: Option<u32>,
+    /// Mutating calls that may go out at once (default 40; EC2's bucket holds 50).
+    #[serde(default, deserialize_with = "lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub mutate_burst: Option<u32>,
+    /// How often the poller refreshes instances while any is changing state (default `2s`).
+    #[serde(default = "default_poll_interval", deserialize_with = "duration_text")]
+    pub poll_interval: String,
+    /// How often it refreshes them when all are steady (default `60s`).
+    #[serde(default = "default_steady_poll_interval", deserialize_with = "duration_text")]
+    pub steady_poll_interval: String,
+    /// How long an offering (instance type, zone, market) that failed for capacity is skipped
+    /// by every request of this provider (default `3m`).
+    #[serde(default = "default_capacity_error_ttl", deserialize_with = "duration_text")]
+    pub capacity_error_ttl: String,
+    /// How often the leak sweep looks for resources of requests that no longer exist (default
+    /// `5m`; `0s` turns it off).
+    #[serde(default = "default_sweep_interval", deserialize_with = "duration_text")]
+    pub sweep_interval: String,
+    /// How long a resource must have been seen orphaned before the sweep removes it (default `2m`).
+    #[serde(default = "default_sweep_grace", deserialize_with = "duration_text")]
+    pub sweep_grace: String,
+    /// Only report leaked resources (log, metric), never remove them.
+    #[serde(default, deserialize_with = "lenient_bool", skip_serializing_if = "std::ops::Not::not")]
+    pub sweep_dry_run: bool,
+}
+
+impl Default for AwsSettings {
+    fn default() -> Self {
+        Self {
+            region: String::new(),
+            profile: None,
+            role_arn: None,
+            external_id: None,
+            endpoint_url: None,
+            max_attempts: None,
+            allowed_instance_profiles: vec![],
+            describe_rate: None,
+            describe_burst: None,
+            mutate_rate: None,
+            mutate_burst: None,
+            poll_interval: default_poll_interval(),
+            steady_poll_interval: default_steady_poll_interval(),
+            capacity_error_ttl: default_capacity_error_ttl(),
+            sweep_interval: default_sweep_interval(),
+            sweep_grace: default_sweep_grace(),
+            sweep_dry_run: false,
+        }
+    }
+}
+
+fn default_poll_interval() -> String {
+    "2s".into()
+}
+fn default_steady_poll_interval() -> String {
+    "60s".into()
+}
+fn default_capacity_error_ttl() -> String {
+    "3m".into()
+}
+fn default_sweep_interval() -> String {
+    "5m".into()
+}
+fn default_sweep_grace() -> String {
+    "2m".into()
+}
+
+fn duration_of(text: &str) -> Duration {
+    crate::api::duration::parse(text).unwrap_or_default()
+}
+
+impl AwsSettings {
+    /// The client-side rate limits, defaults filled in.
+    pub fn rates(&self) -> crate::provider::aws::limits::Rates {
+        let d = crate::provider::aws::limits::Rates::default();
+        crate::provider::aws::limits::Rates {
+            describe_rate: self.describe_rate.unwrap_or(d.describe_rate),
+            describe_burst: self.describe_burst.unwrap_or(d.describe_burst),
+            mutate_rate: self.mutate_rate.unwrap_or(d.mutate_rate),
+            mutate_burst: self.mutate_burst.unwrap_or(d.mutate_burst),
+        }
+    }
+    pub fn poll(&self) -> Duration {
+        duration_of(&self.poll_interval)
+    }
+    pub fn steady_poll(&self) -> Duration {
+        duration_of(&self.steady_poll_interval)
+    }
+    pub fn capacity_ttl(&self) -> Duration {
+        duration_of(&self.capacity_error_ttl)
+    }
+    pub fn sweep_every(&self) -> Duration {
+        duration_of(&self.sweep_interval)
+    }
+    pub fn sweep_after(&self) -> Duration {
+        duration_of(&self.sweep_grace)
+    }
 }
 
 /// Why configuration could not be loaded. Every variant names the key.
@@ -237,6 +341,21 @@ impl AwsSettings {
             && !(1..=10).contains(&n)
         {
             return Err(key_error(format!("{prefix}.maxAttempts"), format!("{n} is outside 1-10")));
+        }
+        for (key, value) in [
+            ("describeRate", self.describe_rate),
+            ("describeBurst", self.describe_burst),
+            ("mutateRate", self.mutate_rate),
+            ("mutateBurst", self.mutate_burst),
+        ] {
+            if value == Some(0) {
+                return Err(key_error(format!("{prefix}.{key}"), "must be at least 1"));
+            }
+        }
+        for (key, value) in [("pollInterval", self.poll()), ("steadyPollInterval", self.steady_poll())] {
+            if value < Duration::from_millis(100) {
+                return Err(key_error(format!("{prefix}.{key}"), "must be at least 100ms"));
+            }
         }
         Ok(())
     }
@@ -384,6 +503,23 @@ fn lenient_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
 }
 
 /// A duration string, checked with the same grammar as `fulfilmentTimeout`.
+fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum BoolOrText {
+        Bool(bool),
+        Text(String),
+    }
+    match BoolOrText::deserialize(d)? {
+        BoolOrText::Bool(b) => Ok(b),
+        BoolOrText::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" | "" => Ok(false),
+            _ => Err(serde::de::Error::custom(format!("`{t}` is not true or false"))),
+        },
+    }
+}
+
 fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let text = String::deserialize(d)?;
     crate::api::duration::parse(&text).map_err(serde::de::Error::custom)?;

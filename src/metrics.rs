@@ -42,6 +42,27 @@ pub struct AwsOperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    pub provider: String,
+    /// `describe` or `mutate`.
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SweepLabels {
+    pub provider: String,
+    /// instance, fleet, spot-fleet-request, auto-scaling-group, launch-template.
+    pub kind: String,
+    /// `removed`, or `reported` in dry-run mode.
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MachineLabels {
     pub namespace: String,
     pub template: String,
@@ -64,6 +85,12 @@ pub struct Metrics {
     machines: Family<MachineLabels, Gauge>,
     aws_calls: Family<AwsCallLabels, Counter>,
     aws_call_seconds: Family<AwsOperationLabels, Histogram, fn() -> Histogram>,
+    budget_waits: Family<BudgetLabels, Counter>,
+    budget_wait_seconds: Family<BudgetLabels, Counter<f64>>,
+    swept: Family<SweepLabels, Counter>,
+    poll_cycles: Family<ProviderLabels, Counter>,
+    tracked: Family<ProviderLabels, Gauge>,
+    offerings_skipped: Family<ProviderLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -106,8 +133,42 @@ impl Default for Metrics {
             "Latency of AWS calls, SDK retries included",
             aws_call_seconds.clone(),
         );
+        let budget_waits = Family::<BudgetLabels, Counter>::default();
+        let budget_wait_seconds = Family::<BudgetLabels, Counter<f64>>::default();
+        let swept = Family::<SweepLabels, Counter>::default();
+        let poll_cycles = Family::<ProviderLabels, Counter>::default();
+        let tracked = Family::<ProviderLabels, Gauge>::default();
+        let offerings_skipped = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "aws_rate_limit_waits",
+            "AWS calls that waited for the provider's client-side rate limiter, by class (describe, mutate)",
+            budget_waits.clone(),
+        );
+        registry.register(
+            "aws_rate_limit_wait_seconds",
+            "Time AWS calls spent waiting for the client-side rate limiter",
+            budget_wait_seconds.clone(),
+        );
+        registry.register(
+            "leaked_resources_swept",
+            "Cloud resources tagged with this cluster whose MachineRequest no longer exists, removed (or reported in dry-run)",
+            swept.clone(),
+        );
+        registry.register("poll_cycles", "Batched instance refreshes by provider", poll_cycles.clone());
+        registry.register("tracked_instances", "Instances the provider's poller refreshes", tracked.clone());
+        registry.register(
+            "offerings_skipped",
+            "Launch offerings (type, zone, market) left out because they failed for capacity recently",
+            offerings_skipped.clone(),
+        );
         Self {
             registry,
+            budget_waits,
+            budget_wait_seconds,
+            swept,
+            poll_cycles,
+            tracked,
+            offerings_skipped,
             reconciles,
             reconcile_errors,
             reconcile_seconds,
@@ -144,6 +205,31 @@ impl Metrics {
         self.aws_calls.get_or_create(&labels).inc();
         let labels = AwsOperationLabels { provider: provider.into(), operation: operation.into() };
         self.aws_call_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// Records an AWS call that waited `took` for the rate limiter of `class`.
+    pub fn budget_wait(&self, provider: &str, class: &str, took: Duration) {
+        let labels = BudgetLabels { provider: provider.into(), class: class.into() };
+        self.budget_waits.get_or_create(&labels).inc();
+        self.budget_wait_seconds.get_or_create(&labels).inc_by(took.as_secs_f64());
+    }
+
+    /// Records a leaked resource of `kind` removed (or only reported, in dry-run).
+    pub fn swept(&self, provider: &str, kind: &str, dry_run: bool) {
+        let action = if dry_run { "reported" } else { "removed" };
+        self.swept.get_or_create(&SweepLabels { provider: provider.into(), kind: kind.into(), action: action.into() }).inc();
+    }
+
+    /// Records one poll cycle and how many instances the poller now tracks.
+    pub fn polled(&self, provider: &str, tracked: usize) {
+        let labels = ProviderLabels { provider: provider.into() };
+        self.poll_cycles.get_or_create(&labels).inc();
+        self.tracked.get_or_create(&labels).set(i64::try_from(tracked).unwrap_or(i64::MAX));
+    }
+
+    /// Records `n` offerings left out of a launch for a recent capacity error.
+    pub fn offerings_skipped(&self, provider: &str, n: usize) {
+        self.offerings_skipped.get_or_create(&ProviderLabels { provider: provider.into() }).inc_by(n as u64);
     }
 
     /// Records a request reaching Fulfilled `took` after its creation.

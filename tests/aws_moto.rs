@@ -12,7 +12,7 @@ use orb_operator::provider::{
     AnyProvider, Holdings, Owner, Provider, ProviderError, ProvisionRequest, Registry, ReturnRequest,
 };
 use std::collections::BTreeMap;
-use support::aws::{CLUSTER, aws};
+use support::aws::{CLUSTER, aws, changed};
 use support::driver::{MemoryStatus, converge, edited, pass, quiet_passes, ready, request};
 use support::fault_proxy::Fault;
 
@@ -428,6 +428,7 @@ async fn a_machine_whose_tags_were_stripped_is_kept_by_id_and_released() {
     let (mut mr, sink) = (request("stripped", 2), MemoryStatus::default());
     converge(&mut mr, &template, &aws.provider, &sink, 5).await;
     let stripped = sink.current().unwrap().machines[0].instance_id.clone();
+    let mut changes = aws.changes();
     // A tag policy removes the operator's tags: the tag listing no longer finds the machine.
     let tag = |key: &str| aws_sdk_ec2::types::Tag::builder().key(key).build();
     aws.ec2
@@ -438,6 +439,8 @@ async fn a_machine_whose_tags_were_stripped_is_kept_by_id_and_released() {
         .send()
         .await
         .unwrap();
+    // The poller, refreshing the machine by id, sees it lose its tags.
+    changed(&mut changes, &mr).await;
     let later = jiff::Timestamp::now() + jiff::SignedDuration::from_mins(5);
     for _ in 0..3 {
         pass(&mut mr, &template, &aws.provider, &sink, later, false).await.unwrap();
@@ -517,7 +520,10 @@ async fn a_machine_terminated_outside_the_operator_is_failed_and_replaced() {
     let (mut mr, sink) = (request("reclaim", 2), MemoryStatus::default());
     converge(&mut mr, &template, &aws.provider, &sink, 5).await;
     let gone = aws.live_of(&mr).await[0].instance_id().unwrap().to_string();
+    let mut changes = aws.changes();
     aws.ec2.terminate_instances().instance_ids(&gone).send().await.unwrap();
+    // The poller sees it go by itself and wakes the request; nothing else describes it.
+    changed(&mut changes, &mr).await;
     let (status, _) = converge(&mut mr, &template, &aws.provider, &sink, 5).await;
     assert_eq!(aws.live_of(&mr).await.len(), 2, "its capacity was provisioned again");
     let lost = status.machines.iter().find(|m| m.instance_id == gone).unwrap();

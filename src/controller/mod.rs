@@ -268,6 +268,7 @@ pub async fn run(
     let request_store = request_ctrl.store();
     let template_store = template_ctrl.store();
 
+    let changes = registry.changes();
     let ctx = Arc::new(Context {
         client: client.clone(),
         registry,
@@ -336,6 +337,8 @@ pub async fn run(
                 .map(|r| ObjectRef::from_obj(&*r))
                 .collect::<Vec<_>>()
         })
+        // A machine the provider saw change wakes its request at once.
+        .reconcile_on(changes.map(|key| ObjectRef::new(&key.name).within(&key.namespace)))
         .shutdown_on_signal()
         .run(request::reconcile, request::error_policy, ctx.clone())
         .for_each(|_| async {});
@@ -367,12 +370,9 @@ mod readiness_tests {
         // An AWS provider whose endpoint nobody serves.
         let settings = AwsSettings {
             region: "us-east-1".into(),
-            profile: None,
-            role_arn: None,
-            external_id: None,
             endpoint_url: Some("http://127.0.0.1:9".into()),
             max_attempts: Some(1),
-            allowed_instance_profiles: vec![],
+            ..AwsSettings::default()
         };
         let sdk = aws::client::sdk_config(&settings)
             .await

@@ -445,21 +445,6 @@ pub fn choose_victims(machines: &[Machine], excess: u32) -> Vec<String> {
     victims
 }
 
-/// The machines of `previous` the cloud's tag listing (`observed`) no longer shows and that
-/// must be looked up by id before they are dropped: launched longer ago than the listing may lag,
-/// not returned by the operator and not known to be gone. (A machine whose tags were stripped,
-/// or that carries another cluster id, is missing from the listing but still running.)
-pub fn unlisted(now: Timestamp, previous: &[Machine], observed: &[ObservedMachine]) -> Vec<String> {
-    let seen: BTreeSet<&str> = observed.iter().map(|o| o.instance_id.as_str()).collect();
-    previous
-        .iter()
-        .filter(|p| !seen.contains(p.instance_id.as_str()) && !p.returning)
-        .filter(|p| state_of(p) != Some(InstanceState::Terminated))
-        .filter(|p| !recently_launched(p, now))
-        .map(|p| p.instance_id.clone())
-        .collect()
-}
-
 fn recently_launched(m: &Machine, now: Timestamp) -> bool {
     m.launch_time.as_ref().is_some_and(|t| now < t.0 + VISIBILITY_GRACE)
 }
@@ -1403,7 +1388,7 @@ mod tests {
     }
 
     #[test]
-    fn machines_the_listing_lost_are_looked_up_unless_just_launched_or_returned() {
+    fn machines_found_only_by_id_stay_and_say_so() {
         let (s, t) = (spec(3), template());
         let all = [
             obs("i-1", Running, "m5.large", 0),
@@ -1411,7 +1396,6 @@ mod tests {
             obs("i-3", Pending, "m5.large", 290),
         ];
         let status = plan(&frame(&s, &t, 300), &MachineRequestStatus::default(), &all).status;
-        assert_eq!(unlisted(at(300), &status.machines, &all[..1]), ["i-2"], "i-3 was launched moments ago");
         // Found by id (its tags were stripped): it stays, and says so.
         let mut found = all[1].clone();
         found.untagged = true;

@@ -13,7 +13,7 @@ use super::{Context, Error, FINALIZER, MANAGER};
 use crate::api::conditions::{self, Cond};
 use crate::api::{DeletionPolicy, MachineRequest, MachineRequestStatus, MachineTemplate, Phase};
 use crate::provider::{
-    AnyProvider, Holdings, ObservedMachine, Owner, Provider, ProvisionRequest, Released, ReturnRequest,
+    AnyProvider, Holdings, Owner, Provider, ProvisionRequest, Released, ReturnRequest,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
@@ -164,30 +164,16 @@ pub async fn drive(
         fleet_failures: &fleets.failures,
         finished_fleets: &fleets.finished,
     };
-    let mut observed = provider.describe(&owner).await?;
-    // Fleet members launched from a shared launch template carry no request tag: they are
-    // looked up by id, as their fleet lists them.
-    let members: Vec<String> =
-        fleets.members.iter().filter(|id| !observed.iter().any(|o| &o.instance_id == *id)).cloned().collect();
-    // Known machines the tag listing lost are looked up by id before they are dropped: a
-    // running machine whose tags were stripped must not be forgotten (and leaked).
-    let unlisted: Vec<String> = planner::unlisted(frame.now, &previous.machines, &observed)
-        .into_iter()
-        .filter(|id| !members.contains(id))
-        .collect();
-    let lookup: Vec<String> = members.iter().chain(&unlisted).cloned().collect();
-    if !lookup.is_empty() {
-        let found = provider.describe_ids(&owner, &lookup).await?;
-        let lost: Vec<&str> =
-            found.iter().map(|m| m.instance_id.as_str()).filter(|id| unlisted.iter().any(|u| u == id)).collect();
-        if !lost.is_empty() {
-            tracing::warn!(request = %owner.key(), machines = ?lost, "machines missing from the tag listing found by id");
-        }
-        observed.extend(found.into_iter().map(|m| {
-            // A fleet member is known by its fleet, not "lost by its tags".
-            let member = members.contains(&m.instance_id);
-            ObservedMachine { untagged: m.untagged && !member, ..m }
-        }));
+    // The machines the status knows and the fleets' members, looked up by id as well as by
+    // tags: a fleet of type request or maintain launches from a launch template shared by the
+    // template's requests, so its members carry no request tag, and a running machine whose
+    // tags were stripped must not be forgotten (and leaked).
+    let known: Vec<String> =
+        previous.machines.iter().map(|m| m.instance_id.clone()).chain(fleets.members.iter().cloned()).collect();
+    let mut observed = provider.observe(&owner, &known).await?;
+    for m in &mut observed {
+        // A fleet member is known by its fleet, not "lost by its tags".
+        m.untagged &= !fleets.members.contains(&m.instance_id);
     }
     let plan = planner::plan(&frame, &previous, &observed);
     let mut status = plan.status;

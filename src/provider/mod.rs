@@ -36,6 +36,13 @@ impl Owner {
     }
 }
 
+/// A request as Kubernetes names it: what a provider's change of machines wakes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RequestKey {
+    pub namespace: String,
+    pub name: String,
+}
+
 /// EC2 instance states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum InstanceState {
@@ -339,16 +346,14 @@ pub trait Provider: Send + Sync {
         &self,
         request: &ProvisionRequest<'_>,
     ) -> impl Future<Output = Result<ProvisionOutcome, ProviderError>> + Send;
-    /// Every machine the owner has in the cloud (found by its tags), terminated ones included
-    /// while the cloud still reports them.
-    fn describe(&self, owner: &Owner) -> impl Future<Output = Result<Vec<ObservedMachine>, ProviderError>> + Send;
-    /// The machines among `instance_ids` that still exist and belong to `owner` (their uid tag is
-    /// the owner's, or missing), looked up by id: for machines the tag listing no longer shows.
-    /// They come back with `untagged` set when the tag listing cannot find them.
-    fn describe_ids(
+    /// Every machine of the owner: those its tags list, and those of `known` (ids its status or
+    /// its fleets name) that still exist and are not another request's — terminated ones
+    /// included while the cloud still reports them. `untagged` marks the machines the tag
+    /// listing does not find (a tag policy stripped them, or they carry another cluster id).
+    fn observe(
         &self,
         owner: &Owner,
-        instance_ids: &[String],
+        known: &[String],
     ) -> impl Future<Output = Result<Vec<ObservedMachine>, ProviderError>> + Send;
     /// The request's fleets named in `resources`: their members, what they still launch and
     /// their errors. No call when the request has no fleet.
@@ -399,20 +404,10 @@ impl Provider for AnyProvider {
             Self::Aws(p) => p.provision(request).await,
         }
     }
-    async fn describe(&self, owner: &Owner) -> Result<Vec<ObservedMachine>, ProviderError> {
+    async fn observe(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
         match self {
-            Self::Sim(p) => p.describe(owner).await,
-            Self::Aws(p) => p.describe(owner).await,
-        }
-    }
-    async fn describe_ids(
-        &self,
-        owner: &Owner,
-        instance_ids: &[String],
-    ) -> Result<Vec<ObservedMachine>, ProviderError> {
-        match self {
-            Self::Sim(p) => p.describe_ids(owner, instance_ids).await,
-            Self::Aws(p) => p.describe_ids(owner, instance_ids).await,
+            Self::Sim(p) => p.observe(owner, known).await,
+            Self::Aws(p) => p.observe(owner, known).await,
         }
     }
     async fn describe_fleets(&self, owner: &Owner, resources: &Resources) -> Result<FleetView, ProviderError> {
@@ -465,6 +460,32 @@ impl Registry {
 
     pub fn get(&self, name: &str) -> Option<&AnyProvider> {
         self.providers.get(name)
+    }
+
+    /// Requests whose machines a provider saw change (AWS providers' pollers), as they change:
+    /// each is reconciled at once rather than at its next requeue.
+    pub fn changes(&self) -> impl futures::Stream<Item = RequestKey> + Send + 'static {
+        let receivers: Vec<_> = self
+            .providers
+            .values()
+            .filter_map(|p| match p {
+                AnyProvider::Aws(aws) => Some(aws.changes()),
+                AnyProvider::Sim(_) => None,
+            })
+            .map(|rx| {
+                Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(key) => return Some((key, rx)),
+                            // Missed wakes cost only latency: every request is requeued anyway.
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                        }
+                    }
+                }))
+            })
+            .collect();
+        futures::stream::select_all(receivers)
     }
 
     /// Configured names, for error messages.

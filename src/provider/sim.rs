@@ -66,7 +66,7 @@ impl SimProvider {
         }
     }
 
-    fn observe(&self, id: &str, instance: &SimInstance, now: Timestamp) -> ObservedMachine {
+    fn observed(&self, id: &str, instance: &SimInstance, now: Timestamp) -> ObservedMachine {
         let state = self.state_of(instance, now);
         ObservedMachine {
             instance_type: Some(instance.instance_type.clone()),
@@ -193,7 +193,7 @@ impl Provider for SimProvider {
         if let Some(ids) = cloud.tokens.get(request.client_token) {
             // Same token, same answer: nothing new is launched.
             let launched =
-                ids.iter().filter_map(|id| cloud.instances.get(id).map(|i| self.observe(id, i, now))).collect();
+                ids.iter().filter_map(|id| cloud.instances.get(id).map(|i| self.observed(id, i, now))).collect();
             return Ok(ProvisionOutcome { launched, ..Default::default() });
         }
         let mut outcome = ProvisionOutcome::default();
@@ -210,12 +210,12 @@ impl Provider for SimProvider {
             });
         }
         outcome.launched =
-            ids.iter().filter_map(|id| cloud.instances.get(id).map(|i| self.observe(id, i, now))).collect();
+            ids.iter().filter_map(|id| cloud.instances.get(id).map(|i| self.observed(id, i, now))).collect();
         cloud.tokens.insert(request.client_token.to_string(), ids);
         Ok(outcome)
     }
 
-    async fn describe(&self, owner: &Owner) -> Result<Vec<ObservedMachine>, ProviderError> {
+    async fn observe(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
         let now = Timestamp::now();
         let mut cloud = self.cloud();
         let settings_terminating = self.settings.terminating();
@@ -225,23 +225,8 @@ impl Provider for SimProvider {
         Ok(cloud
             .instances
             .iter()
-            .filter(|(_, i)| i.owner_uid == owner.uid && i.tagged)
-            .map(|(id, i)| self.observe(id, i, now))
-            .collect())
-    }
-
-    async fn describe_ids(
-        &self,
-        owner: &Owner,
-        instance_ids: &[String],
-    ) -> Result<Vec<ObservedMachine>, ProviderError> {
-        let now = Timestamp::now();
-        let cloud = self.cloud();
-        Ok(instance_ids
-            .iter()
-            .filter_map(|id| cloud.instances.get_key_value(id))
-            .filter(|(_, i)| i.owner_uid == owner.uid)
-            .map(|(id, i)| ObservedMachine { untagged: !i.tagged, ..self.observe(id, i, now) })
+            .filter(|(id, i)| i.owner_uid == owner.uid && (i.tagged || known.contains(id)))
+            .map(|(id, i)| ObservedMachine { untagged: !i.tagged, ..self.observed(id, i, now) })
             .collect())
     }
 

@@ -35,12 +35,14 @@ pub async fn aws(test: &str) -> Option<Aws> {
     let proxy = FaultProxy::start(&moto.endpoint).await;
     let settings = AwsSettings {
         region: region.into(),
-        profile: None,
-        role_arn: None,
-        external_id: None,
         endpoint_url: Some(proxy.endpoint.clone()),
         max_attempts: Some(3),
         allowed_instance_profiles: vec!["worker".into()],
+        // Tests see every change at once and never sweep unless they ask to.
+        poll_interval: "200ms".into(),
+        steady_poll_interval: "1s".into(),
+        sweep_interval: "0s".into(),
+        ..AwsSettings::default()
     };
     // The SDK configuration exactly as the operator builds it, with moto's fixed credentials.
     let sdk = orb_operator::provider::aws::client::sdk_config(&settings)
@@ -87,6 +89,14 @@ impl Aws {
         out.reservations().iter().flat_map(|r| r.instances().iter().cloned()).collect()
     }
 
+    /// A subscription to the requests whose machines the provider's poller sees change.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<orb_operator::provider::RequestKey> {
+        match &self.provider {
+            AnyProvider::Aws(p) => p.changes(),
+            AnyProvider::Sim(_) => unreachable!("the harness builds an AWS provider"),
+        }
+    }
+
     pub async fn live_of(&self, mr: &MachineRequest) -> Vec<aws_sdk_ec2::types::Instance> {
         self.instances_of(mr)
             .await
@@ -94,4 +104,24 @@ impl Aws {
             .filter(|i| matches!(i.state().and_then(|s| s.name()).map(|n| n.as_str()), Some("pending" | "running")))
             .collect()
     }
+}
+
+/// Waits (at most 10 s) until the poller reports a change of `mr`'s machines on `changes`.
+pub async fn changed(
+    changes: &mut tokio::sync::broadcast::Receiver<orb_operator::provider::RequestKey>,
+    mr: &MachineRequest,
+) {
+    use kube::ResourceExt;
+    let wanted = mr.name_any();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match changes.recv().await {
+                Ok(key) if key.name == wanted => return,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(closed) => panic!("the poller ended: {closed}"),
+            }
+        }
+    })
+    .await
+    .expect("the poller saw the change within 10 s");
 }

@@ -44,6 +44,23 @@ pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
     base.into_builder().credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(credentials)).build()
 }
 
+/// The HTTPS client every AWS client of a provider shares (the SDK's default: hyper 1 with
+/// rustls on aws-lc, proxies from the environment), built here so that the provider's rate
+/// limiter can wrap it.
+pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig, tls};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
+}
+
 /// An EC2 client that never calls out: for tests that inspect the request a call would send.
 #[cfg(test)]
 pub fn offline() -> aws_sdk_ec2::Client {

@@ -8,7 +8,9 @@ pub mod ec2_fleet;
 pub mod errors;
 pub mod fleet;
 pub mod launch_template;
+pub mod limits;
 pub mod ops;
+pub mod poller;
 pub mod run_instances;
 pub mod spot_fleet;
 pub mod validate;
@@ -26,6 +28,8 @@ use validate::profile_name;
 /// A configured AWS account and region.
 pub struct AwsProvider {
     ops: Ops,
+    /// Every instance of every request, refreshed in batches.
+    poller: poller::Poller,
     region: String,
     /// Instance profile names templates may use (`allowedInstanceProfiles`).
     allowed_profiles: Vec<String>,
@@ -45,27 +49,42 @@ impl AwsProvider {
         cluster_id: &str,
         calls: call_metrics::CallMetrics,
     ) -> Self {
+        // Every call of every client waits on the provider's one budget.
+        let budget = std::sync::Arc::new(limits::Budget::new(settings.rates(), calls.clone()));
+        let http = limits::Paced::new(sdk.http_client().unwrap_or_else(client::https_client), budget);
+        macro_rules! client {
+            ($sdk:ident) => {
+                $sdk::Client::from_conf(
+                    $sdk::config::Builder::from(sdk)
+                        .http_client(http.clone())
+                        .interceptor(calls.clone())
+                        .interceptor(limits::ClassifyCalls)
+                        .build(),
+                )
+            };
+        }
+        let ops = Ops {
+            ec2: client!(aws_sdk_ec2),
+            ssm: client!(aws_sdk_ssm),
+            iam: client!(aws_sdk_iam),
+            autoscaling: client!(aws_sdk_autoscaling),
+            cluster_id: cluster_id.to_string(),
+            zones: Default::default(),
+            managed_templates: Default::default(),
+            creating_templates: Default::default(),
+        };
+        let intervals = poller::Intervals { poll: settings.poll(), steady: settings.steady_poll() };
         Self {
-            ops: Ops {
-                ec2: aws_sdk_ec2::Client::from_conf(
-                    aws_sdk_ec2::config::Builder::from(sdk).interceptor(calls.clone()).build(),
-                ),
-                ssm: aws_sdk_ssm::Client::from_conf(
-                    aws_sdk_ssm::config::Builder::from(sdk).interceptor(calls.clone()).build(),
-                ),
-                iam: aws_sdk_iam::Client::from_conf(
-                    aws_sdk_iam::config::Builder::from(sdk).interceptor(calls.clone()).build(),
-                ),
-                autoscaling: aws_sdk_autoscaling::Client::from_conf(
-                    aws_sdk_autoscaling::config::Builder::from(sdk).interceptor(calls).build(),
-                ),
-                cluster_id: cluster_id.to_string(),
-                zones: Default::default(),
-                managed_templates: Default::default(),
-            },
+            poller: poller::Poller::new(ops.clone(), intervals, calls.provider.clone(), calls.metrics.clone()),
+            ops,
             region: settings.region.clone(),
             allowed_profiles: settings.allowed_instance_profiles.iter().map(|p| profile_name(p).to_string()).collect(),
         }
+    }
+
+    /// Requests whose machines the poller saw change.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<super::RequestKey> {
+        self.poller.changes()
     }
 
     /// Those of `ids` that still exist and are the owner's: tagged with its uid, or carrying no
@@ -89,8 +108,12 @@ impl AwsProvider {
             .collect())
     }
 
-    /// The ids of those of `ids` the operator may terminate now.
+    /// The ids of those of `ids` the operator may terminate now: from the poller's view, or
+    /// described when the view does not know them all.
     async fn terminable(&self, owner: &Owner, ids: &[String]) -> Result<Vec<String>, ProviderError> {
+        if let Some(known) = self.poller.terminable(owner, ids) {
+            return Ok(known);
+        }
         Ok(self
             .owned(owner, ids)
             .await?
@@ -140,24 +163,29 @@ impl Provider for AwsProvider {
     }
 
     async fn provision(&self, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {
-        match request.template.api {
+        let outcome = match request.template.api {
             Api::RunInstances => run_instances::provision(&self.ops, request).await,
             Api::Ec2Fleet => ec2_fleet::provision(&self.ops, request).await,
             Api::SpotFleet => spot_fleet::provision(&self.ops, request).await,
             Api::Asg => asg::provision(&self.ops, request).await,
+        };
+        self.poller.acted(request.owner);
+        match &outcome {
+            Ok(done) => {
+                self.poller.launched(request.owner, &done.launched);
+                if done.ambiguous {
+                    self.poller.list_again(request.owner);
+                }
+            }
+            // It may have launched: the next look lists the request by its tags.
+            Err(e) if e.is_ambiguous() => self.poller.list_again(request.owner),
+            Err(_) => {}
         }
+        outcome
     }
 
-    async fn describe(&self, owner: &Owner) -> Result<Vec<ObservedMachine>, ProviderError> {
-        self.ops.describe_by_owner(owner).await
-    }
-
-    async fn describe_ids(
-        &self,
-        owner: &Owner,
-        instance_ids: &[String],
-    ) -> Result<Vec<ObservedMachine>, ProviderError> {
-        self.owned(owner, instance_ids).await
+    async fn observe(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
+        self.poller.observe(owner, known).await
     }
 
     async fn describe_fleets(&self, _owner: &Owner, resources: &Resources) -> Result<FleetView, ProviderError> {
@@ -185,6 +213,7 @@ impl Provider for AwsProvider {
             Some(group) => asg::return_members(&self.ops, group, template, &mine, units).await?,
             None => mine,
         };
+        self.poller.acted(owner);
         self.ops.terminate(&rest).await
     }
 
@@ -194,21 +223,23 @@ impl Provider for AwsProvider {
         ec2_fleet::delete(&self.ops, &resources.fleet_ids).await?;
         spot_fleet::cancel(&self.ops, &resources.spot_fleet_request_ids).await?;
         asg::delete(&self.ops, resources.asg_name.as_deref()).await?;
-        // The tag lookup may not list instances launched moments ago; the ids the request's
-        // status knows cover them.
-        let listed = self.describe(owner).await?;
-        let unlisted: Vec<String> =
-            known.iter().filter(|id| !listed.iter().any(|m| &m.instance_id == *id)).cloned().collect();
-        let mut live: Vec<String> =
-            listed.into_iter().filter(|m| m.state.can_terminate()).map(|m| m.instance_id).collect();
-        // Only the ids the listing missed need the ownership check (usually none: no call).
-        live.extend(self.terminable(owner, &unlisted).await?);
+        // A fresh tag listing (batched with every other request's), plus the ids the status
+        // knows: the listing may not show instances launched moments ago.
+        let mut live: Vec<String> = self
+            .poller
+            .relist(owner, known)
+            .await?
+            .into_iter()
+            .filter(|m| m.state.can_terminate())
+            .map(|m| m.instance_id)
+            .collect();
         live.sort();
         live.dedup();
         self.ops.terminate(&live).await?;
         if resources.launch_template_id.is_some() {
             self.ops.delete_unused_launch_templates(owner, launch_templates_in_use).await?;
         }
+        self.poller.forget(owner);
         Ok(Released::Done)
     }
 }

@@ -24,6 +24,8 @@ pub struct Ops {
     pub zones: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
     /// Operator-made launch templates: name -> id (see `launch_template`).
     pub managed_templates: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    /// Held while a launch template is made: requests launching together make it once.
+    pub creating_templates: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// EC2's limit on a tag value, in characters.
@@ -211,19 +213,18 @@ impl Ops {
         out.subnets().first().and_then(|s| s.availability_zone()).map(str::to_string)
     }
 
-    /// Every instance tagged with the request's uid in this cluster, in all states EC2 still
-    /// reports.
-    pub async fn describe_by_owner(&self, owner: &Owner) -> Result<Vec<ObservedMachine>, ProviderError> {
+    /// Every instance of this cluster tagged with one of the request uids `uids` (at most 200),
+    /// in all states EC2 still reports.
+    pub async fn describe_by_uids(&self, uids: &[String]) -> Result<Vec<Instance>, ProviderError> {
+        if uids.is_empty() {
+            return Ok(vec![]);
+        }
         let filters = vec![
-            filter(&format!("tag:{}", tags::REQUEST_UID), [owner.uid.clone()]),
+            filter(&format!("tag:{}", tags::REQUEST_UID), uids.iter().cloned()),
             filter(&format!("tag:{}", tags::CLUSTER), [self.cluster_id.clone()]),
         ];
         let call = self.ec2.describe_instances().set_filters(Some(filters)).max_results(PAGE as i32);
-        let reservations = all_reservations(call).await?;
-        Ok(reservations
-            .iter()
-            .flat_map(|r| r.instances().iter().filter_map(|i| observed(i, r.reservation_id())))
-            .collect())
+        Ok(all_reservations(call).await?.iter().flat_map(|r| r.instances().iter().cloned()).collect())
     }
 
     /// The given instances, in id lists of at most 1000, following NextToken; ids EC2 no longer

@@ -1,0 +1,252 @@
+//! The AWS call budget of one provider: two token buckets — describe calls and mutating calls —
+//! set below EC2's published request-rate buckets, that every HTTP attempt of every client of
+//! the provider waits on (SDK retries included, so a retry storm is paced too). Whatever
+//! throttling still happens is retried by the SDK and then requeued with jitter by the
+//! controller.
+//!
+//! An interceptor names the class of each call (from its operation name) on the HTTP request;
+//! a wrapper around the provider's HTTP client waits for that class's bucket before sending.
+//! The buckets are `governor`'s, read through the tokio clock so tests can pause time.
+
+use super::call_metrics::CallMetrics;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, Metadata};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use governor::{Quota, RateLimiter, clock, middleware::NoOpMiddleware, state};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+/// The two kinds of AWS calls EC2 budgets separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallClass {
+    /// Describe*, Get*, List*: EC2's non-mutating bucket (100 burst, 20/s refill).
+    Describe,
+    /// Everything else: EC2's mutating bucket (50 burst, 5/s refill).
+    Mutate,
+}
+
+impl CallClass {
+    pub fn of(operation: &str) -> Self {
+        if ["Describe", "Get", "List"].iter().any(|p| operation.starts_with(p)) { Self::Describe } else { Self::Mutate }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Describe => "describe",
+            Self::Mutate => "mutate",
+        }
+    }
+}
+
+/// Rates (calls per second) and bursts of the two buckets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rates {
+    pub describe_rate: u32,
+    pub describe_burst: u32,
+    pub mutate_rate: u32,
+    pub mutate_burst: u32,
+}
+
+impl Default for Rates {
+    /// 80% of EC2's published buckets: the account's other tools keep a share.
+    fn default() -> Self {
+        Self { describe_rate: 16, describe_burst: 80, mutate_rate: 4, mutate_burst: 40 }
+    }
+}
+
+/// `std::time::Instant` read from tokio's clock, which tests can pause and advance.
+#[derive(Clone, Debug, Default)]
+pub struct TokioClock;
+
+impl clock::Clock for TokioClock {
+    type Instant = std::time::Instant;
+    fn now(&self) -> Self::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+}
+
+type Bucket = RateLimiter<state::NotKeyed, state::InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
+
+fn bucket(rate: u32, burst: u32) -> Bucket {
+    let one = NonZeroU32::MIN;
+    let quota = Quota::per_second(NonZeroU32::new(rate).unwrap_or(one)).allow_burst(NonZeroU32::new(burst).unwrap_or(one));
+    RateLimiter::direct_with_clock(quota, TokioClock)
+}
+
+/// The provider's two buckets; waits are counted in the provider's metrics.
+pub struct Budget {
+    describe: Bucket,
+    mutate: Bucket,
+    calls: CallMetrics,
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budget").field("provider", &self.calls.provider).finish_non_exhaustive()
+    }
+}
+
+impl Budget {
+    pub fn new(rates: Rates, calls: CallMetrics) -> Self {
+        Self {
+            describe: bucket(rates.describe_rate, rates.describe_burst),
+            mutate: bucket(rates.mutate_rate, rates.mutate_burst),
+            calls,
+        }
+    }
+
+    /// Waits until a call of `class` may go out.
+    pub async fn acquire(&self, class: CallClass) {
+        let bucket = match class {
+            CallClass::Describe => &self.describe,
+            CallClass::Mutate => &self.mutate,
+        };
+        let started = tokio::time::Instant::now();
+        let mut waited = false;
+        while let Err(not_until) = bucket.check() {
+            waited = true;
+            tokio::time::sleep(not_until.wait_time_from(clock::Clock::now(&TokioClock))).await;
+        }
+        if waited {
+            self.calls.metrics.budget_wait(&self.calls.provider, class.as_str(), started.elapsed());
+        }
+    }
+}
+
+/// Names each call's class on its HTTP request (from the operation's name).
+#[derive(Clone, Debug)]
+pub struct ClassifyCalls;
+
+impl Intercept for ClassifyCalls {
+    fn name(&self) -> &'static str {
+        "orb-classify-calls"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let class = cfg.load::<Metadata>().map_or(CallClass::Mutate, |m| CallClass::of(m.name()));
+        context.request_mut().add_extension(class);
+        Ok(())
+    }
+}
+
+/// The provider's HTTP client, waiting on the budget before each request.
+#[derive(Clone, Debug)]
+pub struct Paced {
+    inner: SharedHttpClient,
+    budget: Arc<Budget>,
+}
+
+impl Paced {
+    pub fn new(inner: SharedHttpClient, budget: Arc<Budget>) -> Self {
+        Self { inner, budget }
+    }
+}
+
+impl HttpClient for Paced {
+    fn http_connector(&self, settings: &HttpConnectorSettings, components: &RuntimeComponents) -> SharedHttpConnector {
+        SharedHttpConnector::new(PacedConnector {
+            inner: self.inner.http_connector(settings, components),
+            budget: self.budget.clone(),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct PacedConnector {
+    inner: SharedHttpConnector,
+    budget: Arc<Budget>,
+}
+
+impl HttpConnector for PacedConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        // A request no interceptor classified (none should exist) is paced as mutating, the
+        // scarcer budget.
+        let class = request.extension::<CallClass>().copied().unwrap_or(CallClass::Mutate);
+        let (inner, budget) = (self.inner.clone(), self.budget.clone());
+        HttpConnectorFuture::new(async move {
+            budget.acquire(class).await;
+            inner.call(request).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(rates: Rates) -> (Budget, Arc<crate::metrics::Metrics>) {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        (Budget::new(rates, CallMetrics { provider: "p".into(), metrics: metrics.clone() }), metrics)
+    }
+
+    #[test]
+    fn reads_are_describes_and_the_rest_mutates() {
+        for op in ["DescribeInstances", "DescribeFleetHistory", "GetParameter", "GetRole", "ListRoles"] {
+            assert_eq!(CallClass::of(op), CallClass::Describe, "{op}");
+        }
+        for op in ["RunInstances", "CreateFleet", "TerminateInstances", "ModifyFleet", "DeleteLaunchTemplate"] {
+            assert_eq!(CallClass::of(op), CallClass::Mutate, "{op}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_beyond_the_burst_go_out_at_the_refill_rate() {
+        let rates = Rates { describe_rate: 2, describe_burst: 4, mutate_rate: 1, mutate_burst: 1 };
+        let (budget, metrics) = budget(rates);
+        let start = tokio::time::Instant::now();
+        let mut sent_at = vec![];
+        for _ in 0..10 {
+            budget.acquire(CallClass::Describe).await;
+            sent_at.push(start.elapsed().as_millis());
+        }
+        // Four at once (the burst), then one every 500 ms.
+        assert_eq!(sent_at, [0, 0, 0, 0, 500, 1000, 1500, 2000, 2500, 3000]);
+        // The mutating bucket is separate: its one token is still there.
+        let before = start.elapsed();
+        budget.acquire(CallClass::Mutate).await;
+        assert_eq!(start.elapsed(), before, "describes never spend the mutating budget");
+        budget.acquire(CallClass::Mutate).await;
+        assert_eq!((start.elapsed() - before).as_millis(), 1000);
+        let text = metrics.render([]);
+        assert!(text.contains(r#"orb_aws_rate_limit_waits_total{provider="p",class="describe"} 6"#), "{text}");
+        assert!(text.contains(r#"orb_aws_rate_limit_waits_total{provider="p",class="mutate"} 1"#), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_share_one_bucket() {
+        let (budget, _) = budget(Rates { describe_rate: 10, describe_burst: 5, ..Rates::default() });
+        let budget = Arc::new(budget);
+        let start = tokio::time::Instant::now();
+        let tasks: Vec<_> = (0..25)
+            .map(|_| {
+                let budget = budget.clone();
+                tokio::spawn(async move {
+                    budget.acquire(CallClass::Describe).await;
+                    start.elapsed()
+                })
+            })
+            .collect();
+        let mut done = vec![];
+        for t in tasks {
+            done.push(t.await.unwrap());
+        }
+        done.sort();
+        // 5 at once, then 20 more at 10/s: the last one 2 s in, never earlier.
+        assert_eq!(done.iter().filter(|d| d.is_zero()).count(), 5);
+        assert_eq!(done.last().unwrap().as_millis(), 2000);
+        for (i, d) in done.iter().enumerate().skip(5) {
+            assert!(d.as_millis() >= ((i - 4) * 100) as u128, "call {i} went out at {d:?}");
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The batched instance poller of one AWS provider: it tracks every instance of every request
+//! the provider serves and refreshes them all together — DescribeInstances by id, up to 1000
+//! ids per call — so a reconcile reads its machines from memory instead of asking EC2. The cost
+//! grows with instances / 1000, not with requests.
+//!
+//! A cycle runs every `poll` while anything is changing state (or was never seen) and every
+//! `steady` otherwise, or at once when a reconcile needs something the view lacks. A request
+//! the process has not seen yet (first reconcile after a start) and a request being released
+//! are also listed by their tags — batched too: one DescribeInstances filtered on up to 200
+//! request uids — so instances its status does not name (a launch whose answer was lost) are
+//! found. A change of an instance wakes only the request that owns it.
+
+use super::ops::{self, Ops};
+use crate::provider::{InstanceState, ObservedMachine, Owner, ProviderError, RequestKey, tags};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, broadcast, watch};
+
+/// How long a cycle waits after being woken, so that reconciles running together share it.
+const GATHER: Duration = Duration::from_millis(50);
+/// How long a terminated instance stays in the view, as EC2 keeps listing it for about an hour.
+const TERMINATED_RETENTION: Duration = Duration::from_secs(60 * 60);
+/// Values per tag filter in one listing call (EC2 accepts up to 200).
+const UIDS_PER_LISTING: usize = 200;
+/// A request no reconcile has asked about for this long is forgotten (it was deleted with
+/// `deletionPolicy: Orphan`, or by another process): live requests are reconciled every few
+/// minutes.
+const FORGET_IDLE: Duration = Duration::from_secs(30 * 60);
+
+/// Intervals of the poller.
+#[derive(Clone, Copy, Debug)]
+pub struct Intervals {
+    /// While anything is pending, shutting down, stopping or not yet seen.
+    pub poll: Duration,
+    /// When everything is steady.
+    pub steady: Duration,
+}
+
+/// One instance as last described, with what its tags say about its owner.
+#[derive(Clone, Debug)]
+struct Seen {
+    machine: ObservedMachine,
+    /// The `orb.dev/request-uid` tag, if any.
+    uid: Option<String>,
+    /// Tagged with this cluster's id.
+    ours: bool,
+    /// When the view first saw it terminated.
+    terminated_at: Option<tokio::time::Instant>,
+}
+
+struct Request {
+    key: RequestKey,
+    ids: BTreeSet<String>,
+    /// Listed by tags in the next cycle.
+    list: bool,
+    /// The operator acted on its machines since the last cycle began: its next look waits for
+    /// a cycle that sees the result, so no plan is made from a view older than its own act.
+    stale: bool,
+    asked: tokio::time::Instant,
+}
+
+#[derive(Default)]
+struct State {
+    requests: HashMap<String, Request>,
+    machines: HashMap<String, Seen>,
+    /// Cycles that have taken their snapshot.
+    started: u64,
+}
+
+impl State {
+    fn busy(&self) -> bool {
+        self.requests.values().any(|r| {
+            r.list
+                || r.stale
+                || r.ids.iter().any(|id| {
+                    self.machines.get(id).is_none_or(|s| {
+                        matches!(
+                            s.machine.state,
+                            InstanceState::Pending | InstanceState::ShuttingDown | InstanceState::Stopping
+                        )
+                    })
+                })
+        })
+    }
+
+    /// Ids to refresh: every tracked instance not known to be terminated.
+    fn refreshable(&self) -> BTreeSet<String> {
+        self.requests
+            .values()
+            .flat_map(|r| r.ids.iter())
+            .filter(|id| self.machines.get(*id).is_none_or(|s| s.machine.state != InstanceState::Terminated))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The last finished cycle: its number and, if it failed, why.
+#[derive(Clone, Debug, Default)]
+struct Done {
+    cycle: u64,
+    error: Option<ProviderError>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    kick: Notify,
+    done: watch::Sender<Done>,
+    changes: broadcast::Sender<RequestKey>,
+    intervals: Intervals,
+    provider: String,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Set when the poller is dropped: its loop ends.
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+/// The poller; cheap to share. Its loop starts with the first question asked of it and ends
+/// when the poller is dropped.
+pub struct Poller {
+    shared: Arc<Shared>,
+    ops: Ops,
+    started: std::sync::Once,
+}
+
+impl Poller {
+    pub fn new(ops: Ops, intervals: Intervals, provider: String, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        let (done, _) = watch::channel(Done::default());
+        let (changes, _) = broadcast::channel(4096);
+        let shared = Shared {
+            state: Mutex::default(),
+            kick: Notify::new(),
+            done,
+            changes,
+            intervals,
+            provider,
+            metrics,
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        };
+        Self { shared: Arc::new(shared), ops, started: std::sync::Once::new() }
+    }
+
+    /// Requests whose machines changed, as they change.
+    pub fn changes(&self) -> broadcast::Receiver<RequestKey> {
+        self.shared.changes.subscribe()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn start(&self) {
+        self.started.call_once(|| {
+            tokio::spawn(run(self.shared.clone(), self.ops.clone()));
+        });
+    }
+
+    /// The owner's machines: the instances its tags list and those of `known` (ids its status
+    /// or its fleets name), as of the last cycle. The first question about a request, and one
+    /// naming an instance never described, waits for the next cycle (batched with every other
+    /// request asking then). Instances tagged for another request are left out; `untagged`
+    /// marks those the tag listing would not find.
+    pub async fn observe(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
+        self.start();
+        let wait_for = {
+            let mut state = self.state();
+            let State { requests, machines, started } = &mut *state;
+            let request = requests.entry(owner.uid.clone()).or_insert_with(|| Request {
+                key: RequestKey { namespace: owner.namespace.clone(), name: owner.name.clone() },
+                ids: BTreeSet::new(),
+                list: true,
+                stale: false,
+                asked: tokio::time::Instant::now(),
+            });
+            request.asked = tokio::time::Instant::now();
+            request.ids.extend(known.iter().cloned());
+            let unseen = known.iter().any(|id| !machines.contains_key(id));
+            (request.list || request.stale || unseen).then_some(*started)
+        };
+        if let Some(started) = wait_for {
+            self.next_cycle(started).await?;
+        }
+        Ok(self.view(owner))
+    }
+
+    /// The owner's machines after a fresh tag listing: what a release must tear down.
+    pub async fn relist(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
+        if let Some(request) = self.state().requests.get_mut(&owner.uid) {
+            request.list = true;
+        }
+        self.observe(owner, known).await
+    }
+
+    /// Waits for a cycle that starts after `started` cycles had started.
+    async fn next_cycle(&self, started: u64) -> Result<(), ProviderError> {
+        let mut done = self.shared.done.subscribe();
+        self.shared.kick.notify_one();
+        let finished = done
+            .wait_for(|d| d.cycle > started)
+            .await
+            .map_err(|_| ProviderError::Transient { code: "PollerStopped".into(), message: "the poller ended".into() })?
+            .clone();
+        finished.error.map_or(Ok(()), Err)
+    }
+
+    fn view(&self, owner: &Owner) -> Vec<ObservedMachine> {
+        let state = self.state();
+        let Some(request) = state.requests.get(&owner.uid) else { return vec![] };
+        request
+            .ids
+            .iter()
+            .filter_map(|id| state.machines.get(id))
+            .filter(|s| s.uid.as_ref().is_none_or(|uid| *uid == owner.uid))
+            .map(|s| ObservedMachine { untagged: !(s.ours && s.uid.is_some()), ..s.machine.clone() })
+            .collect()
+    }
+
+    /// Of `ids`, those the view knows as the owner's (tagged with its uid, or untagged) and not
+    /// yet on their way out; `None` when the view does not know every one of them.
+    pub fn terminable(&self, owner: &Owner, ids: &[String]) -> Option<Vec<String>> {
+        let state = self.state();
+        let mut mine = vec![];
+        for id in ids {
+            let seen = state.machines.get(id)?;
+            if seen.uid.as_ref().is_none_or(|uid| *uid == owner.uid) && seen.machine.state.can_terminate() {
+                mine.push(id.clone());
+            }
+        }
+        Some(mine)
+    }
+
+    /// Records machines a launch returned: tracked from now on, seen without a describe.
+    pub fn launched(&self, owner: &Owner, machines: &[ObservedMachine]) {
+        let mut state = self.state();
+        for m in machines {
+            let seen = Seen { machine: m.clone(), uid: Some(owner.uid.clone()), ours: true, terminated_at: None };
+            state.machines.insert(m.instance_id.clone(), seen);
+            if let Some(request) = state.requests.get_mut(&owner.uid) {
+                request.ids.insert(m.instance_id.clone());
+            }
+        }
+        drop(state);
+        // Pending machines: the next cycle comes at the short interval, not the steady one.
+        self.shared.kick.notify_one();
+    }
+
+    /// Records that the operator changed the owner's machines (launched, returned): its next
+    /// look waits for a fresh cycle.
+    pub fn acted(&self, owner: &Owner) {
+        if let Some(request) = self.state().requests.get_mut(&owner.uid) {
+            request.stale = true;
+        }
+    }
+
+    /// Asks for a tag listing of the owner in the next cycle (a launch's outcome is unknown).
+    pub fn list_again(&self, owner: &Owner) {
+        if let Some(request) = self.state().requests.get_mut(&owner.uid) {
+            request.list = true;
+        }
+    }
+
+    /// Forgets a released request and its machines.
+    pub fn forget(&self, owner: &Owner) {
+        let mut state = self.state();
+        if let Some(request) = state.requests.remove(&owner.uid) {
+            for id in request.ids {
+                state.machines.remove(&id);
+            }
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.shared.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.kick.notify_one();
+    }
+}
+
+/// The poller's loop; it ends when the poller is dropped.
+async fn run(shared: Arc<Shared>, ops: Ops) {
+    loop {
+        let Intervals { poll, steady } = shared.intervals;
+        let busy = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).busy();
+        let kicked = tokio::select! {
+            () = shared.kick.notified() => true,
+            () = tokio::time::sleep(if busy { poll } else { steady }) => false,
+        };
+        if shared.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        if kicked {
+            tokio::time::sleep(GATHER).await;
+        }
+        cycle(&shared, &ops).await;
+    }
+}
+
+/// One refresh: a tag listing of the requests that need one, then every other tracked
+/// instance by id.
+async fn cycle(shared: &Shared, ops: &Ops) {
+    let (number, listed_uids, ids) = {
+        let mut state = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = tokio::time::Instant::now();
+        let idle: Vec<String> = state
+            .requests
+            .iter()
+            .filter(|(_, r)| now.duration_since(r.asked) > FORGET_IDLE)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in idle {
+            if let Some(request) = state.requests.remove(&uid) {
+                for id in request.ids {
+                    state.machines.remove(&id);
+                }
+            }
+        }
+        let expired: Vec<String> = state
+            .machines
+            .iter()
+            .filter(|(_, s)| s.terminated_at.is_some_and(|at| now.duration_since(at) > TERMINATED_RETENTION))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            state.machines.remove(&id);
+            for request in state.requests.values_mut() {
+                request.ids.remove(&id);
+            }
+        }
+        state.started += 1;
+        let mut uids = vec![];
+        for (uid, request) in &mut state.requests {
+            request.stale = false;
+            if std::mem::take(&mut request.list) {
+                uids.push(uid.clone());
+            }
+        }
+        (state.started, uids, state.refreshable())
+    };
+    let result = describe(ops, &listed_uids, &ids).await;
+    let mut state = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let error = match result {
+        Ok(found) => {
+            let changed = merge(&mut state, found, &ids, &ops.cluster_id);
+            let tracked = state.machines.len();
+            drop(state);
+            shared.metrics.polled(&shared.provider, tracked);
+            for key in changed {
+                // Nobody listening (tests, a controller not started yet) is fine.
+                let _ = shared.changes.send(key);
+            }
+            None
+        }
+        Err(error) => {
+            tracing::warn!(provider = %shared.provider, %error, "instance refresh failed; retrying at the next cycle");
+            for uid in &listed_uids {
+                if let Some(request) = state.requests.get_mut(uid) {
+                    request.list = true;
+                }
+            }
+            Some(error)
+        }
+    };
+    shared.done.send_replace(Done { cycle: number, error });
+}
+
+/// The instances found by the listing of `uids` and by `ids`.
+async fn describe(
+    ops: &Ops,
+    uids: &[String],
+    ids: &BTreeSet<String>,
+) -> Result<Vec<aws_sdk_ec2::types::Instance>, ProviderError> {
+    let mut found = vec![];
+    for chunk in uids.chunks(UIDS_PER_LISTING) {
+        found.extend(ops.describe_by_uids(chunk).await?);
+    }
+    let listed: BTreeSet<&str> = found.iter().filter_map(|i| i.instance_id()).collect();
+    let rest: Vec<String> = ids.iter().filter(|id| !listed.contains(id.as_str())).cloned().collect();
+    found.extend(ops.describe_by_ids(&rest).await?);
+    Ok(found)
+}
+
+/// Puts what a cycle found into the view; returns the requests whose machines changed.
+fn merge(
+    state: &mut State,
+    found: Vec<aws_sdk_ec2::types::Instance>,
+    asked: &BTreeSet<String>,
+    cluster_id: &str,
+) -> Vec<RequestKey> {
+    let mut changed: BTreeSet<String> = BTreeSet::new();
+    let mut described: BTreeSet<String> = BTreeSet::new();
+    for instance in &found {
+        let Some(machine) = ops::observed(instance, None) else { continue };
+        let id = machine.instance_id.clone();
+        let uid = ops::tag_value(instance, tags::REQUEST_UID).map(str::to_string);
+        let ours = ops::tag_value(instance, tags::CLUSTER).is_some_and(|c| c == cluster_id);
+        // A listed instance joins its request's tracked set.
+        if let Some(owner) = uid.as_ref().filter(|_| ours)
+            && let Some(request) = state.requests.get_mut(owner)
+        {
+            request.ids.insert(id.clone());
+        }
+        let before = state.machines.get(&id).map(|s| (s.machine.state, s.machine.private_ip.clone(), s.uid.clone(), s.ours));
+        if before != Some((machine.state, machine.private_ip.clone(), uid.clone(), ours)) {
+            changed.insert(id.clone());
+        }
+        described.insert(id.clone());
+        let terminated_at = match machine.state {
+            InstanceState::Terminated => {
+                Some(state.machines.get(&id).and_then(|s| s.terminated_at).unwrap_or_else(tokio::time::Instant::now))
+            }
+            _ => None,
+        };
+        state.machines.insert(id, Seen { machine, uid, ours, terminated_at });
+    }
+    // Asked for and not returned: EC2 no longer knows them (long terminated), or does not yet
+    // (launched an instant ago, and already in the view from the launch's answer).
+    for id in asked.iter().filter(|id| !described.contains(*id)) {
+        if state.machines.get(id).is_none() {
+            for request in state.requests.values_mut() {
+                request.ids.remove(id);
+            }
+        }
+    }
+    state
+        .requests
+        .values()
+        .filter(|r| r.ids.iter().any(|id| changed.contains(id)))
+        .map(|r| r.key.clone())
+        .collect()
+}
