@@ -35,6 +35,8 @@ pub struct Config {
 /// One named provider.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
+// One value per configured provider, built once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum ProviderConfig {
     Sim(SimSettings),
     Aws(AwsSettings),

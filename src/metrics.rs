@@ -217,7 +217,9 @@ impl Metrics {
     /// Records a leaked resource of `kind` removed (or only reported, in dry-run).
     pub fn swept(&self, provider: &str, kind: &str, dry_run: bool) {
         let action = if dry_run { "reported" } else { "removed" };
-        self.swept.get_or_create(&SweepLabels { provider: provider.into(), kind: kind.into(), action: action.into() }).inc();
+        self.swept
+            .get_or_create(&SweepLabels { provider: provider.into(), kind: kind.into(), action: action.into() })
+            .inc();
     }
 
     /// Records one poll cycle and how many instances the poller now tracks.

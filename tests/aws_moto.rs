@@ -211,7 +211,8 @@ async fn a_launch_tags_spreads_and_tokens_every_call() {
     assert_eq!(calls.len(), 2, "one call per subnet");
     let token = &status.attempt.as_ref().unwrap().client_token;
     for (k, body) in calls.iter().enumerate() {
-        assert!(body.contains(&format!("ClientToken={token}-{}", k + 1)), "{body}");
+        // One token per offering: on-demand, first type, subnet k.
+        assert!(body.contains(&format!("ClientToken={token}-o0-{k}")), "{body}");
         let min = body.split('&').find_map(|p| p.strip_prefix("MinCount=")).unwrap();
         let max = body.split('&').find_map(|p| p.strip_prefix("MaxCount=")).unwrap();
         assert_eq!(min, max, "MinCount = MaxCount");

@@ -93,6 +93,7 @@ fn context_with(client: Client, cached: MachineTemplate) -> Arc<Context> {
         timing: Timing::default(),
         validations: ValidationCache::default(),
         written: Default::default(),
+        headroom: Default::default(),
         metrics: Default::default(),
     };
     Arc::new(ctx)

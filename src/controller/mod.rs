@@ -2,6 +2,7 @@
 //! wiring that runs both controllers. The decisions live in `planner` (pure); the I/O of a
 //! request reconcile is in `request`, of a template reconcile in `template`.
 
+pub mod headroom;
 pub mod planner;
 pub mod request;
 pub mod template;
@@ -71,25 +72,34 @@ pub struct Context {
     pub validations: template::ValidationCache,
     /// The last status written for each request: a reconcile never plans from an older one.
     pub written: request::StatusMemory,
+    /// Turns and held machines of templates with `maxMachines`.
+    pub headroom: headroom::Headroom,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Context {
-    /// Live machines (pending or running, not being returned) of the requests on template
-    /// `template` in `namespace`, except the request `except` (by uid), from the cache.
-    pub fn live_machines_on(&self, namespace: Option<&str>, template: &str, except: Option<&str>) -> u32 {
-        let count = self
-            .requests
+    /// Live machines (pending or running, not being returned) of each request on template
+    /// `template` in `namespace` (uid, machines), from the cache.
+    pub fn machines_on(&self, namespace: Option<&str>, template: &str) -> Vec<(String, u32)> {
+        self.requests
             .state()
             .iter()
             .filter_map(|r| r.0.as_ref().ok())
             .filter(|r| r.namespace().as_deref() == namespace && r.spec.template_ref.name == template)
-            .filter(|r| except.is_none() || r.uid().as_deref() != except)
-            .filter_map(|r| r.status.as_ref())
-            .flat_map(|s| s.machines.iter())
-            .filter(|m| m.counts_as_live())
-            .count();
-        u32::try_from(count).unwrap_or(u32::MAX)
+            .map(|r| {
+                let live = r.status.iter().flat_map(|s| s.machines.iter()).filter(|m| m.counts_as_live()).count();
+                (r.uid().unwrap_or_default(), u32::try_from(live).unwrap_or(u32::MAX))
+            })
+            .collect()
+    }
+
+    /// Live machines of the requests on template `template` in `namespace`, except the request
+    /// `except` (by uid), from the cache.
+    pub fn live_machines_on(&self, namespace: Option<&str>, template: &str, except: Option<&str>) -> u32 {
+        self.machines_on(namespace, template)
+            .into_iter()
+            .filter(|(uid, _)| except != Some(uid.as_str()))
+            .fold(0u32, |sum, (_, n)| sum.saturating_add(n))
     }
 
     /// Operator-made launch templates that requests other than `except` (by uid) record in
@@ -154,6 +164,80 @@ pub(crate) async fn report_invalid(ctx: &Context, kind: &str, invalid: &InvalidO
     };
     if let Err(error) = ctx.recorder.publish(&event, &reference).await {
         tracing::warn!(%error, "could not publish event");
+    }
+}
+
+/// How often the leak sweep asks each provider whether its sweep is due (each provider has
+/// its own interval).
+const SWEEP_TICK: Duration = Duration::from_secs(30);
+
+/// What the operator's cache holds: every request (and what they record), for the leak sweep.
+pub fn live(requests: &Store<DeserializeGuard<MachineRequest>>, namespace: Option<String>) -> crate::provider::Live {
+    let mut live = crate::provider::Live { namespace, ..Default::default() };
+    for r in requests.state() {
+        // An object this version cannot read still owns its resources.
+        let uid = match &r.0 {
+            Ok(mr) => mr.uid(),
+            Err(invalid) => invalid.metadata.uid.clone(),
+        };
+        live.uids.extend(uid);
+        if let Ok(mr) = &r.0 {
+            live.launch_templates.extend(mr.status.as_ref().and_then(|s| s.resources.launch_template_id.clone()));
+        }
+    }
+    live
+}
+
+/// Runs every provider's leak sweep, once the request cache is complete, and publishes an Event
+/// for each leak found.
+async fn sweep_leaks(ctx: Arc<Context>, namespace: Option<String>) {
+    use crate::provider::Provider;
+    if ctx.requests.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        let live = live(&ctx.requests, namespace.clone());
+        for name in ctx.registry.names() {
+            let Some(provider) = ctx.registry.get(name) else { continue };
+            match provider.sweep(&live, std::time::Instant::now()).await {
+                Ok(leaks) => {
+                    for leak in leaks {
+                        publish_leak(&ctx, name, &leak).await;
+                    }
+                }
+                Err(error) => tracing::warn!(provider = name, %error, "leak sweep failed; trying again later"),
+            }
+        }
+        tokio::time::sleep(SWEEP_TICK).await;
+    }
+}
+
+/// An Event about a leak, on the request it belonged to (or the template, for a launch
+/// template); the object itself is usually gone.
+async fn publish_leak(ctx: &Context, provider: &str, leak: &crate::provider::Leak) {
+    let Some(owner) = &leak.request else { return };
+    let (kind, key) = match owner.strip_prefix("template ") {
+        Some(template) => ("MachineTemplate", template),
+        None => ("MachineRequest", owner.as_str()),
+    };
+    let Some((namespace, name)) = key.split_once('/') else { return };
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("orb.dev/v1alpha1".into()),
+        kind: Some(kind.into()),
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        ..Default::default()
+    };
+    let verb = if leak.removed { "removed" } else { "found (dry run: left in place)" };
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: "LeakSwept".into(),
+        note: Some(format!("{} {} of provider `{provider}` outlived its request; {verb}", leak.kind, leak.id)),
+        action: "Sweep".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        tracing::debug!(%error, "could not publish the leak event");
     }
 }
 
@@ -281,6 +365,7 @@ pub async fn run(
         timing: Timing::default(),
         validations: template::ValidationCache::default(),
         written: request::StatusMemory::default(),
+        headroom: headroom::Headroom::default(),
         metrics,
     });
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -306,6 +391,8 @@ pub async fn run(
         ready.store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!("caches synced and providers answer; ready");
     });
+
+    tokio::spawn(sweep_leaks(ctx.clone(), namespace.map(str::to_string)));
 
     // A template change re-queues the requests that use it: a new generation or a new Ready
     // verdict, not every status write (machinesInUse changes with every machine).

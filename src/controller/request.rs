@@ -8,13 +8,12 @@
 //! a stale status could launch again or reuse an old client token. `StatusMemory` remembers each
 //! request's last write; when the cache differs, the request is read from the API server.
 
+use super::headroom::{self, Headroom};
 use super::planner::{self, Frame, Requeue, Step};
 use super::{Context, Error, FINALIZER, MANAGER};
 use crate::api::conditions::{self, Cond};
 use crate::api::{DeletionPolicy, MachineRequest, MachineRequestStatus, MachineTemplate, Phase};
-use crate::provider::{
-    AnyProvider, Holdings, Owner, Provider, ProvisionRequest, Released, ReturnRequest,
-};
+use crate::provider::{AnyProvider, Holdings, Owner, Provider, ProvisionRequest, Released, ReturnRequest};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -34,6 +33,8 @@ pub trait StatusSink: Send + Sync {
     /// The status to plan from: `cached` (the controller's cache) unless it is older than the
     /// last status this process wrote, in which case the API server's current one.
     async fn latest(&self, cached: Option<&MachineRequestStatus>) -> Result<MachineRequestStatus, Error>;
+    /// The last status this process wrote, if any.
+    fn written(&self) -> Option<MachineRequestStatus>;
 }
 
 /// The last status this process wrote for each request (by uid).
@@ -103,6 +104,10 @@ impl StatusSink for KubeStatus<'_> {
 
     async fn latest(&self, cached: Option<&MachineRequestStatus>) -> Result<MachineRequestStatus, Error> {
         self.memory.latest(&self.uid, cached, || async { Ok(self.api.get_status(&self.name).await?.status) }).await
+    }
+
+    fn written(&self) -> Option<MachineRequestStatus> {
+        self.memory.map().get(&self.uid).cloned()
     }
 }
 
@@ -222,6 +227,38 @@ pub async fn drive(
     Ok((status, plan.requeue))
 }
 
+/// One pass of `drive` for a request whose template caps its machines (`maxMachines`): the
+/// template's requests take turns, and the others' machines (`cached`: uid and live machines,
+/// from the cache) are counted at their freshest (see `headroom`). Without a cap, `drive` as is.
+pub async fn drive_capped(
+    mr: &MachineRequest,
+    template: &MachineTemplate,
+    target: Target<'_>,
+    sink: &dyn StatusSink,
+    now: jiff::Timestamp,
+    headroom: &Headroom,
+    cached: &[(String, u32)],
+) -> Result<(MachineRequestStatus, Requeue), Error> {
+    if template.spec.max_machines.is_none() {
+        return drive(mr, template, target, sink, now).await;
+    }
+    let owner = owner_of(mr)?;
+    let key = headroom::template_key(&owner.namespace, &owner.template);
+    let _turn = headroom.turn(&key).await;
+    let target = Target { machines_elsewhere: headroom.elsewhere(&key, &owner.uid, cached), ..target };
+    let result = drive(mr, template, target, sink, now).await;
+    let left = match &result {
+        Ok((status, _)) => Some(status.clone()),
+        // A failed launch may still have launched: what was written counts.
+        Err(_) => sink.written(),
+    };
+    if let Some(status) = left {
+        let live = status.machines.iter().filter(|m| m.counts_as_live()).count();
+        headroom.hold(&key, &owner.uid, u32::try_from(live).unwrap_or(u32::MAX));
+    }
+    result
+}
+
 /// Launching waits until the template's current generation was validated: bad input never
 /// launches anything.
 fn launch_hold(template: &MachineTemplate) -> Option<(String, String)> {
@@ -335,13 +372,12 @@ async fn apply(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) ->
         );
         return wait_pending(mr, ctx, &sink, "ProviderNotFound", message).await;
     };
-    let target = Target {
-        provider_name: &provider_name,
-        provider,
-        hold,
-        machines_elsewhere: ctx.live_machines_on(Some(&ns), name, mr.uid().as_deref()),
-    };
-    let (status, requeue) = drive(mr, &template, target, &sink, jiff::Timestamp::now()).await?;
+    let cached = ctx.machines_on(Some(&ns), name);
+    let uid = mr.uid().unwrap_or_default();
+    let elsewhere = cached.iter().filter(|(other, _)| *other != uid).map(|(_, n)| *n).sum();
+    let target = Target { provider_name: &provider_name, provider, hold, machines_elsewhere: elsewhere };
+    let now = jiff::Timestamp::now();
+    let (status, requeue) = drive_capped(mr, &template, target, &sink, now, &ctx.headroom, &cached).await?;
     announce(ctx, mr, &previous, &status).await;
     Ok(ctx.timing.after(requeue))
 }
@@ -425,6 +461,7 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
     match provider.release(&owner, holdings).await? {
         Released::Done => {
             ctx.written.forget(&owner.uid);
+            ctx.headroom.forget(&owner.uid);
             tracing::info!(request = %owner.key(), "released");
             publish(
                 ctx,

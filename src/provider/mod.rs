@@ -249,6 +249,30 @@ pub struct ProvisionOutcome {
     pub accepted_units: u32,
 }
 
+/// What is alive on the Kubernetes side, for the leak sweep.
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    /// Uids of every MachineRequest in the operator's cache (being deleted included).
+    pub uids: std::collections::BTreeSet<String>,
+    /// Operator-made launch templates some request records.
+    pub launch_templates: std::collections::BTreeSet<String>,
+    /// The one namespace the operator watches, if it watches only one: resources of other
+    /// namespaces are not its to judge.
+    pub namespace: Option<String>,
+}
+
+/// A cloud resource of a request that no longer exists, found by the leak sweep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leak {
+    /// instance, fleet, spot-fleet-request, auto-scaling-group, launch-template.
+    pub kind: String,
+    pub id: String,
+    /// The request it belonged to (`namespace/name`), as its tags say.
+    pub request: Option<String>,
+    /// Removed; `false` in dry-run mode (only reported).
+    pub removed: bool,
+}
+
 /// Whether `release` finished.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Released {
@@ -377,9 +401,19 @@ pub trait Provider: Send + Sync {
         owner: &Owner,
         holdings: Holdings<'_>,
     ) -> impl Future<Output = Result<Released, ProviderError>> + Send;
+    /// When due (by the provider's own interval), removes the cloud resources of this cluster
+    /// whose request is not in `live` and that have been orphaned for the grace period, and
+    /// returns them. `now` is the caller's clock (tests move it past the grace).
+    fn sweep(
+        &self,
+        live: &Live,
+        now: std::time::Instant,
+    ) -> impl Future<Output = Result<Vec<Leak>, ProviderError>> + Send;
 }
 
 /// A configured provider: adding a kind is a compile error everywhere it must be handled.
+// One value per configured provider, built once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyProvider {
     Sim(sim::SimProvider),
     Aws(aws::AwsProvider),
@@ -426,6 +460,12 @@ impl Provider for AnyProvider {
         match self {
             Self::Sim(p) => p.release(owner, holdings).await,
             Self::Aws(p) => p.release(owner, holdings).await,
+        }
+    }
+    async fn sweep(&self, live: &Live, now: std::time::Instant) -> Result<Vec<Leak>, ProviderError> {
+        match self {
+            Self::Sim(p) => p.sweep(live, now).await,
+            Self::Aws(p) => p.sweep(live, now).await,
         }
     }
 }

@@ -257,6 +257,11 @@ impl Provider for SimProvider {
         }
         Ok(Released::Done)
     }
+
+    /// Simulated machines live in this process only: a request gone is released, never leaked.
+    async fn sweep(&self, _live: &super::Live, _now: std::time::Instant) -> Result<Vec<super::Leak>, ProviderError> {
+        Ok(vec![])
+    }
 }
 /// What the simulated cloud says of an instance type: vCPUs from its size (`large` 2,
 /// `xlarge` 4, `4xlarge` 16, smaller sizes 1 or 2), 4 GiB per vCPU (8 for `r` families, 2 for

@@ -27,13 +27,20 @@ pub struct Aws {
     pub image: String,
     pub subnets: Vec<String>,
     pub group: String,
+    /// The provider's settings, for a provider built again (an operator restarted).
+    pub settings: AwsSettings,
 }
 
 pub async fn aws(test: &str) -> Option<Aws> {
+    aws_with(test, |_| {}).await
+}
+
+/// The harness with settings of the test's own (`configure` edits the defaults below).
+pub async fn aws_with(test: &str, configure: impl FnOnce(&mut AwsSettings)) -> Option<Aws> {
     let moto = moto::server(test)?;
     let region = moto::region();
     let proxy = FaultProxy::start(&moto.endpoint).await;
-    let settings = AwsSettings {
+    let mut settings = AwsSettings {
         region: region.into(),
         endpoint_url: Some(proxy.endpoint.clone()),
         max_attempts: Some(3),
@@ -44,23 +51,37 @@ pub async fn aws(test: &str) -> Option<Aws> {
         sweep_interval: "0s".into(),
         ..AwsSettings::default()
     };
-    // The SDK configuration exactly as the operator builds it, with moto's fixed credentials.
-    let sdk = orb_operator::provider::aws::client::sdk_config(&settings)
+    configure(&mut settings);
+    let metrics = std::sync::Arc::new(orb_operator::metrics::Metrics::default());
+    let provider = build_provider(&settings, &metrics).await;
+    let ec2 = moto::ec2(moto, region);
+    let iam = aws_sdk_iam::Client::new(&moto::sdk(moto, region).await);
+    let moto::Network { image, subnets, group } = moto::network(&ec2).await;
+    Some(Aws { provider, ec2, iam, moto, region, proxy, metrics, image, subnets, group, settings })
+}
+
+/// The provider exactly as the operator builds it, with moto's fixed credentials.
+async fn build_provider(
+    settings: &AwsSettings,
+    metrics: &std::sync::Arc<orb_operator::metrics::Metrics>,
+) -> AnyProvider {
+    let sdk = orb_operator::provider::aws::client::sdk_config(settings)
         .await
         .into_builder()
         .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(moto::credentials()))
         .build();
-    let metrics = std::sync::Arc::new(orb_operator::metrics::Metrics::default());
     let calls =
         orb_operator::provider::aws::call_metrics::CallMetrics { provider: "default".into(), metrics: metrics.clone() };
-    let provider = AnyProvider::Aws(AwsProvider::from_sdk(&sdk, &settings, CLUSTER, calls));
-    let ec2 = moto::ec2(moto, region);
-    let iam = aws_sdk_iam::Client::new(&moto::sdk(moto, region).await);
-    let moto::Network { image, subnets, group } = moto::network(&ec2).await;
-    Some(Aws { provider, ec2, iam, moto, region, proxy, metrics, image, subnets, group })
+    AnyProvider::Aws(AwsProvider::from_sdk(&sdk, settings, CLUSTER, calls))
 }
 
 impl Aws {
+    /// A provider as a restarted operator would build it: nothing remembered in memory (no
+    /// poller view, no launch templates, no capacity errors), the same cloud.
+    pub async fn restarted(&self) -> AnyProvider {
+        build_provider(&self.settings, &self.metrics).await
+    }
+
     pub fn template(&self, types: &[(&str, i32)]) -> MachineTemplateSpec {
         MachineTemplateSpec {
             provider: "default".into(),

@@ -64,6 +64,10 @@ impl StatusSink for MemoryStatus {
             })
             .await
     }
+
+    fn written(&self) -> Option<MachineRequestStatus> {
+        self.current()
+    }
 }
 
 /// A template marked Ready at its generation, as the template controller would leave it.

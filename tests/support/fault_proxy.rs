@@ -136,6 +136,15 @@ impl FaultProxy {
         self.state.lock().unwrap().idempotent = true;
     }
 
+    /// Every call seen so far, by action.
+    pub fn all_calls(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut by_action = std::collections::BTreeMap::new();
+        for (action, _) in &self.state.lock().unwrap().calls {
+            *by_action.entry(action.clone()).or_default() += 1;
+        }
+        by_action
+    }
+
     /// Bodies of the calls of `action` seen so far (faulted ones included).
     pub fn calls(&self, action: &str) -> Vec<String> {
         self.state.lock().unwrap().calls.iter().filter(|(a, _)| a == action).map(|(_, b)| b.clone()).collect()

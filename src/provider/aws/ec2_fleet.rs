@@ -244,6 +244,38 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
 
     let mut excluded = BTreeSet::new();
     let mut left = request.mix;
+    // Offerings that failed for capacity lately (for every market this attempt launches in)
+    // are left out, each skip reported.
+    let markets: Vec<bool> = [(false, left.on_demand), (true, left.spot)]
+        .into_iter()
+        .filter(|(_, units)| *units > 0)
+        .map(|(spot, _)| spot)
+        .collect();
+    for o in &all {
+        let mut skips = vec![];
+        for &spot in &markets {
+            if let Some(key) = ops.offering(o.instance_type.as_deref(), o.subnet.as_deref(), spot).await
+                && let Some(skip) = ops.capacity.skip(&key)
+            {
+                skips.push((skip, key.1));
+            }
+        }
+        if !skips.is_empty() && skips.len() == markets.len() {
+            ops.capacity.skipped(1);
+            excluded.insert(o.key());
+            outcome.failures.extend(skips.into_iter().map(|(skip, zone)| LaunchFailure {
+                code: skip.code,
+                message: skip.message,
+                instance_type: o.instance_type.clone(),
+                zone: Some(zone),
+            }));
+        }
+    }
+    // A capacity error is remembered for the market it happened in, when the attempt had one.
+    let single_market = match markets.as_slice() {
+        [spot] => Some(*spot),
+        _ => None,
+    };
     for round in 0..INSTANT_ROUNDS {
         let usable: Vec<Offering> = all.iter().filter(|o| !excluded.contains(&o.key())).cloned().collect();
         if usable.is_empty() || left.on_demand + left.spot == 0 {
@@ -288,6 +320,12 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
         let limit = errors.iter().any(|(f, _)| matches!(classify_code(&f.code, "", None), ProviderError::Limit { .. }));
         let stop = errors.is_empty() || limit;
         for (failure, key) in errors {
+            if let (Some(spot), ProviderError::Capacity { .. }) =
+                (single_market, classify_code(&failure.code, "", None))
+                && let Some(offering) = ops.offering(key.0.as_deref(), key.1.as_deref(), spot).await
+            {
+                ops.capacity.remember(offering, &failure.code);
+            }
             tracing::info!(code = %failure.code, instance_type = ?key.0, subnet = ?key.1, "fleet override failed; excluded from the follow-up");
             excluded.insert(key);
             outcome.failures.push(failure);
@@ -341,7 +379,7 @@ async fn active_maintain_fleet(ops: &Ops, fleet_ids: &[String]) -> Result<Option
     Ok(None)
 }
 
-fn is_active(state: &FleetStateCode) -> bool {
+pub fn is_active(state: &FleetStateCode) -> bool {
     matches!(state, FleetStateCode::Submitted | FleetStateCode::Active | FleetStateCode::Modifying)
 }
 

@@ -161,7 +161,8 @@ impl Ops {
             &fingerprint(template, image.as_deref(), root_device.as_deref(), &tags),
         );
         let data = launch_data(template, image, root_device, &tags);
-        let known = || self.managed_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&name).cloned();
+        let known =
+            || self.managed_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&name).cloned();
         // Requests of one template launching together would each create it (and then look it
         // up after AlreadyExists): the first makes it, the others wait and reuse it.
         let _making = match known() {

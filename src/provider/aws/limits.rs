@@ -75,7 +75,8 @@ type Bucket = RateLimiter<state::NotKeyed, state::InMemoryState, TokioClock, NoO
 
 fn bucket(rate: u32, burst: u32) -> Bucket {
     let one = NonZeroU32::MIN;
-    let quota = Quota::per_second(NonZeroU32::new(rate).unwrap_or(one)).allow_burst(NonZeroU32::new(burst).unwrap_or(one));
+    let quota =
+        Quota::per_second(NonZeroU32::new(rate).unwrap_or(one)).allow_burst(NonZeroU32::new(burst).unwrap_or(one));
     RateLimiter::direct_with_clock(quota, TokioClock)
 }
 

@@ -3,6 +3,7 @@
 
 pub mod asg;
 pub mod call_metrics;
+pub mod capacity_memory;
 pub mod client;
 pub mod ec2_fleet;
 pub mod errors;
@@ -13,6 +14,7 @@ pub mod ops;
 pub mod poller;
 pub mod run_instances;
 pub mod spot_fleet;
+pub mod sweep;
 pub mod validate;
 
 use super::{
@@ -30,6 +32,8 @@ pub struct AwsProvider {
     ops: Ops,
     /// Every instance of every request, refreshed in batches.
     poller: poller::Poller,
+    sweeper: sweep::Sweeper,
+    calls: call_metrics::CallMetrics,
     region: String,
     /// Instance profile names templates may use (`allowedInstanceProfiles`).
     allowed_profiles: Vec<String>,
@@ -71,11 +75,18 @@ impl AwsProvider {
             cluster_id: cluster_id.to_string(),
             zones: Default::default(),
             managed_templates: Default::default(),
+            capacity: std::sync::Arc::new(capacity_memory::CapacityMemory::new(
+                settings.capacity_ttl(),
+                calls.provider.clone(),
+                calls.metrics.clone(),
+            )),
             creating_templates: Default::default(),
         };
         let intervals = poller::Intervals { poll: settings.poll(), steady: settings.steady_poll() };
         Self {
             poller: poller::Poller::new(ops.clone(), intervals, calls.provider.clone(), calls.metrics.clone()),
+            sweeper: sweep::Sweeper::new(settings.sweep_every(), settings.sweep_after(), settings.sweep_dry_run),
+            calls,
             ops,
             region: settings.region.clone(),
             allowed_profiles: settings.allowed_instance_profiles.iter().map(|p| profile_name(p).to_string()).collect(),
@@ -207,14 +218,20 @@ impl Provider for AwsProvider {
         // A maintain fleet would replace what leaves: lower it first (absolute, replay-safe).
         // With no machine to return, this only lowers a fleet launching more than wanted.
         let (resources, template, units) = (request.resources, request.template, request.target_units);
-        ec2_fleet::before_return(&self.ops, &resources.fleet_ids, template, units).await?;
-        spot_fleet::before_return(&self.ops, &resources.spot_fleet_request_ids, template, units).await?;
-        let rest = match &resources.asg_name {
-            Some(group) => asg::return_members(&self.ops, group, template, &mine, units).await?,
-            None => mine,
-        };
+        let result = async {
+            ec2_fleet::before_return(&self.ops, &resources.fleet_ids, template, units).await?;
+            spot_fleet::before_return(&self.ops, &resources.spot_fleet_request_ids, template, units).await?;
+            let rest = match &resources.asg_name {
+                Some(group) => asg::return_members(&self.ops, group, template, &mine, units).await?,
+                None => mine,
+            };
+            self.ops.terminate(&rest).await
+        }
+        .await;
+        // After the calls, not before: a cycle that began while they were in flight may not
+        // show their effect, and the request's next look must.
         self.poller.acted(owner);
-        self.ops.terminate(&rest).await
+        result
     }
 
     async fn release(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<Released, ProviderError> {
@@ -241,5 +258,9 @@ impl Provider for AwsProvider {
         }
         self.poller.forget(owner);
         Ok(Released::Done)
+    }
+
+    async fn sweep(&self, live: &super::Live, now: std::time::Instant) -> Result<Vec<super::Leak>, ProviderError> {
+        self.sweeper.sweep(&self.ops, live, now, &self.calls).await
     }
 }

@@ -24,6 +24,8 @@ pub struct Ops {
     pub zones: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
     /// Operator-made launch templates: name -> id (see `launch_template`).
     pub managed_templates: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    /// Offerings that recently failed for capacity, skipped by every request.
+    pub capacity: std::sync::Arc<super::capacity_memory::CapacityMemory>,
     /// Held while a launch template is made: requests launching together make it once.
     pub creating_templates: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
@@ -200,6 +202,18 @@ impl Ops {
                 zones.insert(id.to_string(), zone.to_string());
             }
         }
+    }
+
+    /// The capacity-memory key of an offering: `None` when the type or subnet is left to a
+    /// launch template (the memory then does not apply).
+    pub async fn offering(
+        &self,
+        instance_type: Option<&str>,
+        subnet: Option<&str>,
+        spot: bool,
+    ) -> Option<super::capacity_memory::Offering> {
+        let (instance_type, subnet) = (instance_type?, subnet?);
+        Some((instance_type.to_string(), self.zone_of(subnet).await?, spot))
     }
 
     /// The availability zone of a subnet, described once and then remembered.

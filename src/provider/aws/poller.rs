@@ -21,6 +21,8 @@ use tokio::sync::{Notify, broadcast, watch};
 const GATHER: Duration = Duration::from_millis(50);
 /// How long a terminated instance stays in the view, as EC2 keeps listing it for about an hour.
 const TERMINATED_RETENTION: Duration = Duration::from_secs(60 * 60);
+/// How long EC2's describe may not know an instance its launch returned.
+const VISIBILITY_LAG: Duration = Duration::from_secs(120);
 /// Values per tag filter in one listing call (EC2 accepts up to 200).
 const UIDS_PER_LISTING: usize = 200;
 /// A request no reconcile has asked about for this long is forgotten (it was deleted with
@@ -47,6 +49,8 @@ struct Seen {
     ours: bool,
     /// When the view first saw it terminated.
     terminated_at: Option<tokio::time::Instant>,
+    /// When a launch's answer put it in the view (EC2's describe may not know it yet).
+    launched_at: Option<tokio::time::Instant>,
 }
 
 struct Request {
@@ -54,9 +58,10 @@ struct Request {
     ids: BTreeSet<String>,
     /// Listed by tags in the next cycle.
     list: bool,
-    /// The operator acted on its machines since the last cycle began: its next look waits for
-    /// a cycle that sees the result, so no plan is made from a view older than its own act.
-    stale: bool,
+    /// The cycle its next look waits for: one that began after the request was first seen,
+    /// after the operator acted on its machines, or after it asked for a listing — so no plan
+    /// is made from a view older than the operator's own act.
+    needs: u64,
     asked: tokio::time::Instant,
 }
 
@@ -66,13 +71,15 @@ struct State {
     machines: HashMap<String, Seen>,
     /// Cycles that have taken their snapshot.
     started: u64,
+    /// The last cycle that finished without error.
+    finished: u64,
 }
 
 impl State {
     fn busy(&self) -> bool {
         self.requests.values().any(|r| {
             r.list
-                || r.stale
+                || r.needs > self.finished
                 || r.ids.iter().any(|id| {
                     self.machines.get(id).is_none_or(|s| {
                         matches!(
@@ -161,41 +168,41 @@ impl Poller {
     /// marks those the tag listing would not find.
     pub async fn observe(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
         self.start();
-        let wait_for = {
+        let needs = {
             let mut state = self.state();
-            let State { requests, machines, started } = &mut *state;
+            let State { requests, machines, started, finished } = &mut *state;
             let request = requests.entry(owner.uid.clone()).or_insert_with(|| Request {
                 key: RequestKey { namespace: owner.namespace.clone(), name: owner.name.clone() },
                 ids: BTreeSet::new(),
                 list: true,
-                stale: false,
+                needs: *started + 1,
                 asked: tokio::time::Instant::now(),
             });
             request.asked = tokio::time::Instant::now();
             request.ids.extend(known.iter().cloned());
-            let unseen = known.iter().any(|id| !machines.contains_key(id));
-            (request.list || request.stale || unseen).then_some(*started)
+            if known.iter().any(|id| !machines.contains_key(id)) {
+                request.needs = request.needs.max(*started + 1);
+            }
+            (request.needs > *finished).then_some(request.needs)
         };
-        if let Some(started) = wait_for {
-            self.next_cycle(started).await?;
+        if let Some(cycle) = needs {
+            self.cycle_done(cycle).await?;
         }
         Ok(self.view(owner))
     }
 
     /// The owner's machines after a fresh tag listing: what a release must tear down.
     pub async fn relist(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
-        if let Some(request) = self.state().requests.get_mut(&owner.uid) {
-            request.list = true;
-        }
+        self.list_again(owner);
         self.observe(owner, known).await
     }
 
-    /// Waits for a cycle that starts after `started` cycles had started.
-    async fn next_cycle(&self, started: u64) -> Result<(), ProviderError> {
+    /// Waits until cycle `cycle` has finished.
+    async fn cycle_done(&self, cycle: u64) -> Result<(), ProviderError> {
         let mut done = self.shared.done.subscribe();
         self.shared.kick.notify_one();
         let finished = done
-            .wait_for(|d| d.cycle > started)
+            .wait_for(|d| d.cycle >= cycle)
             .await
             .map_err(|_| ProviderError::Transient { code: "PollerStopped".into(), message: "the poller ended".into() })?
             .clone();
@@ -232,7 +239,13 @@ impl Poller {
     pub fn launched(&self, owner: &Owner, machines: &[ObservedMachine]) {
         let mut state = self.state();
         for m in machines {
-            let seen = Seen { machine: m.clone(), uid: Some(owner.uid.clone()), ours: true, terminated_at: None };
+            let seen = Seen {
+                machine: m.clone(),
+                uid: Some(owner.uid.clone()),
+                ours: true,
+                terminated_at: None,
+                launched_at: Some(tokio::time::Instant::now()),
+            };
             state.machines.insert(m.instance_id.clone(), seen);
             if let Some(request) = state.requests.get_mut(&owner.uid) {
                 request.ids.insert(m.instance_id.clone());
@@ -246,15 +259,20 @@ impl Poller {
     /// Records that the operator changed the owner's machines (launched, returned): its next
     /// look waits for a fresh cycle.
     pub fn acted(&self, owner: &Owner) {
-        if let Some(request) = self.state().requests.get_mut(&owner.uid) {
-            request.stale = true;
+        let mut state = self.state();
+        let next = state.started + 1;
+        if let Some(request) = state.requests.get_mut(&owner.uid) {
+            request.needs = next;
         }
     }
 
     /// Asks for a tag listing of the owner in the next cycle (a launch's outcome is unknown).
     pub fn list_again(&self, owner: &Owner) {
-        if let Some(request) = self.state().requests.get_mut(&owner.uid) {
+        let mut state = self.state();
+        let next = state.started + 1;
+        if let Some(request) = state.requests.get_mut(&owner.uid) {
             request.list = true;
+            request.needs = next;
         }
     }
 
@@ -329,7 +347,6 @@ async fn cycle(shared: &Shared, ops: &Ops) {
         state.started += 1;
         let mut uids = vec![];
         for (uid, request) in &mut state.requests {
-            request.stale = false;
             if std::mem::take(&mut request.list) {
                 uids.push(uid.clone());
             }
@@ -341,6 +358,7 @@ async fn cycle(shared: &Shared, ops: &Ops) {
     let error = match result {
         Ok(found) => {
             let changed = merge(&mut state, found, &ids, &ops.cluster_id);
+            state.finished = number;
             let tracked = state.machines.len();
             drop(state);
             shared.metrics.polled(&shared.provider, tracked);
@@ -356,6 +374,10 @@ async fn cycle(shared: &Shared, ops: &Ops) {
                 if let Some(request) = state.requests.get_mut(uid) {
                     request.list = true;
                 }
+            }
+            // Whoever waited for this cycle waits for the next one.
+            for request in state.requests.values_mut() {
+                request.needs = request.needs.max(number + 1);
             }
             Some(error)
         }
@@ -399,7 +421,8 @@ fn merge(
         {
             request.ids.insert(id.clone());
         }
-        let before = state.machines.get(&id).map(|s| (s.machine.state, s.machine.private_ip.clone(), s.uid.clone(), s.ours));
+        let before =
+            state.machines.get(&id).map(|s| (s.machine.state, s.machine.private_ip.clone(), s.uid.clone(), s.ours));
         if before != Some((machine.state, machine.private_ip.clone(), uid.clone(), ours)) {
             changed.insert(id.clone());
         }
@@ -410,21 +433,29 @@ fn merge(
             }
             _ => None,
         };
-        state.machines.insert(id, Seen { machine, uid, ours, terminated_at });
+        state.machines.insert(id, Seen { machine, uid, ours, terminated_at, launched_at: None });
     }
-    // Asked for and not returned: EC2 no longer knows them (long terminated), or does not yet
-    // (launched an instant ago, and already in the view from the launch's answer).
+    // Asked for and not returned: EC2 does not know them yet (launched a moment ago: the view
+    // has them from the launch's answer), or no longer (terminated long ago, or removed with
+    // their fleet): then they are gone.
+    let now = tokio::time::Instant::now();
     for id in asked.iter().filter(|id| !described.contains(*id)) {
-        if state.machines.get(id).is_none() {
-            for request in state.requests.values_mut() {
-                request.ids.remove(id);
+        match state.machines.get_mut(id) {
+            Some(seen) if seen.launched_at.is_some_and(|at| now.duration_since(at) < VISIBILITY_LAG) => {}
+            Some(seen) => {
+                if seen.machine.state != InstanceState::Terminated {
+                    seen.machine.state = InstanceState::Terminated;
+                    seen.machine.state_reason = Some("EC2 no longer reports the instance".into());
+                    seen.terminated_at = Some(now);
+                    changed.insert(id.clone());
+                }
+            }
+            None => {
+                for request in state.requests.values_mut() {
+                    request.ids.remove(id);
+                }
             }
         }
     }
-    state
-        .requests
-        .values()
-        .filter(|r| r.ids.iter().any(|id| changed.contains(id)))
-        .map(|r| r.key.clone())
-        .collect()
+    state.requests.values().filter(|r| r.ids.iter().any(|id| changed.contains(id))).map(|r| r.key.clone()).collect()
 }

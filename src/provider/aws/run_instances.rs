@@ -133,15 +133,28 @@ impl Runner<'_> {
             [] => vec![None],
             ids => ids.iter().cloned().map(Some).collect(),
         };
-        for (instance_type, weight) in type_order(self.shared.template) {
+        for (type_index, (instance_type, weight)) in type_order(self.shared.template).into_iter().enumerate() {
             if remaining == 0 {
                 break;
             }
             let mut carried = 0;
             let mut placed = 0;
-            for (subnet, share) in subnets.iter().zip(spread(machines_for(remaining, weight), subnets.len())) {
+            let shares = spread(machines_for(remaining, weight), subnets.len());
+            for (subnet_index, (subnet, share)) in subnets.iter().zip(shares).enumerate() {
                 let count = share + carried;
                 if count == 0 {
+                    continue;
+                }
+                let offering = self.ops.offering(instance_type.as_deref(), subnet.as_deref(), spot).await;
+                if let Some(skip) = offering.as_ref().and_then(|o| self.ops.capacity.skip(o)) {
+                    self.ops.capacity.skipped(1);
+                    self.outcome.failures.push(LaunchFailure {
+                        code: skip.code,
+                        message: skip.message,
+                        instance_type: instance_type.clone(),
+                        zone: offering.map(|o| o.1),
+                    });
+                    carried = count;
                     continue;
                 }
                 self.calls += 1;
@@ -150,7 +163,9 @@ impl Runner<'_> {
                     subnet: subnet.clone(),
                     count,
                     spot,
-                    client_token: format!("{}-{}", self.token, self.calls),
+                    // One token per offering, not per call: a replay that skips an offering
+                    // (capacity memory) still sends each offering its first token.
+                    client_token: format!("{}-{}{type_index}-{subnet_index}", self.token, if spot { 's' } else { 'o' }),
                 };
                 match self.run(&launch).await {
                     Ok(()) => {
@@ -159,10 +174,9 @@ impl Runner<'_> {
                     }
                     Err(ProviderError::Capacity { code, message }) => {
                         tracing::info!(%code, instance_type = ?launch.instance_type, subnet = ?launch.subnet, "no capacity; trying the next placement");
-                        let zone = match &launch.subnet {
-                            Some(subnet) => self.ops.zone_of(subnet).await,
-                            None => None,
-                        };
+                        if let Some(offering) = offering.clone() {
+                            self.ops.capacity.remember(offering, &code);
+                        }
                         let message = match &launch.subnet {
                             Some(subnet) => format!("{message} (subnet {subnet})"),
                             None => message,
@@ -171,7 +185,7 @@ impl Runner<'_> {
                             code,
                             message,
                             instance_type: launch.instance_type.clone(),
-                            zone,
+                            zone: offering.map(|o| o.1),
                         });
                         carried = count;
                     }

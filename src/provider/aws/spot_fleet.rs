@@ -162,7 +162,7 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
     Ok(outcome)
 }
 
-fn is_active(state: &BatchState) -> bool {
+pub fn is_active(state: &BatchState) -> bool {
     matches!(state, BatchState::Submitted | BatchState::Active | BatchState::Modifying)
 }
 

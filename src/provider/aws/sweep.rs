@@ -1,0 +1,267 @@
+//! The leak sweep of one AWS provider: every resource tagged with this operator's
+//! `orb.dev/cluster` whose `orb.dev/request-uid` names no live MachineRequest — instances,
+//! EC2 fleets, spot fleet requests, Auto Scaling groups — and every operator-made launch
+//! template no live request records, is removed once it has been seen orphaned for the grace
+//! period (a request created a moment ago is not in the operator's cache yet). Other clusters'
+//! resources, resources without a request uid, and (when the operator watches one namespace)
+//! other namespaces' resources are never touched. In dry-run mode leaks are only reported.
+//!
+//! Every leak is logged and counted; the caller also publishes an Event for each.
+
+use super::errors::classify;
+use super::ops::{self, Ops};
+use crate::provider::{Leak, Live, ProviderError, tags};
+use aws_sdk_ec2::types::Filter;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The sweep's settings and what it has seen orphaned, and since when.
+pub struct Sweeper {
+    every: Duration,
+    grace: Duration,
+    dry_run: bool,
+    last: Mutex<Option<Instant>>,
+    /// (kind, id) -> first seen orphaned.
+    orphaned: Mutex<HashMap<(&'static str, String), Instant>>,
+}
+
+/// One tagged resource found by a listing.
+struct Found {
+    kind: &'static str,
+    id: String,
+    /// Its `orb.dev/request-uid`; `None` for launch templates (shared by a template's requests).
+    uid: Option<String>,
+    /// Its `orb.dev/request` (`namespace/name`), or the launch template's namespace.
+    request: Option<String>,
+    namespace: Option<String>,
+}
+
+impl Sweeper {
+    pub fn new(every: Duration, grace: Duration, dry_run: bool) -> Self {
+        Self { every, grace, dry_run, last: Mutex::default(), orphaned: Mutex::default() }
+    }
+
+    /// Whether a sweep is due at `now` (and then records it as done).
+    fn due(&self, now: Instant) -> bool {
+        if self.every.is_zero() {
+            return false;
+        }
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| now.duration_since(at) < self.every) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// Lists this cluster's resources, removes those orphaned for the grace period and returns
+    /// them. Nothing is listed unless a sweep is due.
+    pub async fn sweep(
+        &self,
+        ops: &Ops,
+        live: &Live,
+        now: Instant,
+        metrics: &super::call_metrics::CallMetrics,
+    ) -> Result<Vec<Leak>, ProviderError> {
+        if !self.due(now) {
+            return Ok(vec![]);
+        }
+        let mut found = instances(ops).await?;
+        found.extend(fleets(ops).await?);
+        found.extend(spot_fleet_requests(ops).await?);
+        found.extend(groups(ops).await?);
+        found.extend(launch_templates(ops).await?);
+        let in_scope = |f: &Found| match &live.namespace {
+            None => true,
+            Some(ns) => f.namespace.as_deref() == Some(ns.as_str()),
+        };
+        let orphans: Vec<Found> = found
+            .into_iter()
+            .filter(in_scope)
+            .filter(|f| match &f.uid {
+                Some(uid) => !live.uids.contains(uid),
+                None => f.kind == "launch-template" && !live.launch_templates.contains(&f.id),
+            })
+            .collect();
+        let due: Vec<Found> = {
+            let mut seen = self.orphaned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Forget what is no longer orphaned (or gone).
+            seen.retain(|key, _| orphans.iter().any(|f| (f.kind, &f.id) == (key.0, &key.1)));
+            orphans
+                .into_iter()
+                .filter(|f| {
+                    let since = *seen.entry((f.kind, f.id.clone())).or_insert(now);
+                    now.duration_since(since) >= self.grace
+                })
+                .collect()
+        };
+        let mut leaks = vec![];
+        for f in due {
+            if !self.dry_run {
+                remove(ops, &f).await?;
+                self.orphaned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&(f.kind, f.id.clone()));
+            }
+            tracing::warn!(kind = f.kind, id = %f.id, request = ?f.request, request_uid = ?f.uid, dry_run = self.dry_run, "leaked resource of a request that no longer exists");
+            metrics.metrics.swept(&metrics.provider, f.kind, self.dry_run);
+            leaks.push(Leak { kind: f.kind.into(), id: f.id, request: f.request, removed: !self.dry_run });
+        }
+        Ok(leaks)
+    }
+}
+
+async fn remove(ops: &Ops, f: &Found) -> Result<(), ProviderError> {
+    match f.kind {
+        "instance" => ops.terminate(std::slice::from_ref(&f.id)).await,
+        "fleet" => super::ec2_fleet::delete(ops, std::slice::from_ref(&f.id)).await,
+        "spot-fleet-request" => super::spot_fleet::cancel(ops, std::slice::from_ref(&f.id)).await,
+        "auto-scaling-group" => super::asg::delete(ops, Some(&f.id)).await,
+        _ => match ops.ec2.delete_launch_template().launch_template_id(&f.id).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match classify("DeleteLaunchTemplate", e) {
+                e if e.code().contains("NotFound") => Ok(()),
+                e => Err(e),
+            },
+        },
+    }
+}
+
+fn cluster_filter(ops: &Ops) -> Filter {
+    Filter::builder().name(format!("tag:{}", tags::CLUSTER)).values(&ops.cluster_id).build()
+}
+
+/// Tag value `key` among `(key, value)` pairs.
+fn tag<'a>(pairs: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>, key: &str) -> Option<String> {
+    pairs.into_iter().find(|(k, _)| *k == Some(key)).and_then(|(_, v)| v).map(str::to_string)
+}
+
+fn found(kind: &'static str, id: &str, pairs: Vec<(Option<&str>, Option<&str>)>) -> Found {
+    let request = tag(pairs.iter().copied(), tags::REQUEST);
+    Found {
+        kind,
+        id: id.to_string(),
+        uid: tag(pairs.iter().copied(), tags::REQUEST_UID),
+        namespace: request.as_deref().and_then(|r| r.split_once('/')).map(|(ns, _)| ns.to_string()),
+        request,
+    }
+}
+
+/// This cluster's instances that are not on their way out.
+async fn instances(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
+    let states = Filter::builder()
+        .name("instance-state-name")
+        .set_values(Some(["pending", "running", "stopping", "stopped"].map(String::from).to_vec()))
+        .build();
+    let mut pages = ops
+        .ec2
+        .describe_instances()
+        .filters(cluster_filter(ops))
+        .filters(states)
+        .max_results(ops::PAGE as i32)
+        .into_paginator()
+        .send();
+    let mut out = vec![];
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| classify("DescribeInstances", e))?;
+        for i in page.reservations().iter().flat_map(|r| r.instances()) {
+            let (Some(id), true) = (i.instance_id(), ops::tag_value(i, tags::CLUSTER) == Some(ops.cluster_id.as_str()))
+            else {
+                continue;
+            };
+            out.push(found("instance", id, i.tags().iter().map(|t| (t.key(), t.value())).collect()));
+        }
+    }
+    Ok(out)
+}
+
+/// This cluster's EC2 fleets (of type request or maintain: instant fleets are listed only by
+/// id, and their instances carry the request's tags) that still launch or hold instances.
+async fn fleets(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
+    let mut pages = ops.ec2.describe_fleets().into_paginator().send();
+    let mut out = vec![];
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| classify("DescribeFleets", e))?;
+        for f in page.fleets() {
+            let live = f.fleet_state().is_some_and(super::ec2_fleet::is_active);
+            let tags: Vec<_> = f.tags().iter().map(|t| (t.key(), t.value())).collect();
+            if let (Some(id), true, true) = (
+                f.fleet_id(),
+                live,
+                tag(tags.iter().copied(), tags::CLUSTER).as_deref() == Some(ops.cluster_id.as_str()),
+            ) {
+                out.push(found("fleet", id, tags));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// This cluster's spot fleet requests that are not cancelled.
+async fn spot_fleet_requests(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
+    let mut pages = ops.ec2.describe_spot_fleet_requests().into_paginator().send();
+    let mut out = vec![];
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| classify("DescribeSpotFleetRequests", e))?;
+        for r in page.spot_fleet_request_configs() {
+            let live = r.spot_fleet_request_state().is_some_and(super::spot_fleet::is_active);
+            let tags: Vec<_> = r.tags().iter().map(|t| (t.key(), t.value())).collect();
+            if let (Some(id), true, true) = (
+                r.spot_fleet_request_id(),
+                live,
+                tag(tags.iter().copied(), tags::CLUSTER).as_deref() == Some(ops.cluster_id.as_str()),
+            ) {
+                out.push(found("spot-fleet-request", id, tags));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// This cluster's Auto Scaling groups.
+async fn groups(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
+    let filter = aws_sdk_autoscaling::types::Filter::builder()
+        .name(format!("tag:{}", tags::CLUSTER))
+        .values(&ops.cluster_id)
+        .build();
+    let mut pages = ops.autoscaling.describe_auto_scaling_groups().filters(filter).into_paginator().send();
+    let mut out = vec![];
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| classify("DescribeAutoScalingGroups", e))?;
+        for g in page.auto_scaling_groups() {
+            let tags: Vec<_> = g.tags().iter().map(|t| (t.key(), t.value())).collect();
+            let ours = tag(tags.iter().copied(), tags::CLUSTER).as_deref() == Some(ops.cluster_id.as_str());
+            // A group being deleted is on its way out already.
+            if let (Some(name), true, None) = (g.auto_scaling_group_name(), ours, g.status()) {
+                out.push(found("auto-scaling-group", name, tags));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// This cluster's operator-made launch templates.
+async fn launch_templates(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
+    let mut pages = ops.ec2.describe_launch_templates().filters(cluster_filter(ops)).into_paginator().send();
+    let mut out = vec![];
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| classify("DescribeLaunchTemplates", e))?;
+        for lt in page.launch_templates() {
+            let tags: Vec<_> = lt.tags().iter().map(|t| (t.key(), t.value())).collect();
+            if tag(tags.iter().copied(), tags::CLUSTER).as_deref() != Some(ops.cluster_id.as_str()) {
+                continue;
+            }
+            if let Some(id) = lt.launch_template_id() {
+                let namespace = tag(tags.iter().copied(), super::launch_template::NAMESPACE_TAG);
+                let template = tag(tags.iter().copied(), tags::TEMPLATE);
+                out.push(Found {
+                    kind: "launch-template",
+                    id: id.to_string(),
+                    uid: None,
+                    request: template.map(|t| format!("template {}/{t}", namespace.clone().unwrap_or_default())),
+                    namespace,
+                });
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,376 @@
+//! The AWS provider at scale, against moto through the counting fault proxy: the batched
+//! poller (one DescribeInstances per cycle for many requests), the leak sweep, the
+//! capacity-error memory, `maxMachines` under concurrent requests, and crash points — each
+//! "crash" is a provider built again (a restarted operator: nothing in memory), same cloud.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+mod support;
+
+use orb_operator::api::*;
+use orb_operator::controller::headroom::Headroom;
+use orb_operator::controller::request::{Target, drive_capped};
+use orb_operator::provider::{Holdings, Live, Provider, Released};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+use support::aws::{Aws, CLUSTER, aws, aws_with};
+use support::driver::{MemoryStatus, converge, ready, request};
+use support::fault_proxy::Fault;
+
+fn one_subnet(aws: &Aws, types: &[(&str, i32)]) -> MachineTemplate {
+    let mut spec = aws.template(types);
+    spec.subnet_ids.truncate(1);
+    ready(MachineTemplate::new("workers", spec))
+}
+
+fn owner_of(mr: &MachineRequest) -> orb_operator::provider::Owner {
+    orb_operator::controller::request::owner_of(mr).unwrap()
+}
+
+/// Poll cycles the provider's poller has finished, from its metrics.
+fn cycles(aws: &Aws) -> u64 {
+    let text = aws.metrics.render([]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(r#"orb_poll_cycles_total{provider="default"} "#))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Waits (at most 20 s) until `n` more poll cycles have finished.
+async fn more_cycles(aws: &Aws, n: u64) {
+    let target = cycles(aws) + n;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while cycles(aws) < target {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the poller keeps cycling");
+}
+
+fn live(status: &MachineRequestStatus) -> usize {
+    status.machines.iter().filter(|m| m.counts_as_live()).count()
+}
+
+#[tokio::test]
+async fn fifty_requests_are_refreshed_with_one_describe_per_cycle() {
+    let Some(aws) = aws("fifty_requests_are_refreshed_with_one_describe_per_cycle").await else { return };
+    let template = one_subnet(&aws, &[("m5.large", 1)]);
+    let mut requests: Vec<(MachineRequest, MemoryStatus)> =
+        (0..50).map(|i| (request(&format!("r{i:02}"), 2), MemoryStatus::default())).collect();
+    let converged = futures::future::join_all(
+        requests.iter_mut().map(|(mr, sink)| converge(mr, &template, &aws.provider, sink, 10)),
+    )
+    .await;
+    for (status, error) in &converged {
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!((status.phase, live(status)), (Some(Phase::Fulfilled), 2));
+    }
+    assert_eq!(aws.proxy.calls("RunInstances").len(), 50, "one launch per request (one subnet)");
+    let describes = aws.proxy.calls("DescribeInstances").len() as u64;
+    let during = cycles(&aws);
+    // A cycle makes at most two calls: the batched tag listing of new requests, then the rest
+    // by id. Never one per request.
+    assert!(describes <= 2 * during, "{describes} describes in {during} cycles");
+    assert!(describes < 25, "{describes} describes for 50 requests");
+
+    // Steady: passes over every request read the poller's view; the poller makes exactly one
+    // DescribeInstances per cycle for all 100 instances, and nothing else is called.
+    let before = aws.proxy.all_calls();
+    let cycles_before = cycles(&aws);
+    for (mr, sink) in &mut requests {
+        mr.status = sink.current();
+        let target = Target { provider_name: "default", provider: &aws.provider, hold: None, machines_elsewhere: 0 };
+        orb_operator::controller::request::drive(mr, &template, target, sink, jiff::Timestamp::now()).await.unwrap();
+    }
+    more_cycles(&aws, 3).await;
+    let after = aws.proxy.all_calls();
+    let spent: BTreeMap<String, usize> = after
+        .iter()
+        .map(|(action, n)| (action.clone(), n - before.get(action).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let steady_cycles = (cycles(&aws) - cycles_before) as usize;
+    assert_eq!(spent.keys().collect::<Vec<_>>(), ["DescribeInstances"], "{spent:?}");
+    assert_eq!(spent["DescribeInstances"], steady_cycles, "one describe per cycle: {spent:?}");
+    let body = aws.proxy.calls("DescribeInstances").pop().unwrap();
+    assert_eq!(body.matches("InstanceId.").count(), 100, "every instance in the one call");
+
+    // Releasing them all lists them in shared calls too.
+    let before = aws.proxy.calls("DescribeInstances").len();
+    let releases = futures::future::join_all(requests.iter().map(|(mr, sink)| {
+        let known: Vec<String> = sink.current().unwrap().machines.iter().map(|m| m.instance_id.clone()).collect();
+        let owner = owner_of(mr);
+        let provider = &aws.provider;
+        async move {
+            let resources = Resources::default();
+            let holdings = Holdings { known: &known, resources: &resources, launch_templates_in_use: &[] };
+            provider.release(&owner, holdings).await
+        }
+    }))
+    .await;
+    assert!(releases.iter().all(|r| *r == Ok(Released::Done)), "{releases:?}");
+    let listings = aws.proxy.calls("DescribeInstances").len() - before;
+    assert!(listings <= 10, "{listings} describes to release 50 requests: shared cycles, not one each");
+    assert_eq!(aws.proxy.calls("TerminateInstances").len(), 50);
+}
+
+#[tokio::test]
+async fn a_vanished_machine_is_seen_by_the_poller_and_its_request_woken() {
+    let Some(aws) = aws("a_vanished_machine_is_seen_by_the_poller_and_its_request_woken").await else { return };
+    let template = one_subnet(&aws, &[("m5.large", 1)]);
+    let (mut mr, sink) = (request("vanish", 2), MemoryStatus::default());
+    let (mut other, other_sink) = (request("bystander", 1), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    converge(&mut other, &template, &aws.provider, &other_sink, 6).await;
+    let mut changes = aws.changes();
+    let gone = sink.current().unwrap().machines[0].instance_id.clone();
+    aws.ec2.stop_instances().instance_ids(&gone).send().await.unwrap();
+    // Only the owner is woken.
+    let woken = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.unwrap().unwrap();
+    assert_eq!(woken.name, "vanish");
+    let (status, error) = converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    assert!(error.is_none(), "{error:?}");
+    let lost = status.machines.iter().find(|m| m.instance_id == gone).unwrap();
+    assert_eq!(lost.result, Some(MachineResult::Fail));
+    assert!(lost.message.as_deref().unwrap().contains("stopped outside the operator"), "{lost:?}");
+    assert_eq!(live(&status), 2, "its capacity was launched again");
+    assert_eq!(aws.live_of(&mr).await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_leak_sweep_removes_orphans_after_the_grace_and_nothing_else() {
+    let Some(aws) = aws_with("the_leak_sweep_removes_orphans_after_the_grace_and_nothing_else", |s| {
+        s.sweep_interval = "1m".into();
+        s.sweep_grace = "2m".into();
+    })
+    .await
+    else {
+        return;
+    };
+    let template = one_subnet(&aws, &[("m5.large", 1)]);
+    let (mut mr, sink) = (request("alive", 1), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    let alive = sink.current().unwrap().machines[0].instance_id.clone();
+    // An orphan (its request is gone), another cluster's machine and an untagged one.
+    let launch = |tags: &[(&str, &str)]| {
+        let spec = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+            .set_tags(Some(
+                tags.iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build()).collect(),
+            ))
+            .build();
+        let call = aws.ec2.run_instances().image_id(&aws.image).min_count(1).max_count(1);
+        let call = if tags.is_empty() { call } else { call.tag_specifications(spec) };
+        async move { call.send().await.unwrap().instances()[0].instance_id().unwrap().to_string() }
+    };
+    let gone = [("orb.dev/cluster", CLUSTER), ("orb.dev/request-uid", "uid-gone"), ("orb.dev/request", "grid/gone")];
+    let orphan = launch(&gone).await;
+    let foreign = launch(&[("orb.dev/cluster", "another-cluster"), ("orb.dev/request-uid", "uid-gone")]).await;
+    let untagged = launch(&[]).await;
+    let orphan_lt = aws
+        .ec2
+        .create_launch_template()
+        .launch_template_name("orb-orb-test-grid-gone-0")
+        .launch_template_data(aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id(&aws.image).build())
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::LaunchTemplate)
+                .tags(aws_sdk_ec2::types::Tag::builder().key("orb.dev/cluster").value(CLUSTER).build())
+                .tags(aws_sdk_ec2::types::Tag::builder().key("orb.dev/namespace").value("grid").build())
+                .tags(aws_sdk_ec2::types::Tag::builder().key("orb.dev/template").value("gone").build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .launch_template()
+        .unwrap()
+        .launch_template_id()
+        .unwrap()
+        .to_string();
+
+    let live = Live { uids: BTreeSet::from([mr.metadata.uid.clone().unwrap()]), ..Default::default() };
+    let t0 = Instant::now();
+    assert_eq!(aws.provider.sweep(&live, t0).await.unwrap(), [], "first seen: within the grace");
+    let listed = aws.proxy.calls("DescribeInstances").len();
+    assert_eq!(aws.provider.sweep(&live, t0 + Duration::from_secs(30)).await.unwrap(), [], "not due yet");
+    assert_eq!(aws.proxy.calls("DescribeInstances").len(), listed, "a sweep that is not due lists nothing");
+    let leaks = aws.provider.sweep(&live, t0 + Duration::from_secs(180)).await.unwrap();
+    let mut found: Vec<(String, String)> = leaks.iter().map(|l| (l.kind.clone(), l.id.clone())).collect();
+    found.sort();
+    assert_eq!(found, [("instance".to_string(), orphan.clone()), ("launch-template".to_string(), orphan_lt)]);
+    assert!(leaks.iter().all(|l| l.removed));
+    assert_eq!(leaks.iter().find(|l| l.kind == "instance").unwrap().request.as_deref(), Some("grid/gone"));
+    let state = |id: String| {
+        let ec2 = aws.ec2.clone();
+        async move {
+            let out = ec2.describe_instances().instance_ids(id).send().await.unwrap();
+            out.reservations()[0].instances()[0].state().unwrap().name().unwrap().as_str().to_string()
+        }
+    };
+    assert!(["shutting-down", "terminated"].contains(&state(orphan).await.as_str()));
+    for kept in [alive, foreign, untagged] {
+        assert_eq!(state(kept.clone()).await, "running", "{kept} is not the sweep's");
+    }
+    assert!(
+        aws.metrics
+            .render([])
+            .contains(r#"orb_leaked_resources_swept_total{provider="default",kind="instance",action="removed"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_sweep_only_reports() {
+    let Some(aws) = aws_with("a_dry_run_sweep_only_reports", |s| {
+        s.sweep_interval = "1m".into();
+        s.sweep_grace = "0s".into();
+        s.sweep_dry_run = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let template = one_subnet(&aws, &[("m5.large", 1)]);
+    let (mut mr, sink) = (request("forgotten", 1), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    // The request is gone from Kubernetes (no uid is live): its machine is a leak.
+    let leaks = aws.provider.sweep(&Live::default(), Instant::now()).await.unwrap();
+    assert_eq!(leaks.len(), 1, "{leaks:?}");
+    assert!(!leaks[0].removed);
+    assert_eq!(aws.live_of(&mr).await.len(), 1, "dry run: left running");
+    // A sweep scoped to another namespace leaves grid's resources alone.
+    let scoped = Live { namespace: Some("elsewhere".into()), ..Default::default() };
+    assert_eq!(aws.provider.sweep(&scoped, Instant::now() + Duration::from_secs(120)).await.unwrap(), []);
+}
+
+#[tokio::test]
+async fn a_capacity_error_steers_the_next_request_away_from_the_offering() {
+    let Some(aws) = aws("a_capacity_error_steers_the_next_request_away_from_the_offering").await else { return };
+    aws.proxy.inject("RunInstances", Some("InstanceType=m5.large"), 100, Fault::capacity());
+    let template = one_subnet(&aws, &[("m5.large", 1), ("m5.xlarge", 1)]);
+    let (mut first, first_sink) = (request("first", 1), MemoryStatus::default());
+    let (status, error) = converge(&mut first, &template, &aws.provider, &first_sink, 6).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+    assert_eq!(aws.proxy.calls("RunInstances").iter().filter(|b| b.contains("InstanceType=m5.large")).count(), 1);
+
+    let (mut second, second_sink) = (request("second", 1), MemoryStatus::default());
+    let (status, error) = converge(&mut second, &template, &aws.provider, &second_sink, 6).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+    let large = aws.proxy.calls("RunInstances").iter().filter(|b| b.contains("InstanceType=m5.large")).count();
+    assert_eq!(large, 1, "the second request never asked for the failed offering");
+    let skipped = status.failures.iter().find(|f| f.message.contains("not tried")).expect("the skip is reported");
+    assert_eq!(
+        (skipped.code.as_str(), skipped.instance_type.as_deref()),
+        ("InsufficientInstanceCapacity", Some("m5.large"))
+    );
+    assert!(aws.metrics.render([]).contains(r#"orb_offerings_skipped_total{provider="default"} 1"#));
+}
+
+#[tokio::test]
+async fn max_machines_holds_with_two_requests_reconciling_at_once() {
+    let Some(aws) = aws("max_machines_holds_with_two_requests_reconciling_at_once").await else { return };
+    let mut template = one_subnet(&aws, &[("m5.large", 1)]);
+    template.spec.max_machines = Some(3);
+    let headroom = Headroom::default();
+    let run = |name: &'static str| {
+        let (template, headroom, provider) = (&template, &headroom, &aws.provider);
+        async move {
+            let (mut mr, sink) = (request(name, 2), MemoryStatus::default());
+            for _ in 0..6 {
+                mr.status = sink.current();
+                let target = Target { provider_name: "default", provider, hold: None, machines_elsewhere: 0 };
+                // The worst case: a cache that shows neither request's machines.
+                let _ = drive_capped(&mr, template, target, &sink, jiff::Timestamp::now(), headroom, &[]).await;
+            }
+            (mr, sink.current().unwrap())
+        }
+    };
+    let ((a, a_status), (b, b_status)) = futures::join!(run("left"), run("right"));
+    let total = aws.live_of(&a).await.len() + aws.live_of(&b).await.len();
+    assert_eq!(total, 3, "exactly the cap: 2 + 1, never 4");
+    assert_eq!(live(&a_status) + live(&b_status), 3);
+    let held = [&a_status, &b_status]
+        .into_iter()
+        .find(|s| live(s) == 1)
+        .and_then(|s| orb_operator::api::conditions::find(&s.conditions, "Progressing").cloned())
+        .unwrap();
+    assert_eq!(held.reason, "MaxMachinesReached", "{held:?}");
+}
+
+#[tokio::test]
+async fn a_crash_after_the_create_call_ends_with_exactly_the_capacity() {
+    let Some(aws) = aws("a_crash_after_the_create_call_ends_with_exactly_the_capacity").await else { return };
+    aws.proxy.honour_client_tokens();
+    let template = ready(MachineTemplate::new("workers", aws.template(&[("m5.large", 1)])));
+    let (mut mr, sink) = (request("crash", 3), MemoryStatus::default());
+    // Write 1 records the attempt; write 2, after RunInstances, is lost: the operator dies.
+    sink.drop_write(2);
+    let (_, error) = converge(&mut mr, &template, &aws.provider, &sink, 1).await;
+    assert!(error.is_some(), "the pass died after the launch");
+    let restarted = aws.restarted().await;
+    let (status, error) = converge(&mut mr, &template, &restarted, &sink, 8).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!((status.phase, live(&status)), (Some(Phase::Fulfilled), 3));
+    assert_eq!(aws.live_of(&mr).await.len(), 3, "the replay answered with the first launch's machines");
+}
+
+#[tokio::test]
+async fn a_crash_between_two_launch_calls_ends_with_exactly_the_capacity() {
+    let Some(aws) = aws("a_crash_between_two_launch_calls_ends_with_exactly_the_capacity").await else { return };
+    aws.proxy.honour_client_tokens();
+    // Two subnets: one attempt is two RunInstances calls. The second one's answer is lost and
+    // the status write after it too: the operator dies with half an attempt recorded nowhere.
+    let template = ready(MachineTemplate::new("workers", aws.template(&[("m5.large", 1)])));
+    let (mut mr, sink) = (request("partial", 4), MemoryStatus::default());
+    aws.proxy.inject("RunInstances", Some(&aws.subnets[1]), 3, Fault::Lost);
+    sink.drop_write(2);
+    let _ = converge(&mut mr, &template, &aws.provider, &sink, 1).await;
+    let restarted = aws.restarted().await;
+    let (status, error) = converge(&mut mr, &template, &restarted, &sink, 8).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!((status.phase, live(&status)), (Some(Phase::Fulfilled), 4));
+    assert_eq!(aws.live_of(&mr).await.len(), 4, "no duplicate of either half");
+}
+
+#[tokio::test]
+async fn a_crash_during_release_leaves_nothing_behind() {
+    let Some(aws) = aws("a_crash_during_release_leaves_nothing_behind").await else { return };
+    let template = ready(MachineTemplate::new("workers", aws.template(&[("m5.large", 1)])));
+    let (mut mr, sink) = (request("teardown", 3), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    let known: Vec<String> = sink.current().unwrap().machines.iter().map(|m| m.instance_id.clone()).collect();
+    let resources = Resources::default();
+    let holdings = Holdings { known: &known, resources: &resources, launch_templates_in_use: &[] };
+    // Every answer to TerminateInstances is lost (the calls take effect): the release fails.
+    aws.proxy.inject("TerminateInstances", None, 3, Fault::Lost);
+    assert!(aws.provider.release(&owner_of(&mr), holdings).await.is_err());
+    // The operator restarts and releases again.
+    let restarted = aws.restarted().await;
+    assert_eq!(restarted.release(&owner_of(&mr), holdings).await, Ok(Released::Done));
+    assert_eq!(aws.live_of(&mr).await, [], "nothing of the request runs");
+    let left = support::moto::leftovers(aws.moto, aws.region, CLUSTER).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn every_sdk_call_waits_on_the_providers_budget() {
+    let Some(aws) = aws_with("every_sdk_call_waits_on_the_providers_budget", |s| {
+        s.describe_rate = Some(20);
+        s.describe_burst = Some(1);
+    })
+    .await
+    else {
+        return;
+    };
+    for _ in 0..5 {
+        aws.provider.health().await.unwrap();
+    }
+    let text = aws.metrics.render([]);
+    let waits = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"orb_aws_rate_limit_waits_total{provider="default",class="describe"} "#))
+        .map(|n| n.trim().parse::<u32>().unwrap());
+    // One call goes at once (the burst); the other four wait for the refill.
+    assert_eq!(waits, Some(4), "{text}");
+    assert!(!text.contains(r#"class="mutate""#), "describes never spend the mutating budget");
+}
