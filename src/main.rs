@@ -31,6 +31,13 @@ enum Command {
         /// Where `/healthz`, `/readyz` and `/metrics` are served ("off" for nowhere).
         #[arg(long, default_value = "0.0.0.0:8080")]
         http_addr: String,
+        /// Reconcile only while holding the Lease `orb-operator` (`--leader-elect=false` for
+        /// one replica without a lease).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
+        /// Namespace of the lease (default: the pod's, from POD_NAMESPACE, else `default`).
+        #[arg(long)]
+        lease_namespace: Option<String>,
     },
     /// Print both CRDs as one multi-document YAML (or write one file per CRD into --dir).
     Crd {
@@ -124,7 +131,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             print!("{}", cfg.redacted_yaml());
         }
         Command::Hostfactory { .. } => anyhow::bail!("hostfactory calls are answered by hostfactory::cli::run"),
-        Command::Run { config, log_format, log_json, namespace, http_addr } => {
+        Command::Run { config, log_format, log_json, namespace, http_addr, leader_elect, lease_namespace } => {
             init_logging(log_json || log_format == LogFormat::Json);
             let cfg = Config::from_process(config.as_deref())?;
             tracing::info!(cluster_id = %cfg.cluster_id, providers = ?cfg.providers.keys().collect::<Vec<_>>(), "configuration loaded");
@@ -141,7 +148,9 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                         .with_context(|| format!("cannot listen on --http-addr {addr}"))?,
                 ),
             };
-            controller::run(client, registry, namespace.as_deref(), listener, metrics).await?;
+            let election = leader_elect
+                .then(|| controller::leader::Election::from_env(lease_namespace, |key| std::env::var(key).ok()));
+            controller::run(client, registry, namespace.as_deref(), listener, metrics, election).await?;
         }
     }
     Ok(())

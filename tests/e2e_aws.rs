@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 mod support;
 
-use orb_operator::api::{MachineRequest, MachineTemplate};
+use orb_operator::api::MachineRequest;
 use support::cluster::{self, Operator, TestNamespace};
 
 const CLUSTER_ID: &str = "orb-e2e";
@@ -18,36 +18,15 @@ const CLUSTER_ID: &str = "orb-e2e";
 /// checks that nothing is left behind.
 async fn lifecycle_with(test: &str, example: &str) {
     let Some(path) = cluster::kubeconfig(test) else { return };
-    let moto = support::moto::server(test).expect("moto is required with a cluster");
-    let region = support::moto::region();
-    let ec2 = support::moto::ec2(moto, region);
-    let network = support::moto::network(&ec2).await;
-    support::moto::spot_fleet_role(&aws_sdk_iam::Client::new(&support::moto::sdk(moto, region).await)).await;
+    let (moto, region, _, network) = support::moto::e2e_cloud(test).await;
 
     let client = cluster::client(&path).await;
     cluster::apply_crds(&client).await;
     let ns = TestNamespace::create(&client, &path, "orb-e2e-aws").await;
-    let _operator = Operator::start(
-        &path,
-        &ns.name,
-        &[
-            ("ORB_PROVIDERS__DEFAULT__TYPE", "aws"),
-            ("ORB_PROVIDERS__DEFAULT__REGION", region),
-            ("ORB_PROVIDERS__DEFAULT__ENDPOINT_URL", &moto.endpoint),
-            ("ORB_CLUSTER_ID", CLUSTER_ID),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
-    );
+    let _operator = Operator::start(&path, &ns.name, &support::moto::operator_env(moto, region, CLUSTER_ID));
 
-    let mut template: MachineTemplate = cluster::example(example);
-    template.spec.image_id = Some(network.image);
-    template.spec.subnet_ids = network.subnets;
-    template.spec.security_group_ids = vec![network.group];
     // The lifecycle counts machines: one capacity unit each.
-    template.spec.instance_types.truncate(1);
-    template.spec.instance_types[0].weight = 1;
+    let template = support::moto::example_template(example, &network);
     let mut request: MachineRequest = cluster::example("aws/request.yaml");
     request.spec.template_ref.name = template.metadata.name.clone().unwrap();
     request.spec.capacity = 3;

@@ -3,6 +3,7 @@
 //! request reconcile is in `request`, of a template reconcile in `template`.
 
 pub mod headroom;
+pub mod leader;
 pub mod planner;
 pub mod request;
 pub mod template;
@@ -331,12 +332,15 @@ async fn check_crds(
 /// Runs both controllers until a shutdown signal, over all namespaces or only `namespace`.
 /// Runs both controllers, and serves `/healthz`, `/readyz` (once the caches are synced) and
 /// `/metrics` on `listener` when one is given.
+/// With `election`, reconciles only while this replica holds the lease (see `leader`); the
+/// HTTP endpoints are served meanwhile, `/readyz` ready on standby.
 pub async fn run(
     client: Client,
     registry: Registry,
     namespace: Option<&str>,
     listener: Option<tokio::net::TcpListener>,
     metrics: Arc<crate::metrics::Metrics>,
+    election: Option<leader::Election>,
 ) -> anyhow::Result<()> {
     type Templates = DeserializeGuard<MachineTemplate>;
     type Requests = DeserializeGuard<MachineRequest>;
@@ -377,6 +381,16 @@ pub async fn run(
         };
         tokio::spawn(crate::http::serve(listener, state));
     }
+    // A standby replica is healthy and ready: it only waits for the lease.
+    let mut leadership = match &election {
+        Some(election) => {
+            ready.store(true, std::sync::atomic::Ordering::SeqCst);
+            let held = leader::lead(client.clone(), election).await?;
+            ready.store(false, std::sync::atomic::Ordering::SeqCst);
+            Some(held)
+        }
+        None => None,
+    };
     let (ready_templates, ready_requests, providers) = (ctx.templates.clone(), request_store.clone(), ctx.clone());
     tokio::spawn(async move {
         if ready_templates.wait_until_ready().await.is_err() || ready_requests.wait_until_ready().await.is_err() {
@@ -439,7 +453,24 @@ pub async fn run(
         .run(template::reconcile, template::error_policy, ctx)
         .for_each(|_| async {});
     tracing::info!("controllers started");
-    futures::join!(request_ctrl, template_ctrl);
+    let lost = async {
+        match leadership.as_mut() {
+            Some(held) => held.lost().await,
+            None => futures::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = futures::future::join(request_ctrl, template_ctrl) => {}
+        () = lost => anyhow::bail!(
+            "lost the lease {}/{} to another replica; exiting so that only the leader reconciles",
+            election.as_ref().map(|e| e.namespace.as_str()).unwrap_or_default(),
+            leader::LEASE
+        ),
+    }
+    // Shut down by a signal: hand the lease over at once.
+    if let Some(held) = leadership {
+        held.release().await;
+    }
     Ok(())
 }
 

@@ -55,7 +55,13 @@ def main():
     # Defaults: a ClusterRole, the sim config, a locked-down pod.
     objects, out = render()
     validate(objects, "defaults")
-    assert by_kind(objects, "ClusterRole") and not by_kind(objects, "Role"), "defaults watch every namespace"
+    assert by_kind(objects, "ClusterRole"), "defaults watch every namespace"
+    # Leader election: a Role on leases in the release namespace only, two replicas, a PDB.
+    lease_role = [r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("-lease")]
+    assert len(by_kind(objects, "Role")) == 1 and len(lease_role) == 1, by_kind(objects, "Role")
+    assert lease_role[0]["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]}]
+    assert lease_role[0]["metadata"]["namespace"] == "orb-system"
+    assert by_kind(objects, "PodDisruptionBudget")[0]["spec"]["minAvailable"] == 1
     deployment = by_kind(objects, "Deployment")[0]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["enableServiceLinks"] is False
@@ -66,11 +72,12 @@ def main():
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
-    assert container["args"][-2:] == ["--log-format", "json"], container["args"]
+    assert container["args"][-3:] == ["--log-format", "json", "--leader-elect=true"], container["args"]
+    assert [e["name"] for e in container["env"]][:2] == ["POD_NAMESPACE", "POD_NAME"], container["env"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert by_kind(objects, "Service")[0]["spec"]["ports"][0]["port"] == 8080, "the metrics Service"
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     config = yaml.safe_load(by_kind(objects, "ConfigMap")[0]["data"]["config.yaml"])
     assert config == {"clusterId": "orb", "providers": {"default": {"type": "sim"}}}, config
     assert "orb-operator" in out["orb-operator/templates/NOTES.txt"]
@@ -82,9 +89,10 @@ def main():
     # One namespace: a Role and RoleBinding there, and the operator told to watch only it.
     objects, _ = render({"watchNamespace": "grid"})
     validate(objects, "watchNamespace")
-    role = by_kind(objects, "Role")[0]
+    role = [r for r in by_kind(objects, "Role") if not r["metadata"]["name"].endswith("-lease")][0]
     assert role["metadata"]["namespace"] == "grid" and not by_kind(objects, "ClusterRole")
-    assert by_kind(objects, "RoleBinding")[0]["metadata"]["namespace"] == "grid"
+    binding = [b for b in by_kind(objects, "RoleBinding") if not b["metadata"]["name"].endswith("-lease")][0]
+    assert binding["metadata"]["namespace"] == "grid"
     args = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[-2:] == ["--namespace", "grid"], args
 
@@ -101,9 +109,22 @@ def main():
     validate(objects, "aws")
     assert by_kind(objects, "ServiceAccount")[0]["metadata"]["annotations"] == irsa
     container = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
-    assert "text" in container["args"] and container["env"][0]["name"] == "AWS_STS_REGIONAL_ENDPOINTS"
+    assert "text" in container["args"]
+    assert container["env"][-1]["name"] == "AWS_STS_REGIONAL_ENDPOINTS"
     objects, _ = render({"metrics": {"service": False}})
     assert not by_kind(objects, "Service"), "metrics off: no Service"
+    # One replica without a lease: never two pods side by side, no lease RBAC, no PDB.
+    objects, _ = render({"replicas": 1, "leaderElection": False})
+    validate(objects, "one replica")
+    deployment = by_kind(objects, "Deployment")[0]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert "--leader-elect=false" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not by_kind(objects, "Role") and not by_kind(objects, "PodDisruptionBudget")
+    # A ServiceMonitor for the Prometheus Operator (its CRD is not in the offline schemas).
+    objects, _ = render({"metrics": {"service": True, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}})
+    monitor = by_kind(objects, "ServiceMonitor")[0]
+    assert monitor["spec"]["endpoints"][0]["port"] == by_kind(objects, "Service")[0]["spec"]["ports"][0]["name"]
+    assert monitor["metadata"]["labels"]["release"] == "prom"
     objects, _ = render({"serviceAccount": {"create": False, "name": "existing"}})
     assert not by_kind(objects, "ServiceAccount")
     assert by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
@@ -113,7 +134,8 @@ def main():
     chart.validate_schema(chart.values)
     defaults = chart.values
     bad = [
-        ({"replicas": 2}, "replicas"),
+        ({"replicas": 2, "leaderElection": False}, "replicas"),
+        ({"metrics": {"service": True, "serviceMonitor": {"interval": "often"}}}, "interval"),
         ({"image": {"repository": "x", "pullPolicy": "Sometimes"}}, "pullPolicy"),
         ({"watchNamespace": "Grid"}, "watchNamespace"),
         ({"config": {"providers": {"default": {"type": "gcp"}}}}, "type"),
@@ -130,7 +152,7 @@ def main():
             assert name in str(error), f"{change}: the error should name {name}: {error}"
             continue
         sys.exit(f"values.schema.json accepted {change}")
-    print("chart: lint, 4 renders x 2 Kubernetes versions, schema: ok")
+    print("chart: lint, 5 renders x 2 Kubernetes versions, schema: ok")
 
 
 if __name__ == "__main__":

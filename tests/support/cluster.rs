@@ -93,7 +93,7 @@ impl Operator {
     pub fn start(kubeconfig: &str, namespace: &str, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orb-operator"));
         // Several operators may run at once (one per test): each listens on a port of its own.
-        cmd.args(["run", "--namespace", namespace, "--http-addr", "127.0.0.1:0"])
+        cmd.args(["run", "--namespace", namespace, "--http-addr", "127.0.0.1:0", "--lease-namespace", namespace])
             .env("KUBECONFIG", kubeconfig)
             .env("ORB_LOG", "info,orb_operator=debug,kube=warn")
             .stdout(Stdio::inherit())

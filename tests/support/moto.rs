@@ -213,3 +213,55 @@ pub async fn spot_fleet_role(iam: &aws_sdk_iam::Client) {
         assert!(text.contains("EntityAlreadyExists"), "{text}");
     }
 }
+
+/// The environment that points the operator binary's `default` provider at this moto region,
+/// tagging with `cluster`.
+pub fn operator_env<'a>(moto: &'a Moto, region: &'a str, cluster: &'a str) -> [(&'static str, &'a str); 7] {
+    [
+        ("ORB_PROVIDERS__DEFAULT__TYPE", "aws"),
+        ("ORB_PROVIDERS__DEFAULT__REGION", region),
+        ("ORB_PROVIDERS__DEFAULT__ENDPOINT_URL", moto.endpoint.as_str()),
+        ("ORB_CLUSTER_ID", cluster),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+}
+
+/// Pending or running instances tagged with the request uid `uid`.
+pub async fn live_tagged(ec2: &aws_sdk_ec2::Client, uid: &str) -> usize {
+    let filter = aws_sdk_ec2::types::Filter::builder().name("tag:orb.dev/request-uid").values(uid).build();
+    ec2.describe_instances()
+        .filters(filter)
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| matches!(i.state().and_then(|s| s.name()).map(|n| n.as_str()), Some("pending" | "running")))
+        .count()
+}
+
+/// The example AWS template `example` (under `examples/`) on this network, one capacity unit
+/// per machine (its first instance type, weight 1): what the end-to-end tests count.
+pub fn example_template(example: &str, network: &Network) -> orb_operator::api::MachineTemplate {
+    let mut template: orb_operator::api::MachineTemplate = super::cluster::example(example);
+    template.spec.image_id = Some(network.image.clone());
+    template.spec.subnet_ids = network.subnets.clone();
+    template.spec.security_group_ids = vec![network.group.clone()];
+    template.spec.instance_types.truncate(1);
+    template.spec.instance_types[0].weight = 1;
+    template
+}
+
+/// An end-to-end test's cloud: moto (required once a cluster is given), a fresh region with a
+/// network, the Spot Fleet service-linked role, and an EC2 client for assertions.
+pub async fn e2e_cloud(test: &str) -> (&'static Moto, &'static str, aws_sdk_ec2::Client, Network) {
+    let moto = server(test).expect("moto is required with a cluster");
+    let region = region();
+    let ec2 = ec2(moto, region);
+    let network = network(&ec2).await;
+    spot_fleet_role(&aws_sdk_iam::Client::new(&sdk(moto, region).await)).await;
+    (moto, region, ec2, network)
+}

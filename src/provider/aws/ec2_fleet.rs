@@ -313,6 +313,7 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
             }
         };
         outcome.resources.fleet_ids.extend(out.fleet_id().map(str::to_string));
+        ops.remember_instant(out.fleet_id().map(str::to_string));
         let machines = launched(&out);
         let got = units_by_market(template, &machines);
         outcome.launched.extend(machines);
@@ -455,10 +456,13 @@ pub async fn observe(
     fleet_ids: &[String],
     view: &mut crate::provider::FleetView,
 ) -> Result<(), ProviderError> {
+    // Instant fleets are done once created: described at most once per process (to learn
+    // their type after a restart), then never again.
+    let fleet_ids = ops.not_instant(fleet_ids);
     if fleet_ids.is_empty() {
         return Ok(());
     }
-    for f in describe(ops, fleet_ids).await? {
+    for f in describe(ops, &fleet_ids).await? {
         let kind = match f.r#type() {
             Some(aws_sdk_ec2::types::FleetType::Maintain) => FleetType::Maintain,
             Some(aws_sdk_ec2::types::FleetType::Request) => FleetType::Request,
@@ -467,6 +471,9 @@ pub async fn observe(
         // An instant fleet's errors were recorded from its CreateFleet answer; its instances
         // carry the request's tags.
         let Some(id) = f.fleet_id() else { continue };
+        if kind == FleetType::Instant {
+            ops.remember_instant([id.to_string()]);
+        }
         let active = f.fleet_state().is_some_and(is_active);
         if f.fleet_state().is_some() && !active {
             view.finished.push(id.to_string());

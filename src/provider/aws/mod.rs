@@ -75,6 +75,8 @@ impl AwsProvider {
             cluster_id: cluster_id.to_string(),
             zones: Default::default(),
             managed_templates: Default::default(),
+            instant_fleets: Default::default(),
+            spot_fleet_roles: Default::default(),
             capacity: std::sync::Arc::new(capacity_memory::CapacityMemory::new(
                 settings.capacity_ttl(),
                 calls.provider.clone(),

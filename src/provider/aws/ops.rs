@@ -24,6 +24,11 @@ pub struct Ops {
     pub zones: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
     /// Operator-made launch templates: name -> id (see `launch_template`).
     pub managed_templates: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    /// Spot Fleet role name -> ARN, as GetRole answered.
+    pub spot_fleet_roles: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    /// Fleets known to be of type `instant`: done once created (their instances carry the
+    /// request's tags, their errors came with the answer), so never described again.
+    pub instant_fleets: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     /// Offerings that recently failed for capacity, skipped by every request.
     pub capacity: std::sync::Arc<super::capacity_memory::CapacityMemory>,
     /// Held while a launch template is made: requests launching together make it once.
@@ -214,6 +219,17 @@ impl Ops {
     ) -> Option<super::capacity_memory::Offering> {
         let (instance_type, subnet) = (instance_type?, subnet?);
         Some((instance_type.to_string(), self.zone_of(subnet).await?, spot))
+    }
+
+    /// Remembers instant fleets (see `instant_fleets`).
+    pub fn remember_instant(&self, ids: impl IntoIterator<Item = String>) {
+        self.instant_fleets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(ids);
+    }
+
+    /// Of `ids`, those not known to be instant fleets.
+    pub fn not_instant(&self, ids: &[String]) -> Vec<String> {
+        let instant = self.instant_fleets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.iter().filter(|id| !instant.contains(*id)).cloned().collect()
     }
 
     /// The availability zone of a subnet, described once and then remembered.

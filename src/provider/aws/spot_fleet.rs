@@ -44,9 +44,14 @@ pub fn role_name(template: &MachineTemplateSpec) -> Option<&str> {
 }
 
 impl Ops {
-    /// The ARN of the template's Spot Fleet role (GetRole for a name).
-    pub async fn spot_fleet_role(&self, template: &MachineTemplateSpec) -> Result<String, ProviderError> {
+    /// The ARN of the template's Spot Fleet role (GetRole for a name; a launch reuses what an
+    /// earlier lookup found, validation always asks).
+    pub async fn spot_fleet_role(&self, template: &MachineTemplateSpec, fresh: bool) -> Result<String, ProviderError> {
         let Some(name) = role_name(template) else { return Ok(template.spot_fleet_role.clone().unwrap_or_default()) };
+        let known = self.spot_fleet_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned();
+        if let (Some(arn), false) = (known, fresh) {
+            return Ok(arn);
+        }
         let out = self.iam.get_role().role_name(name).send().await.map_err(|e| match classify("GetRole", e) {
             ProviderError::NotFound { code, message } => ProviderError::invalid(
                 "spec.spotFleetRole",
@@ -55,7 +60,12 @@ impl Ops {
             ),
             other => other,
         })?;
-        Ok(out.role().map(|r| r.arn().to_string()).unwrap_or_default())
+        let arn = out.role().map(|r| r.arn().to_string()).unwrap_or_default();
+        self.spot_fleet_roles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), arn.clone());
+        Ok(arn)
     }
 }
 
@@ -138,7 +148,7 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
         }
     }
     let lt = ops.launch_template(request.owner, template).await?;
-    let role_arn = ops.spot_fleet_role(template).await?;
+    let role_arn = ops.spot_fleet_role(template, false).await?;
     let tags = ops::resource_tags(request.owner, &ops.cluster_id, &template.tags);
     let call = SpotFleetCall {
         template,

@@ -151,7 +151,7 @@ pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<Vec<Instance
         }
     }
     if t.api == Api::SpotFleet {
-        ops.spot_fleet_role(t).await?;
+        ops.spot_fleet_role(t, true).await?;
     }
     if let Some(profile) = &t.instance_profile {
         let name = profile_name(profile);

@@ -1,0 +1,324 @@
+//! The AWS provider at scale: N requests of C capacity units against moto, through the counting
+//! fault proxy, for each handler. Prints figures; not a test.
+//!
+//! `cargo bench --bench scale` runs 10 and 100 requests of 5 for RunInstances, EC2 Fleet,
+//! Spot Fleet and Auto Scaling groups. `cargo bench --bench scale -- --handler ec2-fleet
+//! --requests 100 --capacity 5` runs one; `--mutate-rate N` lifts the client-side limit on
+//! mutating calls (default 4/s after a burst of 40), which otherwise bounds 100 creates. Each request is driven the way the controller drives
+//! it (observe -> plan -> act -> report, requeued after the planner's delay or woken by the
+//! poller), without Kubernetes: the figures are the operator's AWS traffic and time.
+//!
+//! `cargo bench --bench scale -- --handler sim-cluster [--requests 1000] [--capacity 10]` needs
+//! `ORB_E2E_KUBECONFIG`: it runs the operator binary with the simulated provider against that
+//! cluster, applies N requests at once in a fresh namespace and prints the time until all are
+//! Fulfilled, reconciles per second, API writes per request (watch events of the requests) and
+//! the operator process's peak memory (10,000 machines at the defaults).
+//!
+//! Printed per run: AWS calls by action, mutating calls per request, DescribeInstances per poll
+//! cycle, time until every request is Fulfilled, AWS calls per minute once steady, time to
+//! release them all, and this process's peak memory (VmHWM).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failed run
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use orb_operator::api::*;
+use orb_operator::controller::Timing;
+use orb_operator::controller::planner::Requeue;
+use orb_operator::controller::request::{Target, drive};
+use orb_operator::provider::{Holdings, Provider, Released};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use support::driver::{MemoryStatus, ready, request};
+
+/// How long the steady phase is watched.
+const STEADY_WINDOW: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Copy, Debug)]
+enum Handler {
+    RunInstances,
+    Ec2Fleet,
+    SpotFleet,
+    Asg,
+}
+
+impl Handler {
+    fn name(self) -> &'static str {
+        match self {
+            Self::RunInstances => "run-instances",
+            Self::Ec2Fleet => "ec2-fleet",
+            Self::SpotFleet => "spot-fleet",
+            Self::Asg => "asg",
+        }
+    }
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn peak_memory_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn cycles(metrics: &orb_operator::metrics::Metrics) -> u64 {
+    metrics
+        .render([])
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"orb_poll_cycles_total{provider="default"} "#))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+fn mutating(action: &str) -> bool {
+    !["Describe", "Get", "List"].iter().any(|p| action.starts_with(p))
+}
+
+/// Drives one request as the controller would until it is Fulfilled; returns the passes made.
+async fn fulfil(
+    aws: &support::aws::Aws,
+    template: &MachineTemplate,
+    mr: &mut MachineRequest,
+    sink: &MemoryStatus,
+) -> u32 {
+    let timing = Timing::default();
+    let mut changes = aws.changes();
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        mr.status = sink.current();
+        let target = Target { provider_name: "default", provider: &aws.provider, hold: None, machines_elsewhere: 0 };
+        let requeue = match drive(mr, template, target, sink, jiff::Timestamp::now()).await {
+            Ok((status, _)) if status.phase == Some(Phase::Fulfilled) => return passes,
+            Ok((_, Requeue::Soon)) => timing.soon,
+            Ok(_) => timing.poll,
+            Err(_) => timing.error,
+        };
+        // Requeued after the planner's delay, or woken at once by a change of its machines.
+        let name = mr.metadata.name.clone().unwrap();
+        let _ = tokio::time::timeout(requeue, async {
+            while let Ok(key) = changes.recv().await {
+                if key.name == name {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+async fn run(handler: Handler, n: usize, capacity: i32, mutate_rate: Option<u32>) {
+    let name = format!("bench-{}-{n}", handler.name());
+    let Some(aws) = support::aws::aws_with(&name, |s| {
+        s.poll_interval = "1s".into();
+        s.steady_poll_interval = "5s".into();
+        if let Some(rate) = mutate_rate {
+            s.mutate_rate = Some(rate);
+        }
+    })
+    .await
+    else {
+        println!("SKIPPED: moto_server is not installed (run `make test` once to create .venv)");
+        return;
+    };
+    let mut spec = aws.template(&[("m5.large", 1)]);
+    spec.subnet_ids.truncate(1);
+    match handler {
+        Handler::RunInstances => {}
+        Handler::Ec2Fleet => spec.api = Api::Ec2Fleet,
+        Handler::SpotFleet => {
+            aws.spot_fleet_role().await;
+            spec.api = Api::SpotFleet;
+            spec.price_type = PriceType::Spot;
+        }
+        Handler::Asg => spec.api = Api::Asg,
+    }
+    let template = ready(MachineTemplate::new("workers", spec));
+    aws.provider.validate(&template.spec).await.expect("the template is valid");
+    let before = aws.proxy.all_calls();
+    let mut requests: Vec<(MachineRequest, MemoryStatus)> =
+        (0..n).map(|i| (request(&format!("r{i:04}"), capacity), MemoryStatus::default())).collect();
+
+    let started = Instant::now();
+    let passes: u32 =
+        futures::future::join_all(requests.iter_mut().map(|(mr, sink)| fulfil(&aws, &template, mr, sink)))
+            .await
+            .into_iter()
+            .sum();
+    let to_fulfilled = started.elapsed();
+    let calls: BTreeMap<String, usize> = aws
+        .proxy
+        .all_calls()
+        .into_iter()
+        .map(|(a, c)| (a.clone(), c - before.get(&a).copied().unwrap_or(0)))
+        .filter(|(_, c)| *c > 0)
+        .collect();
+    let total: usize = calls.values().sum();
+    let mutations: usize = calls.iter().filter(|(a, _)| mutating(a)).map(|(_, c)| c).sum();
+    let poll_cycles = cycles(&aws.metrics);
+    let describes = calls.get("DescribeInstances").copied().unwrap_or(0);
+
+    // Steady: every request Fulfilled, the poller at its steady interval.
+    let steady_before = aws.proxy.all_calls().values().sum::<usize>();
+    tokio::time::sleep(STEADY_WINDOW).await;
+    let steady = aws.proxy.all_calls().values().sum::<usize>() - steady_before;
+    let per_minute = steady as f64 * 60.0 / STEADY_WINDOW.as_secs_f64();
+
+    let released = Instant::now();
+    futures::future::join_all(requests.iter().map(|(mr, sink)| {
+        let (aws, owner) = (&aws, orb_operator::controller::request::owner_of(mr).unwrap());
+        async move {
+            let status = sink.current().unwrap();
+            let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
+            let holdings = Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[] };
+            while aws.provider.release(&owner, holdings).await != Ok(Released::Done) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }))
+    .await;
+    let to_release = released.elapsed();
+
+    let limit = mutate_rate.map_or(String::new(), |r| format!(" (mutateRate {r}/s)"));
+    println!("== {} x {n} requests of {capacity}{limit}", handler.name());
+    println!("  time to all Fulfilled      {:>8.1} s   ({passes} passes)", to_fulfilled.as_secs_f64());
+    println!("  AWS calls until then       {total:>8}     ({:.2} per request)", total as f64 / n as f64);
+    println!("  mutating calls per request {:>8.2}", mutations as f64 / n as f64);
+    println!(
+        "  DescribeInstances          {describes:>8}     over {poll_cycles} poll cycles ({:.2} per cycle, {} instances)",
+        describes as f64 / poll_cycles.max(1) as f64,
+        n * capacity as usize
+    );
+    println!("  steady AWS calls / minute  {per_minute:>8.1}");
+    println!("  time to release all        {:>8.1} s", to_release.as_secs_f64());
+    println!("  peak memory (VmHWM)        {:>8.1} MiB", peak_memory_mib());
+    println!("  calls by action: {calls:?}");
+}
+
+/// The simulated provider against a real cluster: the operator binary as a process.
+async fn sim_cluster(n: usize, capacity: i32) {
+    use futures::StreamExt;
+    use kube::api::PostParams;
+    use kube::runtime::watcher;
+    let Some(path) = support::cluster::kubeconfig("scale sim-cluster") else { return };
+    let client = support::cluster::client(&path).await;
+    support::cluster::apply_crds(&client).await;
+    let ns = support::cluster::TestNamespace::create(&client, &path, "orb-bench").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut operator = std::process::Command::new(env!("CARGO_BIN_EXE_orb-operator"))
+        .args(["run", "--namespace", &ns.name, "--http-addr", &format!("127.0.0.1:{port}")])
+        .env("KUBECONFIG", &path)
+        .env("ORB_LOG", "warn")
+        .env("ORB_PROVIDERS__DEFAULT__TYPE", "sim")
+        .env("ORB_PROVIDERS__DEFAULT__PENDING_DELAY", "1s")
+        .spawn()
+        .expect("operator started");
+    let templates: kube::Api<MachineTemplate> = kube::Api::namespaced(client.clone(), &ns.name);
+    let requests: kube::Api<MachineRequest> = kube::Api::namespaced(client.clone(), &ns.name);
+    let template: MachineTemplate = support::cluster::example("sim/template.yaml");
+    let template_name = template.metadata.name.clone().unwrap();
+    templates.create(&PostParams::default(), &template).await.unwrap();
+    // Every change to a request is one API write (status, finalizer): counted from a watch.
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = writes.clone();
+    let watch = tokio::spawn(watcher(requests.clone(), watcher::Config::default()).for_each(move |e| {
+        if matches!(e, Ok(watcher::Event::Apply(_))) {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        async {}
+    }));
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .for_each_concurrent(32, |i| {
+            let (requests, template_name) = (&requests, &template_name);
+            async move {
+                let mut mr: MachineRequest = support::cluster::example("sim/request.yaml");
+                mr.metadata.name = Some(format!("r{i:05}"));
+                mr.spec.template_ref.name = template_name.clone();
+                mr.spec.capacity = capacity;
+                requests.create(&PostParams::default(), &mr).await.unwrap();
+            }
+        })
+        .await;
+    loop {
+        let all = requests.list(&kube::api::ListParams::default()).await.unwrap();
+        let done =
+            all.items.iter().filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(Phase::Fulfilled)).count();
+        if done == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let took = started.elapsed();
+    let metrics = reqwest_metrics(port).await;
+    let reconciles: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("orb_reconciles_total{controller=\"request\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", operator.id())).unwrap_or_default();
+    let peak = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap_or("?").trim().to_string();
+    println!("== sim against a real cluster: {n} requests of {capacity} ({} machines)", n * capacity as usize);
+    println!("  time to all Fulfilled      {:>8.1} s", took.as_secs_f64());
+    println!("  request reconciles / s     {:>8.1}", reconciles / took.as_secs_f64());
+    println!(
+        "  API writes per request     {:>8.1}",
+        writes.load(std::sync::atomic::Ordering::Relaxed) as f64 / n as f64
+    );
+    println!("  operator peak memory       {peak:>8}");
+    watch.abort();
+    let _ = operator.kill();
+    let _ = operator.wait();
+}
+
+/// The operator's `/metrics` text.
+async fn reqwest_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+fn main() {
+    // `cargo test --all-targets` runs this binary too: measure only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if arg("--handler").as_deref() == Some("sim-cluster") {
+        let n = arg("--requests").map_or(1000, |n| n.parse().expect("--requests N"));
+        let capacity = arg("--capacity").map_or(10, |c| c.parse().expect("--capacity C"));
+        runtime.block_on(sim_cluster(n, capacity));
+        return;
+    }
+    let handlers = match arg("--handler").as_deref() {
+        None | Some("all") => vec![Handler::RunInstances, Handler::Ec2Fleet, Handler::SpotFleet, Handler::Asg],
+        Some("run-instances") => vec![Handler::RunInstances],
+        Some("ec2-fleet") => vec![Handler::Ec2Fleet],
+        Some("spot-fleet") => vec![Handler::SpotFleet],
+        Some("asg") => vec![Handler::Asg],
+        Some(other) => panic!("unknown handler {other}: run-instances, ec2-fleet, spot-fleet, asg, all or sim-cluster"),
+    };
+    let sizes: Vec<usize> = match arg("--requests") {
+        Some(n) => vec![n.parse().expect("--requests N")],
+        None => vec![10, 100],
+    };
+    let capacity: i32 = arg("--capacity").map_or(5, |c| c.parse().expect("--capacity C"));
+    // The default mutating budget (4/s after a burst of 40) bounds how fast 100 creates can go;
+    // `--mutate-rate` lifts it to see the operator's own scaling.
+    let mutate_rate: Option<u32> = arg("--mutate-rate").map(|r| r.parse().expect("--mutate-rate N"));
+    for handler in handlers {
+        for &n in &sizes {
+            runtime.block_on(run(handler, n, capacity, mutate_rate));
+        }
+    }
+}
