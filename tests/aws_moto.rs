@@ -326,6 +326,7 @@ async fn throttling_is_retried_and_surfaces_when_it_persists() {
         client_token: token,
         resources: &NO_RESOURCES,
         target_units: 1,
+        replay: false,
     };
 
     aws.proxy.inject("RunInstances", None, 2, Fault::throttle());

@@ -272,20 +272,22 @@ async fn max_machines_holds_with_two_requests_reconciling_at_once() {
     let mut template = one_subnet(&aws, &[("m5.large", 1)]);
     template.spec.max_machines = Some(3);
     let headroom = Headroom::default();
-    let run = |name: &'static str| {
-        let (template, headroom, provider) = (&template, &headroom, &aws.provider);
+    let (left, right) = (request("left", 2), request("right", 2));
+    // The worst case: a cache that knows both requests but none of their machines.
+    let cached: Vec<(String, u32)> = [&left, &right].iter().map(|mr| (mr.metadata.uid.clone().unwrap(), 0)).collect();
+    let run = |mut mr: MachineRequest| {
+        let (template, headroom, provider, cached) = (&template, &headroom, &aws.provider, &cached);
         async move {
-            let (mut mr, sink) = (request(name, 2), MemoryStatus::default());
+            let sink = MemoryStatus::default();
             for _ in 0..6 {
                 mr.status = sink.current();
                 let target = Target { provider_name: "default", provider, hold: None, machines_elsewhere: 0 };
-                // The worst case: a cache that shows neither request's machines.
-                let _ = drive_capped(&mr, template, target, &sink, jiff::Timestamp::now(), headroom, &[]).await;
+                let _ = drive_capped(&mr, template, target, &sink, jiff::Timestamp::now(), headroom, cached).await;
             }
             (mr, sink.current().unwrap())
         }
     };
-    let ((a, a_status), (b, b_status)) = futures::join!(run("left"), run("right"));
+    let ((a, a_status), (b, b_status)) = futures::join!(run(left), run(right));
     let total = aws.live_of(&a).await.len() + aws.live_of(&b).await.len();
     assert_eq!(total, 3, "exactly the cap: 2 + 1, never 4");
     assert_eq!(live(&a_status) + live(&b_status), 3);
@@ -373,4 +375,31 @@ async fn every_sdk_call_waits_on_the_providers_budget() {
     // One call goes at once (the burst); the other four wait for the refill.
     assert_eq!(waits, Some(4), "{text}");
     assert!(!text.contains(r#"class="mutate""#), "describes never spend the mutating budget");
+}
+
+#[tokio::test]
+async fn what_a_request_deleted_with_deletion_policy_orphan_leaves_is_never_swept() {
+    let Some(aws) = aws_with("what_a_request_deleted_with_deletion_policy_orphan_leaves_is_never_swept", |s| {
+        s.sweep_interval = "1m".into();
+        s.sweep_grace = "0s".into();
+    })
+    .await
+    else {
+        return;
+    };
+    let template = one_subnet(&aws, &[("m5.large", 1)]);
+    let (mut mr, sink) = (request("kept", 2), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    let status = sink.current().unwrap();
+    let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
+    let holdings = Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[] };
+    aws.provider.orphan(&owner_of(&mr), holdings).await.unwrap();
+    // The request is gone from Kubernetes: its machines are the user's now, not leaks.
+    let leaks = aws.provider.sweep(&Live::default(), Instant::now()).await.unwrap();
+    assert!(leaks.iter().all(|l| l.kind != "instance"), "{leaks:?}");
+    let kept = aws.live_of(&mr).await;
+    assert_eq!(kept.len(), 2);
+    for i in &kept {
+        assert!(i.tags().iter().any(|t| t.key() == Some("orb.dev/orphaned")), "{i:?}");
+    }
 }

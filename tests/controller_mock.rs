@@ -121,6 +121,7 @@ async fn launch_in(ctx: &Context, name: &str, units: u32) -> Vec<orb_operator::p
         client_token: "fixture",
         resources: &Default::default(),
         target_units: units,
+        replay: false,
     };
     orb_operator::provider::Provider::provision(sim_named(ctx, name), &launch).await.unwrap().launched
 }

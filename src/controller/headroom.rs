@@ -33,18 +33,20 @@ impl Headroom {
         lock.lock_owned().await
     }
 
-    /// Machines the template's requests other than `except` hold: per request, the larger of
-    /// what the cache shows (`cached`: uid and live machines) and what this process last
-    /// recorded for it.
+    /// Machines the template's requests other than `except` hold: per request the cache has
+    /// (`cached`: uid and live machines), the larger of what it shows and what this process
+    /// last recorded for it.
     pub fn elsewhere(&self, template: &str, except: &str, cached: &[(String, u32)]) -> u32 {
         let held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut per_request: HashMap<&str, u32> = HashMap::new();
         for (uid, n) in cached.iter().filter(|(uid, _)| uid != except) {
             per_request.insert(uid, *n);
         }
+        // Only requests the cache still has: a request deleted elsewhere holds nothing.
         for (uid, (_, n)) in held.iter().filter(|(uid, (key, _))| *uid != except && key == template) {
-            let entry = per_request.entry(uid).or_default();
-            *entry = (*entry).max(*n);
+            if let Some(entry) = per_request.get_mut(uid.as_str()) {
+                *entry = (*entry).max(*n);
+            }
         }
         per_request.values().fold(0u32, |sum, n| sum.saturating_add(*n))
     }
@@ -77,6 +79,9 @@ mod tests {
         let cached = [("a".to_string(), 1), ("b".to_string(), 2), ("me".to_string(), 9)];
         assert_eq!(h.elsewhere("grid/w", "me", &cached), 3 + 2, "a as recorded, b from the cache, never me or c");
         h.forget("a");
+        assert_eq!(h.elsewhere("grid/w", "me", &cached), 1 + 2);
+        // A request gone from the cache (deleted, orphaned) holds nothing any more.
+        h.hold("grid/w", "gone", 4);
         assert_eq!(h.elsewhere("grid/w", "me", &cached), 1 + 2);
     }
 

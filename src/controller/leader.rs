@@ -2,7 +2,8 @@
 //! reconciles; the others wait on standby. The lease is renewed every few seconds and lapses
 //! `LEASE_SECONDS` after its holder stops renewing it, so a standby replica takes over within
 //! about that long of a leader's death (a leader shutting down releases it at once). A leader
-//! that loses the lease exits: two reconcilers must never act on the same requests.
+//! that loses the lease — or cannot confirm it for most of its validity, cut off from the API
+//! server — exits: two reconcilers must never act on the same requests.
 //!
 //! The lease itself is `kube-lease-manager`'s (server-side apply, clock-skew tolerant).
 
@@ -45,11 +46,19 @@ impl Election {
 pub struct Leadership {
     leading: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, LeaseManagerError>>,
+    leases: kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+    identity: String,
 }
+
+/// How often the leader confirms, on its own, that it still holds the lease.
+const CONFIRM_EVERY: Duration = Duration::from_secs(2);
+/// A leader that could not confirm its lease for this long stops: the lease may lapse (after
+/// `LEASE_SECONDS`) while it cannot reach the API server, and another replica take over.
+const UNCONFIRMED_LIMIT: Duration = Duration::from_secs(LEASE_SECONDS - 3);
 
 /// Waits until this replica holds the lease.
 pub async fn lead(client: Client, election: &Election) -> anyhow::Result<Leadership> {
-    let manager = LeaseManagerBuilder::new(client, LEASE)
+    let manager = LeaseManagerBuilder::new(client.clone(), LEASE)
         .with_namespace(&election.namespace)
         .with_identity(&election.identity)
         .with_duration(LEASE_SECONDS)
@@ -58,6 +67,7 @@ pub async fn lead(client: Client, election: &Election) -> anyhow::Result<Leaders
         .build()
         .await
         .map_err(|e| anyhow::anyhow!("cannot use Lease {}/{LEASE} for leader election: {e}", election.namespace))?;
+    let leases = kube::Api::namespaced(client.clone(), &election.namespace);
     let (mut leading, task) = manager.watch().await;
     tracing::info!(lease = %format!("{}/{LEASE}", election.namespace), identity = %election.identity, "standing by until this replica holds the lease");
     while !*leading.borrow_and_update() {
@@ -66,22 +76,51 @@ pub async fn lead(client: Client, election: &Election) -> anyhow::Result<Leaders
         }
     }
     tracing::info!(identity = %election.identity, "leading: reconciling from now on");
-    Ok(Leadership { leading, task })
+    Ok(Leadership { leading, task, leases, identity: election.identity.clone() })
 }
 
 impl Leadership {
-    /// Resolves when the lease is lost (or cannot be renewed any more).
+    /// Resolves when the lease is lost: the lease manager says so, the lease names another
+    /// holder, or this replica could not confirm it for `UNCONFIRMED_LIMIT` (cut off from the
+    /// API server, it would not learn in time that another replica took over).
     pub async fn lost(&mut self) {
-        loop {
-            if self.leading.changed().await.is_err() || !*self.leading.borrow() {
-                return;
+        let told = async {
+            loop {
+                if self.leading.changed().await.is_err() || !*self.leading.borrow() {
+                    return;
+                }
             }
+        };
+        let confirmed = async {
+            let mut last_confirmed = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(CONFIRM_EVERY).await;
+                match tokio::time::timeout(CONFIRM_EVERY, self.leases.get_opt(LEASE)).await {
+                    Ok(Ok(lease)) => {
+                        let holder = lease.and_then(|l| l.spec?.holder_identity);
+                        if holder.as_deref() != Some(self.identity.as_str()) {
+                            tracing::warn!(?holder, "the lease names another holder");
+                            return;
+                        }
+                        last_confirmed = tokio::time::Instant::now();
+                    }
+                    _ if last_confirmed.elapsed() > UNCONFIRMED_LIMIT => {
+                        tracing::warn!(unconfirmed_for = ?last_confirmed.elapsed(), "cannot confirm the lease");
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::select! {
+            () = told => {}
+            () = confirmed => {}
         }
     }
 
     /// Gives the lease up now, so a standby replica need not wait for it to lapse.
     pub async fn release(self) {
-        let Self { leading, task } = self;
+        let Self { leading, task, .. } = self;
         drop(leading);
         if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
             tracing::warn!("the lease was not released in time; it lapses on its own");

@@ -214,6 +214,7 @@ pub async fn drive(
                 client_token: &attempt.client_token,
                 resources: &previous.resources,
                 target_units: attempt.target_units.max(0).unsigned_abs(),
+                replay: previous.attempt.as_ref().is_some_and(|open| open.number == attempt.number),
             };
             let result = provider.provision(&request).await;
             let before = status.clone();
@@ -415,6 +416,15 @@ async fn wait_pending(
 async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) -> Result<Action, Error> {
     let owner = owner_of(mr)?;
     if mr.spec.deletion_policy == DeletionPolicy::Orphan {
+        // Marked as the user's, so that the leak sweep never takes them.
+        let status = sink(mr, api, ctx).latest(mr.status.as_ref()).await?;
+        if let Some(provider) = status.provider.as_deref().and_then(|name| ctx.registry.get(name)) {
+            let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
+            let holdings = Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[] };
+            provider.orphan(&owner, holdings).await?;
+        }
+        ctx.written.forget(&owner.uid);
+        ctx.headroom.forget(&owner.uid);
         publish(
             ctx,
             mr,

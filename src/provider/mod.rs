@@ -18,6 +18,9 @@ pub mod tags {
     pub const REQUEST_UID: &str = "orb.dev/request-uid";
     pub const REQUEST: &str = "orb.dev/request";
     pub const TEMPLATE: &str = "orb.dev/template";
+    /// Set on the resources of a request deleted with `deletionPolicy: Orphan`: the leak
+    /// sweep leaves them alone.
+    pub const ORPHANED: &str = "orb.dev/orphaned";
 }
 
 /// The request that owns machines, as the cloud sees it (it is written into tags).
@@ -181,6 +184,9 @@ pub struct ProvisionRequest<'a> {
     /// fleets are still launching, plus `mix`): a `maintain` fleet's target is set to it, an
     /// absolute value so that a replay changes nothing.
     pub target_units: u32,
+    /// This attempt was sent before (its outcome is unknown): it is sent again exactly as
+    /// then, so no offering is left out for a capacity error learnt since.
+    pub replay: bool,
 }
 
 /// The absolute target a `maintain` fleet is set to for `request`: never below what the attempt
@@ -401,6 +407,9 @@ pub trait Provider: Send + Sync {
         owner: &Owner,
         holdings: Holdings<'_>,
     ) -> impl Future<Output = Result<Released, ProviderError>> + Send;
+    /// Marks everything the owner has (`orb.dev/orphaned`) as the user's to keep: the request is
+    /// deleted with `deletionPolicy: Orphan`, and the leak sweep must not remove it.
+    fn orphan(&self, owner: &Owner, holdings: Holdings<'_>) -> impl Future<Output = Result<(), ProviderError>> + Send;
     /// When due (by the provider's own interval), removes the cloud resources of this cluster
     /// whose request is not in `live` and that have been orphaned for the grace period, and
     /// returns them. `now` is the caller's clock (tests move it past the grace).
@@ -460,6 +469,12 @@ impl Provider for AnyProvider {
         match self {
             Self::Sim(p) => p.release(owner, holdings).await,
             Self::Aws(p) => p.release(owner, holdings).await,
+        }
+    }
+    async fn orphan(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<(), ProviderError> {
+        match self {
+            Self::Sim(p) => p.orphan(owner, holdings).await,
+            Self::Aws(p) => p.orphan(owner, holdings).await,
         }
     }
     async fn sweep(&self, live: &Live, now: std::time::Instant) -> Result<Vec<Leak>, ProviderError> {

@@ -258,6 +258,11 @@ impl Provider for SimProvider {
         Ok(Released::Done)
     }
 
+    /// The simulator never sweeps: nothing to mark.
+    async fn orphan(&self, _owner: &Owner, _holdings: Holdings<'_>) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     /// Simulated machines live in this process only: a request gone is released, never leaked.
     async fn sweep(&self, _live: &super::Live, _now: std::time::Instant) -> Result<Vec<super::Leak>, ProviderError> {
         Ok(vec![])

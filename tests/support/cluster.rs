@@ -86,14 +86,20 @@ impl Drop for TestNamespace {
     }
 }
 
-/// The operator binary, watching one namespace; killed when dropped.
-pub struct Operator(Child);
+/// The operator binary, watching one namespace (its lease there too); killed when dropped.
+pub struct Operator {
+    child: Child,
+    /// Where it serves `/healthz`, `/readyz` and `/metrics` (127.0.0.1).
+    pub port: u16,
+}
 
 impl Operator {
     pub fn start(kubeconfig: &str, namespace: &str, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orb-operator"));
         // Several operators may run at once (one per test): each listens on a port of its own.
-        cmd.args(["run", "--namespace", namespace, "--http-addr", "127.0.0.1:0", "--lease-namespace", namespace])
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orb-operator"));
+        cmd.args(["run", "--namespace", namespace, "--lease-namespace", namespace])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .env("KUBECONFIG", kubeconfig)
             .env("ORB_LOG", "info,orb_operator=debug,kube=warn")
             .stdout(Stdio::inherit())
@@ -101,14 +107,26 @@ impl Operator {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Self(cmd.spawn().expect("operator started"))
+        Self { child: cmd.spawn().expect("operator started"), port }
+    }
+
+    /// `GET path` on the operator's listener: the status code and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("the operator listens");
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (code, body)
     }
 }
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

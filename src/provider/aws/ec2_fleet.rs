@@ -251,7 +251,8 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
         .filter(|(_, units)| *units > 0)
         .map(|(spot, _)| spot)
         .collect();
-    for o in &all {
+    // A replay sends what the first try sent: no offering left out for what was learnt since.
+    for o in all.iter().filter(|_| !request.replay) {
         let mut skips = vec![];
         for &spot in &markets {
             if let Some(key) = ops.offering(o.instance_type.as_deref(), o.subnet.as_deref(), spot).await

@@ -187,11 +187,11 @@ impl Provider for AwsProvider {
             Ok(done) => {
                 self.poller.launched(request.owner, &done.launched);
                 if done.ambiguous {
-                    self.poller.list_again(request.owner);
+                    self.poller.outcome_unknown(request.owner);
                 }
             }
-            // It may have launched: the next look lists the request by its tags.
-            Err(e) if e.is_ambiguous() => self.poller.list_again(request.owner),
+            // It may have launched: the request is listed by its tags for a while.
+            Err(e) if e.is_ambiguous() => self.poller.outcome_unknown(request.owner),
             Err(_) => {}
         }
         outcome
@@ -260,6 +260,45 @@ impl Provider for AwsProvider {
         }
         self.poller.forget(owner);
         Ok(Released::Done)
+    }
+
+    async fn orphan(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<(), ProviderError> {
+        let Holdings { known, resources, .. } = holdings;
+        let mut ids: Vec<String> = self.poller.relist(owner, known).await?.into_iter().map(|m| m.instance_id).collect();
+        ids.extend(resources.fleet_ids.iter().cloned());
+        ids.extend(resources.spot_fleet_request_ids.iter().cloned());
+        ids.sort();
+        ids.dedup();
+        let tag = aws_sdk_ec2::types::Tag::builder().key(tags::ORPHANED).value("true").build();
+        for chunk in ids.chunks(ops::PAGE) {
+            self.ops
+                .ec2
+                .create_tags()
+                .set_resources(Some(chunk.to_vec()))
+                .tags(tag.clone())
+                .send()
+                .await
+                .map_err(|e| classify("CreateTags", e))?;
+        }
+        if let Some(group) = &resources.asg_name {
+            let tag = aws_sdk_autoscaling::types::Tag::builder()
+                .resource_id(group)
+                .resource_type("auto-scaling-group")
+                .key(tags::ORPHANED)
+                .value("true")
+                .propagate_at_launch(false)
+                .build();
+            self.ops
+                .autoscaling
+                .create_or_update_tags()
+                .tags(tag)
+                .send()
+                .await
+                .map_err(|e| classify("CreateOrUpdateTags", e))?;
+        }
+        self.poller.forget(owner);
+        tracing::info!(request = %owner.key(), resources = ids.len(), "marked orb.dev/orphaned: left to the user");
+        Ok(())
     }
 
     async fn sweep(&self, live: &super::Live, now: std::time::Instant) -> Result<Vec<super::Leak>, ProviderError> {

@@ -244,8 +244,8 @@ impl Ops {
     }
 
     /// Every instance of this cluster tagged with one of the request uids `uids` (at most 200),
-    /// in all states EC2 still reports.
-    pub async fn describe_by_uids(&self, uids: &[String]) -> Result<Vec<Instance>, ProviderError> {
+    /// in all states EC2 still reports, with its reservation.
+    pub async fn describe_by_uids(&self, uids: &[String]) -> Result<Vec<(Option<String>, Instance)>, ProviderError> {
         if uids.is_empty() {
             return Ok(vec![]);
         }
@@ -254,7 +254,11 @@ impl Ops {
             filter(&format!("tag:{}", tags::CLUSTER), [self.cluster_id.clone()]),
         ];
         let call = self.ec2.describe_instances().set_filters(Some(filters)).max_results(PAGE as i32);
-        Ok(all_reservations(call).await?.iter().flat_map(|r| r.instances().iter().cloned()).collect())
+        Ok(all_reservations(call)
+            .await?
+            .iter()
+            .flat_map(|r| r.instances().iter().map(|i| (r.reservation_id().map(str::to_string), i.clone())))
+            .collect())
     }
 
     /// The given instances, in id lists of at most 1000, following NextToken; ids EC2 no longer

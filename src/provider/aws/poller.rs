@@ -58,6 +58,9 @@ struct Request {
     ids: BTreeSet<String>,
     /// Listed by tags in the next cycle.
     list: bool,
+    /// Listed by tags in every cycle until then: a launch whose outcome is unknown may show in
+    /// EC2's listing only after a while.
+    list_until: Option<tokio::time::Instant>,
     /// The cycle its next look waits for: one that began after the request was first seen,
     /// after the operator acted on its machines, or after it asked for a listing — so no plan
     /// is made from a view older than the operator's own act.
@@ -175,6 +178,7 @@ impl Poller {
                 key: RequestKey { namespace: owner.namespace.clone(), name: owner.name.clone() },
                 ids: BTreeSet::new(),
                 list: true,
+                list_until: None,
                 needs: *started + 1,
                 asked: tokio::time::Instant::now(),
             });
@@ -266,13 +270,23 @@ impl Poller {
         }
     }
 
-    /// Asks for a tag listing of the owner in the next cycle (a launch's outcome is unknown).
+    /// Asks for a tag listing of the owner in the next cycle.
     pub fn list_again(&self, owner: &Owner) {
         let mut state = self.state();
         let next = state.started + 1;
         if let Some(request) = state.requests.get_mut(&owner.uid) {
             request.list = true;
             request.needs = next;
+        }
+    }
+
+    /// A launch's outcome is unknown (no answer): the owner is listed by its tags in every
+    /// cycle for as long as EC2's listing may lag, so whatever it launched is found even if
+    /// the attempt is never replayed.
+    pub fn outcome_unknown(&self, owner: &Owner) {
+        self.list_again(owner);
+        if let Some(request) = self.state().requests.get_mut(&owner.uid) {
+            request.list_until = Some(tokio::time::Instant::now() + VISIBILITY_LAG);
         }
     }
 
@@ -347,7 +361,8 @@ async fn cycle(shared: &Shared, ops: &Ops) {
         state.started += 1;
         let mut uids = vec![];
         for (uid, request) in &mut state.requests {
-            if std::mem::take(&mut request.list) {
+            let lagging = request.list_until.is_some_and(|until| now < until);
+            if std::mem::take(&mut request.list) || lagging {
                 uids.push(uid.clone());
             }
         }
@@ -385,33 +400,27 @@ async fn cycle(shared: &Shared, ops: &Ops) {
     shared.done.send_replace(Done { cycle: number, error });
 }
 
+/// An instance a cycle found, with its reservation when the call named it.
+type Found = (Option<String>, aws_sdk_ec2::types::Instance);
+
 /// The instances found by the listing of `uids` and by `ids`.
-async fn describe(
-    ops: &Ops,
-    uids: &[String],
-    ids: &BTreeSet<String>,
-) -> Result<Vec<aws_sdk_ec2::types::Instance>, ProviderError> {
+async fn describe(ops: &Ops, uids: &[String], ids: &BTreeSet<String>) -> Result<Vec<Found>, ProviderError> {
     let mut found = vec![];
     for chunk in uids.chunks(UIDS_PER_LISTING) {
         found.extend(ops.describe_by_uids(chunk).await?);
     }
-    let listed: BTreeSet<&str> = found.iter().filter_map(|i| i.instance_id()).collect();
+    let listed: BTreeSet<&str> = found.iter().filter_map(|(_, i)| i.instance_id()).collect();
     let rest: Vec<String> = ids.iter().filter(|id| !listed.contains(id.as_str())).cloned().collect();
-    found.extend(ops.describe_by_ids(&rest).await?);
+    found.extend(ops.describe_by_ids(&rest).await?.into_iter().map(|i| (None, i)));
     Ok(found)
 }
 
 /// Puts what a cycle found into the view; returns the requests whose machines changed.
-fn merge(
-    state: &mut State,
-    found: Vec<aws_sdk_ec2::types::Instance>,
-    asked: &BTreeSet<String>,
-    cluster_id: &str,
-) -> Vec<RequestKey> {
+fn merge(state: &mut State, found: Vec<Found>, asked: &BTreeSet<String>, cluster_id: &str) -> Vec<RequestKey> {
     let mut changed: BTreeSet<String> = BTreeSet::new();
     let mut described: BTreeSet<String> = BTreeSet::new();
-    for instance in &found {
-        let Some(machine) = ops::observed(instance, None) else { continue };
+    for (reservation, instance) in &found {
+        let Some(mut machine) = ops::observed(instance, reservation.as_deref()) else { continue };
         let id = machine.instance_id.clone();
         let uid = ops::tag_value(instance, tags::REQUEST_UID).map(str::to_string);
         let ours = ops::tag_value(instance, tags::CLUSTER).is_some_and(|c| c == cluster_id);
@@ -420,6 +429,14 @@ fn merge(
             && let Some(request) = state.requests.get_mut(owner)
         {
             request.ids.insert(id.clone());
+        }
+        // Described for a request released (forgotten) while this cycle ran: not tracked.
+        if !state.requests.values().any(|r| r.ids.contains(&id)) {
+            continue;
+        }
+        // A describe by id does not name the reservation: keep the one already known.
+        if machine.reservation_id.is_none() {
+            machine.reservation_id = state.machines.get(&id).and_then(|s| s.machine.reservation_id.clone());
         }
         let before =
             state.machines.get(&id).map(|s| (s.machine.state, s.machine.private_ip.clone(), s.uid.clone(), s.ours));

@@ -117,6 +117,8 @@ pub fn configure(call: RunInstancesFluentBuilder, shared: &Shared<'_>, launch: &
 /// Runs the launches of one provision call, falling back across subnets and types.
 struct Runner<'a> {
     ops: &'a Ops,
+    /// A replay sends every offering the first try sent: the capacity memory is not consulted.
+    replay: bool,
     shared: Shared<'a>,
     token: &'a str,
     calls: u32,
@@ -146,7 +148,8 @@ impl Runner<'_> {
                     continue;
                 }
                 let offering = self.ops.offering(instance_type.as_deref(), subnet.as_deref(), spot).await;
-                if let Some(skip) = offering.as_ref().and_then(|o| self.ops.capacity.skip(o)) {
+                let skip = offering.as_ref().filter(|_| !self.replay).and_then(|o| self.ops.capacity.skip(o));
+                if let Some(skip) = skip {
                     self.ops.capacity.skipped(1);
                     self.outcome.failures.push(LaunchFailure {
                         code: skip.code,
@@ -227,8 +230,14 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
         root_device,
         tags: ops::resource_tags(request.owner, &ops.cluster_id, &template.tags),
     };
-    let mut runner =
-        Runner { ops, shared, token: request.client_token, calls: 0, outcome: ProvisionOutcome::default() };
+    let mut runner = Runner {
+        ops,
+        replay: request.replay,
+        shared,
+        token: request.client_token,
+        calls: 0,
+        outcome: ProvisionOutcome::default(),
+    };
     let mix = request.mix;
     let mut on_demand_launched = 0;
     for spot in [false, true] {

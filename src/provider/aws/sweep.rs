@@ -3,8 +3,9 @@
 //! EC2 fleets, spot fleet requests, Auto Scaling groups — and every operator-made launch
 //! template no live request records, is removed once it has been seen orphaned for the grace
 //! period (a request created a moment ago is not in the operator's cache yet). Other clusters'
-//! resources, resources without a request uid, and (when the operator watches one namespace)
-//! other namespaces' resources are never touched. In dry-run mode leaks are only reported.
+//! resources, resources without a request uid, resources marked `orb.dev/orphaned` (their
+//! request was deleted with `deletionPolicy: Orphan`) and (when the operator watches one
+//! namespace) other namespaces' resources are never touched. In dry-run mode leaks are only reported.
 //!
 //! Every leak is logged and counted; the caller also publishes an Event for each.
 
@@ -35,6 +36,8 @@ struct Found {
     /// Its `orb.dev/request` (`namespace/name`), or the launch template's namespace.
     request: Option<String>,
     namespace: Option<String>,
+    /// Marked `orb.dev/orphaned`: its request was deleted with `deletionPolicy: Orphan`.
+    orphaned: bool,
 }
 
 impl Sweeper {
@@ -79,6 +82,7 @@ impl Sweeper {
         let orphans: Vec<Found> = found
             .into_iter()
             .filter(in_scope)
+            .filter(|f| !f.orphaned)
             .filter(|f| match &f.uid {
                 Some(uid) => !live.uids.contains(uid),
                 None => f.kind == "launch-template" && !live.launch_templates.contains(&f.id),
@@ -116,13 +120,17 @@ async fn remove(ops: &Ops, f: &Found) -> Result<(), ProviderError> {
         "fleet" => super::ec2_fleet::delete(ops, std::slice::from_ref(&f.id)).await,
         "spot-fleet-request" => super::spot_fleet::cancel(ops, std::slice::from_ref(&f.id)).await,
         "auto-scaling-group" => super::asg::delete(ops, Some(&f.id)).await,
-        _ => match ops.ec2.delete_launch_template().launch_template_id(&f.id).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => match classify("DeleteLaunchTemplate", e) {
-                e if e.code().contains("NotFound") => Ok(()),
-                e => Err(e),
-            },
-        },
+        _ => {
+            // Nothing may launch from the deleted template: forget it (a new one is made).
+            ops.forget_launch_template(&f.id);
+            match ops.ec2.delete_launch_template().launch_template_id(&f.id).send().await {
+                Ok(_) => Ok(()),
+                Err(e) => match classify("DeleteLaunchTemplate", e) {
+                    e if e.code().contains("NotFound") => Ok(()),
+                    e => Err(e),
+                },
+            }
+        }
     }
 }
 
@@ -143,6 +151,7 @@ fn found(kind: &'static str, id: &str, pairs: Vec<(Option<&str>, Option<&str>)>)
         uid: tag(pairs.iter().copied(), tags::REQUEST_UID),
         namespace: request.as_deref().and_then(|r| r.split_once('/')).map(|(ns, _)| ns.to_string()),
         request,
+        orphaned: tag(pairs.iter().copied(), tags::ORPHANED).is_some(),
     }
 }
 
@@ -259,6 +268,7 @@ async fn launch_templates(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
                     uid: None,
                     request: template.map(|t| format!("template {}/{t}", namespace.clone().unwrap_or_default())),
                     namespace,
+                    orphaned: false,
                 });
             }
         }
