@@ -162,7 +162,7 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
     let created = create_call(ops.autoscaling.create_auto_scaling_group(), &name, template, &lt, &tags, target)
         .send()
         .await
-        .map_err(|e| classify("CreateAutoScalingGroup", e));
+        .map_err(|e| ops.launch_template_gone(&lt, classify("CreateAutoScalingGroup", e)));
     match created {
         Ok(_) => tracing::info!(group = %name, units = target, "created the Auto Scaling group"),
         // Made by an earlier try whose answer was lost: adopt it.

@@ -183,18 +183,6 @@ fn errors(out: &aws_sdk_ec2::operation::create_fleet::CreateFleetOutput) -> Vec<
         .collect()
 }
 
-/// A managed launch template that vanished (deleted as another request was released) is made
-/// again on the replay: the error is worth retrying, not a fault of the template.
-fn launch_template_gone(ops: &Ops, lt: &LaunchTemplate, error: ProviderError) -> ProviderError {
-    if lt.managed && error.code().starts_with("InvalidLaunchTemplate") {
-        if let Some(id) = &lt.id {
-            ops.forget_launch_template(id);
-        }
-        return ProviderError::Transient { code: error.code().into(), message: error.to_string() };
-    }
-    error
-}
-
 /// Capacity units of machines by market.
 fn units_by_market(template: &MachineTemplateSpec, machines: &[ObservedMachine]) -> MarketMix {
     let mut mix = MarketMix::default();
@@ -233,7 +221,7 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
         let out = configure(ops.ec2.create_fleet(), &call)
             .send()
             .await
-            .map_err(|e| launch_template_gone(ops, &lt, classify("CreateFleet", e)))?;
+            .map_err(|e| ops.launch_template_gone(&lt, classify("CreateFleet", e)))?;
         outcome.resources.fleet_ids.extend(out.fleet_id().map(str::to_string));
         outcome.accepted_units = request.mix.on_demand + request.mix.spot;
         for (failure, _) in errors(&out) {
@@ -298,7 +286,7 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
         let out = match configure(ops.ec2.create_fleet(), &call).send().await {
             Ok(out) => out,
             Err(error) => {
-                let error = launch_template_gone(ops, &lt, classify("CreateFleet", error));
+                let error = ops.launch_template_gone(&lt, classify("CreateFleet", error));
                 if outcome.launched.is_empty() {
                     return Err(error);
                 }

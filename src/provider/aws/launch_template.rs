@@ -228,6 +228,23 @@ impl Ops {
         }
     }
 
+    /// A managed launch template that vanished (deleted as another request was released, or by
+    /// the leak sweep) is made again on the replay: the error is worth retrying, not a fault of
+    /// the template. EC2 says `InvalidLaunchTemplate*`; Auto Scaling a `ValidationError` naming
+    /// the launch template.
+    pub fn launch_template_gone(&self, lt: &LaunchTemplate, error: ProviderError) -> ProviderError {
+        let code = error.code();
+        let gone = code.starts_with("InvalidLaunchTemplate")
+            || (code == "ValidationError" && error.to_string().to_lowercase().contains("launch template"));
+        if lt.managed && gone {
+            if let Some(id) = &lt.id {
+                self.forget_launch_template(id);
+            }
+            return ProviderError::Transient { code: code.into(), message: error.to_string() };
+        }
+        error
+    }
+
     /// Forgets a remembered launch template id (it was deleted behind the operator's back).
     pub fn forget_launch_template(&self, id: &str) {
         self.managed_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|_, v| v != id);

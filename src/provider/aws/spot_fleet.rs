@@ -165,7 +165,7 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
         .spot_fleet_request_config(config(&call))
         .send()
         .await
-        .map_err(|e| classify("RequestSpotFleet", e))?;
+        .map_err(|e| ops.launch_template_gone(&lt, classify("RequestSpotFleet", e)))?;
     let mut outcome = ProvisionOutcome { accepted_units: units, ..Default::default() };
     outcome.resources.launch_template_id = lt.id.clone().filter(|_| lt.managed);
     outcome.resources.spot_fleet_request_ids.extend(out.spot_fleet_request_id().map(str::to_string));
