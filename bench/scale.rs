@@ -293,6 +293,10 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    // ORB_LOG=warn (or debug, …) shows what the provider logs while it runs.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("ORB_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     if arg("--handler").as_deref() == Some("sim-cluster") {
         let n = arg("--requests").map_or(1000, |n| n.parse().expect("--requests N"));

@@ -313,6 +313,7 @@ async fn run(shared: Arc<Shared>, ops: Ops) {
     loop {
         let Intervals { poll, steady } = shared.intervals;
         let busy = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).busy();
+        tracing::trace!(provider = %shared.provider, busy, "poller waits");
         let kicked = tokio::select! {
             () = shared.kick.notified() => true,
             () = tokio::time::sleep(if busy { poll } else { steady }) => false,
@@ -368,6 +369,7 @@ async fn cycle(shared: &Shared, ops: &Ops) {
         }
         (state.started, uids, state.refreshable())
     };
+    tracing::debug!(provider = %shared.provider, cycle = number, listed = listed_uids.len(), refreshed = ids.len(), "poll cycle");
     let result = describe(ops, &listed_uids, &ids).await;
     let mut state = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let error = match result {
