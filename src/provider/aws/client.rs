@@ -1,6 +1,7 @@
 //! One `SdkConfig` per configured AWS provider: region, optional shared-config profile,
 //! optional AssumeRole (with external id), optional endpoint (emulators), the SDK's standard
-//! retry mode and bounded timeouts so that no reconcile hangs on the network. Every client of
+//! retry mode and bounded timeouts so that no reconcile hangs on the network (the per-attempt
+//! bound lives in `limits`, after the rate limiter's wait). Every client of
 //! a provider is built from it and shares its HTTP connection pool.
 
 use crate::config::AwsSettings;
@@ -11,10 +12,9 @@ use std::time::Duration;
 
 /// Attempts per call when the config does not say (the SDK's standard mode default).
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-/// Longest a single HTTP attempt may take.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a call may take, retries included.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a call may take, retries and waits for the provider's rate limiter included (each
+/// attempt is bounded by `limits::ATTEMPT_TIMEOUT` once it is sent).
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Builds the SDK configuration for one provider.
 pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
@@ -23,7 +23,6 @@ pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
         .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS)))
         .timeout_config(
             TimeoutConfig::builder()
-                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                 .operation_timeout(OPERATION_TIMEOUT)
                 .connect_timeout(Duration::from_secs(5))
                 .build(),

@@ -5,7 +5,9 @@
 //! controller.
 //!
 //! An interceptor names the class of each call (from its operation name) on the HTTP request;
-//! a wrapper around the provider's HTTP client waits for that class's bucket before sending.
+//! a wrapper around the provider's HTTP client waits for that class's bucket before sending, and
+//! times the attempt from then on (`ATTEMPT_TIMEOUT`), so a call queued behind the budget never
+//! fails as a timeout.
 //! The buckets are `governor`'s, read through the tokio clock so tests can pause time.
 
 use super::call_metrics::CallMetrics;
@@ -21,6 +23,11 @@ use aws_smithy_types::config_bag::ConfigBag;
 use governor::{Quota, RateLimiter, clock, middleware::NoOpMiddleware, state};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest one HTTP attempt may take once it is sent (the SDK's own attempt timeout is off: it
+/// would also count the wait for the budget).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The two kinds of AWS calls EC2 budgets separately.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,7 +184,14 @@ impl HttpConnector for PacedConnector {
         let (inner, budget) = (self.inner.clone(), self.budget.clone());
         HttpConnectorFuture::new(async move {
             budget.acquire(class).await;
-            inner.call(request).await
+            // The attempt's own time starts once it may go out: a call queued behind the
+            // budget is not a timed-out call (which would look like an unknown outcome).
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, inner.call(request)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(aws_smithy_runtime_api::client::result::ConnectorError::timeout(
+                    format!("no answer within {ATTEMPT_TIMEOUT:?}").into(),
+                )),
+            }
         })
     }
 }
@@ -222,6 +236,29 @@ mod tests {
         let text = metrics.render([]);
         assert!(text.contains(r#"orb_aws_rate_limit_waits_total{provider="p",class="describe"} 6"#), "{text}");
         assert!(text.contains(r#"orb_aws_rate_limit_waits_total{provider="p",class="mutate"} 1"#), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_is_timed_from_when_it_may_go_out() {
+        /// A server that never answers.
+        #[derive(Debug)]
+        struct Silent;
+        impl HttpConnector for Silent {
+            fn call(&self, _request: HttpRequest) -> HttpConnectorFuture {
+                HttpConnectorFuture::new(futures::future::pending())
+            }
+        }
+        let (budget, _) = budget(Rates { mutate_rate: 1, mutate_burst: 1, ..Rates::default() });
+        let budget = Arc::new(budget);
+        // The burst is spent: the next call first waits a second for the budget.
+        budget.acquire(CallClass::Mutate).await;
+        let connector = PacedConnector { inner: SharedHttpConnector::new(Silent), budget };
+        let mut request = HttpRequest::new(aws_smithy_types::body::SdkBody::empty());
+        request.add_extension(CallClass::Mutate);
+        let start = tokio::time::Instant::now();
+        let error = connector.call(request).await.expect_err("no answer");
+        assert!(error.is_timeout(), "{error:?}");
+        assert_eq!(start.elapsed(), Duration::from_secs(1) + ATTEMPT_TIMEOUT, "the wait is not part of the attempt");
     }
 
     #[tokio::test(start_paused = true)]
