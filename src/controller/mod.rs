@@ -242,6 +242,23 @@ async fn publish_leak(ctx: &Context, provider: &str, leak: &crate::provider::Lea
     }
 }
 
+/// SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -385,7 +402,11 @@ pub async fn run(
     let mut leadership = match &election {
         Some(election) => {
             ready.store(true, std::sync::atomic::Ordering::SeqCst);
-            let held = leader::lead(client.clone(), election).await?;
+            // A standby stopped by a signal just goes (it holds nothing).
+            let held = tokio::select! {
+                held = leader::lead(client.clone(), election) => held?,
+                () = shutdown_signal() => return Ok(()),
+            };
             ready.store(false, std::sync::atomic::Ordering::SeqCst);
             Some(held)
         }
