@@ -368,16 +368,17 @@ async fn a_crash_during_release_leaves_nothing_behind() {
 #[tokio::test]
 async fn every_sdk_call_waits_on_the_providers_budget() {
     let Some(aws) = aws_with("every_sdk_call_waits_on_the_providers_budget", |s| {
-        s.describe_rate = Some(20);
+        s.describe_rate = Some(2);
         s.describe_burst = Some(1);
     })
     .await
     else {
         return;
     };
-    for _ in 0..5 {
-        aws.provider.health().await.unwrap();
-    }
+    // Five calls at once: one token is there, the refill (one per 500 ms) comes long after all
+    // five have asked, so exactly four wait — however long each call takes.
+    let answers = futures::future::join_all((0..5).map(|_| aws.provider.health())).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
     let text = aws.metrics.render([]);
     let waits = text
         .lines()
