@@ -84,21 +84,22 @@ async fn fifty_requests_are_refreshed_with_one_describe_per_cycle() {
 
     // Steady: passes over every request read the poller's view; the poller makes exactly one
     // DescribeInstances per cycle for all 100 instances, and nothing else is called.
-    let before = aws.proxy.all_calls();
-    let cycles_before = cycles(&aws);
+    // Counted between cycle boundaries: right after a cycle ends the next is ≥ 200 ms away.
+    more_cycles(&aws, 1).await;
+    let (before, cycles_before) = (aws.proxy.all_calls(), cycles(&aws));
     for (mr, sink) in &mut requests {
         mr.status = sink.current();
         let target = Target { provider_name: "default", provider: &aws.provider, hold: None, machines_elsewhere: 0 };
         orb_operator::controller::request::drive(mr, &template, target, sink, jiff::Timestamp::now()).await.unwrap();
     }
     more_cycles(&aws, 3).await;
-    let after = aws.proxy.all_calls();
+    let (after, cycles_after) = (aws.proxy.all_calls(), cycles(&aws));
     let spent: BTreeMap<String, usize> = after
         .iter()
         .map(|(action, n)| (action.clone(), n - before.get(action).copied().unwrap_or(0)))
         .filter(|(_, n)| *n > 0)
         .collect();
-    let steady_cycles = (cycles(&aws) - cycles_before) as usize;
+    let steady_cycles = (cycles_after - cycles_before) as usize;
     assert_eq!(spent.keys().collect::<Vec<_>>(), ["DescribeInstances"], "{spent:?}");
     assert_eq!(spent["DescribeInstances"], steady_cycles, "one describe per cycle: {spent:?}");
     let body = aws.proxy.calls("DescribeInstances").pop().unwrap();
