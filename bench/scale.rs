@@ -27,6 +27,7 @@ use orb_operator::api::*;
 use orb_operator::controller::Timing;
 use orb_operator::controller::planner::Requeue;
 use orb_operator::controller::request::{Target, drive};
+use orb_operator::provider::aws::limits::CallClass;
 use orb_operator::provider::{Holdings, Provider, Released};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -67,18 +68,6 @@ fn peak_memory_mib() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
-}
-
-fn cycles(metrics: &orb_operator::metrics::Metrics) -> u64 {
-    metrics
-        .render([])
-        .lines()
-        .find_map(|l| l.strip_prefix(r#"orb_poll_cycles_total{provider="default"} "#))
-        .map_or(0, |n| n.trim().parse().unwrap())
-}
-
-fn mutating(action: &str) -> bool {
-    !["Describe", "Get", "List"].iter().any(|p| action.starts_with(p))
 }
 
 /// Drives one request as the controller would until it is Fulfilled; returns the passes made.
@@ -161,8 +150,8 @@ async fn run(handler: Handler, n: usize, capacity: i32, mutate_rate: Option<u32>
         .filter(|(_, c)| *c > 0)
         .collect();
     let total: usize = calls.values().sum();
-    let mutations: usize = calls.iter().filter(|(a, _)| mutating(a)).map(|(_, c)| c).sum();
-    let poll_cycles = cycles(&aws.metrics);
+    let mutations: usize = calls.iter().filter(|(a, _)| CallClass::of(a) == CallClass::Mutate).map(|(_, c)| c).sum();
+    let poll_cycles = aws.poll_cycles();
     let describes = calls.get("DescribeInstances").copied().unwrap_or(0);
 
     // Steady: every request Fulfilled, the poller at its steady interval.
@@ -211,15 +200,9 @@ async fn sim_cluster(n: usize, capacity: i32) {
     let client = support::cluster::client(&path).await;
     support::cluster::apply_crds(&client).await;
     let ns = support::cluster::TestNamespace::create(&client, &path, "orb-bench").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut operator = std::process::Command::new(env!("CARGO_BIN_EXE_orb-operator"))
-        .args(["run", "--namespace", &ns.name, "--http-addr", &format!("127.0.0.1:{port}")])
-        .env("KUBECONFIG", &path)
-        .env("ORB_LOG", "warn")
-        .env("ORB_PROVIDERS__DEFAULT__TYPE", "sim")
-        .env("ORB_PROVIDERS__DEFAULT__PENDING_DELAY", "1s")
-        .spawn()
-        .expect("operator started");
+    let env =
+        [("ORB_LOG", "warn"), ("ORB_PROVIDERS__DEFAULT__TYPE", "sim"), ("ORB_PROVIDERS__DEFAULT__PENDING_DELAY", "1s")];
+    let operator = support::cluster::Operator::start(&path, &ns.name, &env);
     let templates: kube::Api<MachineTemplate> = kube::Api::namespaced(client.clone(), &ns.name);
     let requests: kube::Api<MachineRequest> = kube::Api::namespaced(client.clone(), &ns.name);
     let template: MachineTemplate = support::cluster::example("sim/template.yaml");
@@ -257,13 +240,13 @@ async fn sim_cluster(n: usize, capacity: i32) {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let took = started.elapsed();
-    let metrics = reqwest_metrics(port).await;
+    let (_, metrics) = operator.get("/metrics").await;
     let reconciles: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("orb_reconciles_total{controller=\"request\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", operator.id())).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", operator.pid())).unwrap_or_default();
     let peak = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap_or("?").trim().to_string();
     println!("== sim against a real cluster: {n} requests of {capacity} ({} machines)", n * capacity as usize);
     println!("  time to all Fulfilled      {:>8.1} s", took.as_secs_f64());
@@ -274,18 +257,6 @@ async fn sim_cluster(n: usize, capacity: i32) {
     );
     println!("  operator peak memory       {peak:>8}");
     watch.abort();
-    let _ = operator.kill();
-    let _ = operator.wait();
-}
-
-/// The operator's `/metrics` text.
-async fn reqwest_metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text
 }
 
 fn main() {

@@ -25,19 +25,11 @@ fn owner_of(mr: &MachineRequest) -> orb_operator::provider::Owner {
     orb_operator::controller::request::owner_of(mr).unwrap()
 }
 
-/// Poll cycles the provider's poller has finished, from its metrics.
-fn cycles(aws: &Aws) -> u64 {
-    let text = aws.metrics.render([]);
-    text.lines()
-        .find_map(|l| l.strip_prefix(r#"orb_poll_cycles_total{provider="default"} "#))
-        .map_or(0, |n| n.trim().parse().unwrap())
-}
-
 /// Waits (at most 20 s) until `n` more poll cycles have finished.
 async fn more_cycles(aws: &Aws, n: u64) {
-    let target = cycles(aws) + n;
+    let target = aws.poll_cycles() + n;
     tokio::time::timeout(Duration::from_secs(20), async {
-        while cycles(aws) < target {
+        while aws.poll_cycles() < target {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -76,7 +68,7 @@ async fn fifty_requests_are_refreshed_with_one_describe_per_cycle() {
         assert_eq!(aws.live_of(mr).await.len(), 2, "exactly the capacity in the cloud");
     }
     let describes = aws.proxy.calls("DescribeInstances").len() as u64;
-    let during = cycles(&aws);
+    let during = aws.poll_cycles();
     // A cycle makes at most two calls: the batched tag listing of new requests, then the rest
     // by id. Never one per request.
     assert!(describes <= 2 * during, "{describes} describes in {during} cycles");
@@ -86,14 +78,14 @@ async fn fifty_requests_are_refreshed_with_one_describe_per_cycle() {
     // DescribeInstances per cycle for all 100 instances, and nothing else is called.
     // Counted between cycle boundaries: right after a cycle ends the next is ≥ 200 ms away.
     more_cycles(&aws, 1).await;
-    let (before, cycles_before) = (aws.proxy.all_calls(), cycles(&aws));
+    let (before, cycles_before) = (aws.proxy.all_calls(), aws.poll_cycles());
     for (mr, sink) in &mut requests {
         mr.status = sink.current();
         let target = Target { provider_name: "default", provider: &aws.provider, hold: None, machines_elsewhere: 0 };
         orb_operator::controller::request::drive(mr, &template, target, sink, jiff::Timestamp::now()).await.unwrap();
     }
     more_cycles(&aws, 3).await;
-    let (after, cycles_after) = (aws.proxy.all_calls(), cycles(&aws));
+    let (after, cycles_after) = (aws.proxy.all_calls(), aws.poll_cycles());
     let spent: BTreeMap<String, usize> = after
         .iter()
         .map(|(action, n)| (action.clone(), n - before.get(action).copied().unwrap_or(0)))

@@ -110,6 +110,15 @@ impl Aws {
         out.reservations().iter().flat_map(|r| r.instances().iter().cloned()).collect()
     }
 
+    /// Poll cycles the provider's poller has finished, from its metrics.
+    pub fn poll_cycles(&self) -> u64 {
+        self.metrics
+            .render([])
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"orb_poll_cycles_total{provider="default"} "#))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    }
+
     /// A subscription to the requests whose machines the provider's poller sees change.
     pub fn changes(&self) -> tokio::sync::broadcast::Receiver<orb_operator::provider::RequestKey> {
         match &self.provider {

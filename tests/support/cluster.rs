@@ -110,6 +110,11 @@ impl Operator {
         Self { child: cmd.spawn().expect("operator started"), port }
     }
 
+    /// The process id (for its /proc figures).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `GET path` on the operator's listener: the status code and the body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -94,6 +94,22 @@ impl State {
         })
     }
 
+    /// Drops a request and the machines it tracked.
+    fn forget(&mut self, uid: &str) {
+        if let Some(request) = self.requests.remove(uid) {
+            for id in request.ids {
+                self.machines.remove(&id);
+            }
+        }
+    }
+
+    /// Stops tracking instance `id` for every request.
+    fn untrack(&mut self, id: &str) {
+        for request in self.requests.values_mut() {
+            request.ids.remove(id);
+        }
+    }
+
     /// Ids to refresh: every tracked instance not known to be terminated.
     fn refreshable(&self) -> BTreeSet<String> {
         self.requests
@@ -292,12 +308,7 @@ impl Poller {
 
     /// Forgets a released request and its machines.
     pub fn forget(&self, owner: &Owner) {
-        let mut state = self.state();
-        if let Some(request) = state.requests.remove(&owner.uid) {
-            for id in request.ids {
-                state.machines.remove(&id);
-            }
-        }
+        self.state().forget(&owner.uid);
     }
 }
 
@@ -341,11 +352,7 @@ async fn cycle(shared: &Shared, ops: &Ops) {
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in idle {
-            if let Some(request) = state.requests.remove(&uid) {
-                for id in request.ids {
-                    state.machines.remove(&id);
-                }
-            }
+            state.forget(&uid);
         }
         let expired: Vec<String> = state
             .machines
@@ -355,9 +362,7 @@ async fn cycle(shared: &Shared, ops: &Ops) {
             .collect();
         for id in expired {
             state.machines.remove(&id);
-            for request in state.requests.values_mut() {
-                request.ids.remove(&id);
-            }
+            state.untrack(&id);
         }
         state.started += 1;
         let mut uids = vec![];
@@ -469,11 +474,7 @@ fn merge(state: &mut State, found: Vec<Found>, asked: &BTreeSet<String>, cluster
                     changed.insert(id.clone());
                 }
             }
-            None => {
-                for request in state.requests.values_mut() {
-                    request.ids.remove(id);
-                }
-            }
+            None => state.untrack(id),
         }
     }
     state.requests.values().filter(|r| r.ids.iter().any(|id| changed.contains(id))).map(|r| r.key.clone()).collect()

@@ -143,16 +143,22 @@ fn tag<'a>(pairs: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>, 
     pairs.into_iter().find(|(k, _)| *k == Some(key)).and_then(|(_, v)| v).map(str::to_string)
 }
 
-fn found(kind: &'static str, id: &str, pairs: Vec<(Option<&str>, Option<&str>)>) -> Found {
-    let request = tag(pairs.iter().copied(), tags::REQUEST);
-    Found {
+/// A listed resource as the sweep judges it, if it is this cluster's (its `orb.dev/cluster`
+/// tag — the server-side filters are not trusted alone) and has an id.
+fn found(ops: &Ops, kind: &'static str, id: Option<&str>, pairs: &[(Option<&str>, Option<&str>)]) -> Option<Found> {
+    let tag = |key| tag(pairs.iter().copied(), key);
+    if tag(tags::CLUSTER).as_deref() != Some(ops.cluster_id.as_str()) {
+        return None;
+    }
+    let request = tag(tags::REQUEST);
+    Some(Found {
         kind,
-        id: id.to_string(),
-        uid: tag(pairs.iter().copied(), tags::REQUEST_UID),
+        id: id?.to_string(),
+        uid: tag(tags::REQUEST_UID),
         namespace: request.as_deref().and_then(|r| r.split_once('/')).map(|(ns, _)| ns.to_string()),
         request,
-        orphaned: tag(pairs.iter().copied(), tags::ORPHANED).is_some(),
-    }
+        orphaned: tag(tags::ORPHANED).is_some(),
+    })
 }
 
 /// This cluster's instances that are not on their way out.
@@ -173,11 +179,8 @@ async fn instances(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| classify("DescribeInstances", e))?;
         for i in page.reservations().iter().flat_map(|r| r.instances()) {
-            let (Some(id), true) = (i.instance_id(), ops::tag_value(i, tags::CLUSTER) == Some(ops.cluster_id.as_str()))
-            else {
-                continue;
-            };
-            out.push(found("instance", id, i.tags().iter().map(|t| (t.key(), t.value())).collect()));
+            let tags: Vec<_> = i.tags().iter().map(|t| (t.key(), t.value())).collect();
+            out.extend(found(ops, "instance", i.instance_id(), &tags));
         }
     }
     Ok(out)
@@ -191,14 +194,9 @@ async fn fleets(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| classify("DescribeFleets", e))?;
         for f in page.fleets() {
-            let live = f.fleet_state().is_some_and(super::ec2_fleet::is_active);
-            let tags: Vec<_> = f.tags().iter().map(|t| (t.key(), t.value())).collect();
-            if let (Some(id), true, true) = (
-                f.fleet_id(),
-                live,
-                tag(tags.iter().copied(), tags::CLUSTER).as_deref() == Some(ops.cluster_id.as_str()),
-            ) {
-                out.push(found("fleet", id, tags));
+            if f.fleet_state().is_some_and(super::ec2_fleet::is_active) {
+                let tags: Vec<_> = f.tags().iter().map(|t| (t.key(), t.value())).collect();
+                out.extend(found(ops, "fleet", f.fleet_id(), &tags));
             }
         }
     }
@@ -212,14 +210,9 @@ async fn spot_fleet_requests(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| classify("DescribeSpotFleetRequests", e))?;
         for r in page.spot_fleet_request_configs() {
-            let live = r.spot_fleet_request_state().is_some_and(super::spot_fleet::is_active);
-            let tags: Vec<_> = r.tags().iter().map(|t| (t.key(), t.value())).collect();
-            if let (Some(id), true, true) = (
-                r.spot_fleet_request_id(),
-                live,
-                tag(tags.iter().copied(), tags::CLUSTER).as_deref() == Some(ops.cluster_id.as_str()),
-            ) {
-                out.push(found("spot-fleet-request", id, tags));
+            if r.spot_fleet_request_state().is_some_and(super::spot_fleet::is_active) {
+                let tags: Vec<_> = r.tags().iter().map(|t| (t.key(), t.value())).collect();
+                out.extend(found(ops, "spot-fleet-request", r.spot_fleet_request_id(), &tags));
             }
         }
     }
@@ -237,11 +230,10 @@ async fn groups(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| classify("DescribeAutoScalingGroups", e))?;
         for g in page.auto_scaling_groups() {
-            let tags: Vec<_> = g.tags().iter().map(|t| (t.key(), t.value())).collect();
-            let ours = tag(tags.iter().copied(), tags::CLUSTER).as_deref() == Some(ops.cluster_id.as_str());
             // A group being deleted is on its way out already.
-            if let (Some(name), true, None) = (g.auto_scaling_group_name(), ours, g.status()) {
-                out.push(found("auto-scaling-group", name, tags));
+            if g.status().is_none() {
+                let tags: Vec<_> = g.tags().iter().map(|t| (t.key(), t.value())).collect();
+                out.extend(found(ops, "auto-scaling-group", g.auto_scaling_group_name(), &tags));
             }
         }
     }
@@ -256,21 +248,12 @@ async fn launch_templates(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
         let page = page.map_err(|e| classify("DescribeLaunchTemplates", e))?;
         for lt in page.launch_templates() {
             let tags: Vec<_> = lt.tags().iter().map(|t| (t.key(), t.value())).collect();
-            if tag(tags.iter().copied(), tags::CLUSTER).as_deref() != Some(ops.cluster_id.as_str()) {
-                continue;
-            }
-            if let Some(id) = lt.launch_template_id() {
-                let namespace = tag(tags.iter().copied(), super::launch_template::NAMESPACE_TAG);
-                let template = tag(tags.iter().copied(), tags::TEMPLATE);
-                out.push(Found {
-                    kind: "launch-template",
-                    id: id.to_string(),
-                    uid: None,
-                    request: template.map(|t| format!("template {}/{t}", namespace.clone().unwrap_or_default())),
-                    namespace,
-                    orphaned: false,
-                });
-            }
+            // Shared by a template's requests: no request uid; named after its template.
+            let Some(mut f) = found(ops, "launch-template", lt.launch_template_id(), &tags) else { continue };
+            f.namespace = tag(tags.iter().copied(), super::launch_template::NAMESPACE_TAG);
+            f.request = tag(tags.iter().copied(), tags::TEMPLATE)
+                .map(|t| format!("template {}/{t}", f.namespace.clone().unwrap_or_default()));
+            out.push(f);
         }
     }
     Ok(out)
