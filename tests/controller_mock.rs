@@ -4,99 +4,26 @@
 //! release followed by the finalizer's removal. The simulated provider is the cloud.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
+mod support;
+
 use http::{Method, Request, Response};
+use kube::Client;
 use kube::client::Body;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::store;
-use kube::runtime::watcher;
-use kube::{Client, Resource};
-use orb_operator::api::conditions::{self, Cond};
 use orb_operator::api::*;
-use orb_operator::config::SimSettings;
-use orb_operator::controller::{Context, FINALIZER, Timing, request, template::ValidationCache};
-use orb_operator::provider::{AnyProvider, Registry};
+use orb_operator::controller::{Context, FINALIZER, request};
+use orb_operator::provider::AnyProvider;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
+use support::objects::{EVENTS_PATH, MR_PATH, NS, UID, context_with, ready_template, request_object};
 use tower_test::mock::{Handle, SendResponse};
 
 type ApiHandle = Handle<Request<Body>, Response<Body>>;
 
-const NS: &str = "grid";
-const UID: &str = "5f0c3a2e-0000-4000-8000-000000000001";
-
-fn ready_template() -> MachineTemplate {
-    let mut t = MachineTemplate::new(
-        "workers",
-        MachineTemplateSpec {
-            provider: "default".into(),
-            image_id: Some("ami-0123456789abcdef0".into()),
-            instance_types: vec![InstanceTypeSpec { type_: "m5.large".into(), weight: 1, priority: None }],
-            ..Default::default()
-        },
-    );
-    t.meta_mut().namespace = Some(NS.into());
-    t.meta_mut().generation = Some(1);
-    let mut status = MachineTemplateStatus::default();
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-    conditions::upsert(&mut status.conditions, Cond::new(conditions::READY, true, "Valid", "ok"), Some(1), &now);
-    t.status = Some(status);
-    t
-}
-
-fn request_object(finalized: bool, deleting: bool) -> MachineRequest {
-    let mut mr = MachineRequest::new(
-        "batch",
-        MachineRequestSpec {
-            template_ref: TemplateRef { name: "workers".into() },
-            capacity: 3,
-            fulfilment_timeout: "15m".into(),
-            ..Default::default()
-        },
-    );
-    let meta = mr.meta_mut();
-    meta.namespace = Some(NS.into());
-    meta.uid = Some(UID.into());
-    meta.generation = Some(1);
-    meta.resource_version = Some("1".into());
-    if finalized {
-        meta.finalizers = Some(vec![FINALIZER.into()]);
-    }
-    if deleting {
-        meta.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
-    }
-    mr
-}
-
 fn context(client: Client) -> Arc<Context> {
     context_with(client, ready_template())
-}
-
-fn sim_provider() -> AnyProvider {
-    let sim = SimSettings { pending_delay: "0s".into(), terminating_delay: "0s".into(), ..Default::default() };
-    AnyProvider::Sim(orb_operator::provider::sim::SimProvider::new(sim))
-}
-
-/// A context whose template cache holds `cached`.
-fn context_with(client: Client, cached: MachineTemplate) -> Arc<Context> {
-    let (templates, mut writer) = store();
-    writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(cached))));
-    let (requests, _w) = store();
-    let ctx = Context {
-        client: client.clone(),
-        registry: Registry::with([("default".to_string(), sim_provider()), ("old".to_string(), sim_provider())]),
-        templates,
-        requests,
-        recorder: Recorder::new(client, Reporter { controller: "orb-operator".into(), instance: None }),
-        timing: Timing::default(),
-        validations: ValidationCache::default(),
-        written: Default::default(),
-        headroom: Default::default(),
-        metrics: Default::default(),
-    };
-    Arc::new(ctx)
 }
 
 fn sim(ctx: &Context) -> &orb_operator::provider::sim::SimProvider {
@@ -148,9 +75,6 @@ fn not_found(send: SendResponse<Response<Body>>, name: &str) {
 fn respond(send: SendResponse<Response<Body>>, object: &impl serde::Serialize) {
     send.send_response(Response::builder().body(Body::from(serde_json::to_vec(object).unwrap())).unwrap());
 }
-
-const MR_PATH: &str = "/apis/orb.dev/v1alpha1/namespaces/grid/machinerequests/batch";
-const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/grid/events";
 
 #[tokio::test]
 async fn a_new_request_first_gets_its_finalizer_and_nothing_else() {

@@ -1,5 +1,6 @@
 //! Shared test support: a real Kubernetes cluster for end-to-end tests (`cluster`), moto for
-//! the AWS layer (`moto`), and a fault-injecting proxy in front of it (`fault_proxy`).
+//! the AWS layer (`moto`), a fault-injecting proxy in front of it (`fault_proxy`),
+//! and objects and a controller context for scripted-API-server tests (`objects`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod aws;
@@ -8,3 +9,4 @@ pub mod driver;
 pub mod fault_proxy;
 pub mod lifecycle;
 pub mod moto;
+pub mod objects;
