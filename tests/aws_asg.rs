@@ -188,9 +188,15 @@ async fn failed_scaling_activities_are_reported_and_the_shortfall_is_pending() {
     let activities = format!(
         r#"<DescribeScalingActivitiesResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><DescribeScalingActivitiesResult><Activities><member><ActivityId>a-1</ActivityId><AutoScalingGroupName>{name}</AutoScalingGroupName><Cause>an instance was started in response to a difference between desired and actual capacity</Cause><StartTime>2026-11-26T17:00:00Z</StartTime><StatusCode>Failed</StatusCode><StatusMessage>We currently do not have sufficient m5.large capacity in the Availability Zone you requested (injected).</StatusMessage><Progress>100</Progress></member></Activities></DescribeScalingActivitiesResult></DescribeScalingActivitiesResponse>"#
     );
-    aws.proxy.inject("DescribeAutoScalingGroups", None, 1, Fault::Reply(group));
+    // The poller sees the group short in its next cycle (every cycle until the faults are
+    // cleared), reads the activities once, and wakes the request.
+    let mut changes = aws.changes();
+    aws.proxy.inject("DescribeAutoScalingGroups", None, usize::MAX, Fault::Reply(group));
     aws.proxy.inject("DescribeScalingActivities", None, 1, Fault::Reply(activities));
+    support::aws::changed(&mut changes, &mr).await;
     let (status, _) = pass(&mut mr, &template, &aws.provider, &sink, jiff::Timestamp::now(), false).await.unwrap();
+    aws.proxy.clear("DescribeAutoScalingGroups");
+    assert_eq!(aws.proxy.calls("DescribeScalingActivities").len(), 1, "read once while the group holds steady");
     let failure = status.failures.iter().find(|f| f.code == "ScalingActivityFailed").expect("recorded");
     assert!(failure.message.contains("sufficient m5.large capacity"), "{failure:?}");
     assert!(failure.message.contains("difference between desired and actual"), "the cause is kept: {failure:?}");

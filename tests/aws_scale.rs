@@ -37,6 +37,19 @@ async fn more_cycles(aws: &Aws, n: u64) {
     .expect("the poller keeps cycling");
 }
 
+/// Calls made since `before` (an earlier `all_calls`), by action.
+fn spent_since(aws: &Aws, before: &BTreeMap<String, usize>) -> BTreeMap<String, usize> {
+    aws.proxy
+        .all_calls()
+        .into_iter()
+        .map(|(action, n)| {
+            let spent = n - before.get(&action).copied().unwrap_or(0);
+            (action, spent)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 fn live(status: &MachineRequestStatus) -> usize {
     status.machines.iter().filter(|m| m.counts_as_live()).count()
 }
@@ -85,12 +98,7 @@ async fn fifty_requests_are_refreshed_with_one_describe_per_cycle() {
         orb_operator::controller::request::drive(mr, &template, target, sink, jiff::Timestamp::now()).await.unwrap();
     }
     more_cycles(&aws, 3).await;
-    let (after, cycles_after) = (aws.proxy.all_calls(), aws.poll_cycles());
-    let spent: BTreeMap<String, usize> = after
-        .iter()
-        .map(|(action, n)| (action.clone(), n - before.get(action).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    let (spent, cycles_after) = (spent_since(&aws, &before), aws.poll_cycles());
     let steady_cycles = (cycles_after - cycles_before) as usize;
     assert_eq!(spent.keys().collect::<Vec<_>>(), ["DescribeInstances"], "{spent:?}");
     assert_eq!(spent["DescribeInstances"], steady_cycles, "one describe per cycle: {spent:?}");
@@ -114,6 +122,59 @@ async fn fifty_requests_are_refreshed_with_one_describe_per_cycle() {
     let listings = aws.proxy.calls("DescribeInstances").len() - before;
     assert!(listings <= 10, "{listings} describes to release 50 requests: shared cycles, not one each");
     assert_eq!(aws.proxy.calls("TerminateInstances").len(), 50);
+}
+
+#[tokio::test]
+async fn spot_fleets_and_groups_are_described_together_once_per_cycle() {
+    let Some(aws) = aws("spot_fleets_and_groups_are_described_together_once_per_cycle").await else { return };
+    aws.spot_fleet_role().await;
+    let kind = |name: &str, api: Api| {
+        let mut spec = aws.template(&[("m5.large", 1)]);
+        spec.api = api;
+        spec.fleet_type = Some(FleetType::Maintain);
+        ready(MachineTemplate::new(name, spec))
+    };
+    let (spot, groups) = (kind("spot", Api::SpotFleet), kind("groups", Api::Asg));
+    let mut requests: Vec<(MachineRequest, &MachineTemplate, MemoryStatus)> = (0..10)
+        .flat_map(|i| [(request(&format!("s{i}"), 2), &spot), (request(&format!("g{i}"), 2), &groups)])
+        .map(|(mut mr, template)| {
+            mr.spec.template_ref.name = template.metadata.name.clone().unwrap();
+            (mr, template, MemoryStatus::default())
+        })
+        .collect();
+    let converged = futures::future::join_all(
+        requests.iter_mut().map(|(mr, template, sink)| converge(mr, template, &aws.provider, sink, 10)),
+    )
+    .await;
+    for (status, error) in &converged {
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!((status.phase, live(status)), (Some(Phase::Fulfilled), 2), "{status:#?}");
+    }
+
+    // Steady: a pass over every request reads its fleet or group from the poller; each cycle
+    // describes the 10 spot fleet requests in one call and the 10 groups in one call, and
+    // reads no fleet's members or errors (nothing changed).
+    more_cycles(&aws, 1).await;
+    let (before, cycles_before) = (aws.proxy.all_calls(), aws.poll_cycles());
+    for (mr, template, sink) in &mut requests {
+        mr.status = sink.current();
+        let target = Target { provider_name: "default", provider: &aws.provider, hold: None, machines_elsewhere: 0 };
+        orb_operator::controller::request::drive(mr, template, target, sink, jiff::Timestamp::now()).await.unwrap();
+    }
+    more_cycles(&aws, 3).await;
+    let (spent, cycles_after) = (spent_since(&aws, &before), aws.poll_cycles());
+    let cycles = (cycles_after - cycles_before) as usize;
+    assert_eq!(
+        spent.keys().collect::<Vec<_>>(),
+        ["DescribeAutoScalingGroups", "DescribeInstances", "DescribeSpotFleetRequests"],
+        "{spent:?}"
+    );
+    assert_eq!(spent["DescribeSpotFleetRequests"], cycles, "one call per cycle: {spent:?}");
+    assert_eq!(spent["DescribeAutoScalingGroups"], cycles, "one call per cycle: {spent:?}");
+    let body = aws.proxy.calls("DescribeSpotFleetRequests").pop().unwrap();
+    assert_eq!(body.matches("SpotFleetRequestId.").count(), 10, "every spot fleet request in one call: {body}");
+    let body = aws.proxy.calls("DescribeAutoScalingGroups").pop().unwrap();
+    assert_eq!(body.matches("AutoScalingGroupNames.member.").count(), 10, "every group in one call: {body}");
 }
 
 #[tokio::test]

@@ -131,6 +131,11 @@ impl FaultProxy {
         });
     }
 
+    /// Drops every fault still waiting to be injected into calls of `action`.
+    pub fn clear(&self, action: &str) {
+        self.state.lock().unwrap().rules.retain(|r| r.action != action);
+    }
+
     /// From now on, the create calls honour `ClientToken` as EC2 does.
     pub fn honour_client_tokens(&self) {
         self.state.lock().unwrap().idempotent = true;

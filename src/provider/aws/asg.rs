@@ -17,10 +17,11 @@
 
 use super::errors::classify;
 use super::fleet;
+use super::fleet_state::Described;
 use super::launch_template::LaunchTemplate;
 use super::ops::Ops;
 use crate::api::{MachineTemplateSpec, PriceType};
-use crate::provider::{FleetView, LaunchFailure, Owner, ProviderError, ProvisionOutcome, ProvisionRequest, target_of};
+use crate::provider::{LaunchFailure, Owner, ProviderError, ProvisionOutcome, ProvisionRequest, target_of};
 use aws_sdk_autoscaling::operation::create_auto_scaling_group::builders::CreateAutoScalingGroupFluentBuilder;
 use aws_sdk_autoscaling::types::{
     AutoScalingGroup, InstancesDistribution, LaunchTemplateOverrides, LaunchTemplateSpecification, LifecycleState,
@@ -183,48 +184,69 @@ fn staying(state: Option<&LifecycleState>) -> bool {
     })
 }
 
-/// Members, outstanding units and failed scaling activities of the request's group.
-pub async fn observe(ops: &Ops, name: Option<&str>, view: &mut FleetView) -> Result<(), ProviderError> {
-    let Some(name) = name else { return Ok(()) };
-    let Some(group) = describe(ops, name).await? else { return Ok(()) };
-    let mut held = 0u32;
-    for i in group.instances() {
-        if !staying(i.lifecycle_state()) {
-            continue;
-        }
-        held += i.weighted_capacity().and_then(|w| w.parse::<u32>().ok()).unwrap_or(1);
-        view.members.extend(i.instance_id().map(str::to_string));
-    }
-    let desired = group.desired_capacity().unwrap_or(0).max(0).unsigned_abs();
-    let outstanding = desired.saturating_sub(held);
-    view.outstanding += outstanding;
-    if outstanding > 0 {
-        // Short of its capacity: say why, from the group's recent activities.
-        let out = ops
-            .autoscaling
-            .describe_scaling_activities()
-            .auto_scaling_group_name(name)
-            .max_records(20)
-            .send()
-            .await
-            .map_err(|e| classify("DescribeScalingActivities", e))?;
-        for a in out.activities() {
-            if matches!(a.status_code(), Some(ScalingActivityStatusCode::Failed | ScalingActivityStatusCode::Cancelled))
-            {
-                view.failures.push(LaunchFailure {
-                    code: "ScalingActivityFailed".into(),
-                    message: format!(
-                        "group {name}: {} ({})",
-                        a.status_message().unwrap_or("no message"),
-                        a.cause().unwrap_or("no cause")
-                    ),
-                    instance_type: None,
-                    zone: None,
-                });
+/// The groups among `names` as the poller keeps them (`fleet_state`), with their members;
+/// groups that do not exist are left out.
+pub async fn assess(ops: &Ops, names: &[String]) -> Result<Vec<Described>, ProviderError> {
+    let mut out = vec![];
+    let mut pages = ops
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .set_auto_scaling_group_names(Some(names.to_vec()))
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for group in page.map_err(|e| classify("DescribeAutoScalingGroups", e))?.auto_scaling_groups() {
+            let Some(name) = group.auto_scaling_group_name() else { continue };
+            let mut held = 0u32;
+            let mut members = vec![];
+            for i in group.instances().iter().filter(|i| staying(i.lifecycle_state())) {
+                held += i.weighted_capacity().and_then(|w| w.parse::<u32>().ok()).unwrap_or(1);
+                members.extend(i.instance_id().map(str::to_string));
             }
+            let desired = group.desired_capacity().unwrap_or(0).max(0).unsigned_abs();
+            let outstanding = desired.saturating_sub(held);
+            out.push(Described {
+                id: name.to_string(),
+                finished: false,
+                working: true,
+                outstanding,
+                // Short of its capacity: say why, from the group's recent activities.
+                troubled: outstanding > 0,
+                signature: format!("{desired}/{held}"),
+                members: Some(members),
+            });
         }
     }
-    Ok(())
+    Ok(out)
+}
+
+/// The group's failed or cancelled recent scaling activities.
+pub async fn errors(ops: &Ops, name: &str) -> Result<Vec<LaunchFailure>, ProviderError> {
+    let out = ops
+        .autoscaling
+        .describe_scaling_activities()
+        .auto_scaling_group_name(name)
+        .max_records(20)
+        .send()
+        .await
+        .map_err(|e| classify("DescribeScalingActivities", e))?;
+    Ok(out
+        .activities()
+        .iter()
+        .filter(|a| {
+            matches!(a.status_code(), Some(ScalingActivityStatusCode::Failed | ScalingActivityStatusCode::Cancelled))
+        })
+        .map(|a| LaunchFailure {
+            code: "ScalingActivityFailed".into(),
+            message: format!(
+                "group {name}: {} ({})",
+                a.status_message().unwrap_or("no message"),
+                a.cause().unwrap_or("no cause")
+            ),
+            instance_type: None,
+            zone: None,
+        })
+        .collect())
 }
 
 /// Returns `ids` from the request's group: its desired capacity set to `keep` units first (so it

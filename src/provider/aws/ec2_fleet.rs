@@ -15,6 +15,7 @@
 
 use super::errors::{classify, classify_code};
 use super::fleet::{self, Offering, OfferingKey};
+use super::fleet_state::Described;
 use super::launch_template::LaunchTemplate;
 use super::ops::{self, Ops};
 use crate::api::{FleetType, MachineTemplateSpec};
@@ -438,67 +439,60 @@ fn fulfilling(f: &aws_sdk_ec2::types::FleetData) -> bool {
     }
 }
 
-/// What the request's fleets report: members of the active request / maintain fleets, their
-/// outstanding units and their errors.
-pub async fn observe(
-    ops: &Ops,
-    fleet_ids: &[String],
-    view: &mut crate::provider::FleetView,
-) -> Result<(), ProviderError> {
-    // Instant fleets are done once created: described at most once per process (to learn
-    // their type after a restart), then never again.
-    let fleet_ids = ops.not_instant(fleet_ids);
-    if fleet_ids.is_empty() {
-        return Ok(());
-    }
-    for f in describe(ops, &fleet_ids).await? {
+/// The fleets among `ids` as the poller keeps them (`fleet_state`); instant fleets found among
+/// them are remembered (never described again) and left out.
+pub async fn assess(ops: &Ops, ids: &[String]) -> Result<Vec<Described>, ProviderError> {
+    let mut out = vec![];
+    for f in describe(ops, ids).await? {
+        let Some(id) = f.fleet_id() else { continue };
         let kind = match f.r#type() {
             Some(aws_sdk_ec2::types::FleetType::Maintain) => FleetType::Maintain,
             Some(aws_sdk_ec2::types::FleetType::Request) => FleetType::Request,
-            _ => FleetType::Instant,
+            _ => {
+                // Its errors were recorded from its CreateFleet answer; its instances carry
+                // the request's tags.
+                ops.remember_instant([id.to_string()]);
+                continue;
+            }
         };
-        // An instant fleet's errors were recorded from its CreateFleet answer; its instances
-        // carry the request's tags.
-        let Some(id) = f.fleet_id() else { continue };
-        if kind == FleetType::Instant {
-            ops.remember_instant([id.to_string()]);
-        }
         let active = f.fleet_state().is_some_and(is_active);
-        if f.fleet_state().is_some() && !active {
-            view.finished.push(id.to_string());
-        }
-        if kind == FleetType::Instant || !active {
-            continue;
-        }
         let target = f.target_capacity_specification().and_then(|t| t.total_target_capacity()).unwrap_or(0);
-        let short =
-            fleet::outstanding(kind, active, fulfilling(&f), f64::from(target), f.fulfilled_capacity().unwrap_or(0.0));
-        view.outstanding += short;
-        if short > 0 {
+        let fulfilled = f.fulfilled_capacity().unwrap_or(0.0);
+        let outstanding = fleet::outstanding(kind, active, fulfilling(&f), f64::from(target), fulfilled);
+        out.push(Described {
+            id: id.to_string(),
+            finished: f.fleet_state().is_some() && !active,
+            working: active,
+            outstanding,
             // Short of its target: say why (request and maintain fleets report errors in their
             // history, not in DescribeFleets).
-            history_errors(ops, id, view).await?;
-        }
-        let members = ops::follow(|token| async move {
-            let out = ops
-                .ec2
-                .describe_fleet_instances()
-                .fleet_id(id)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| classify("DescribeFleetInstances", e))?;
-            let ids = out.active_instances().iter().filter_map(|i| i.instance_id()).map(str::to_string).collect();
-            Ok((ids, out.next_token().map(str::to_string)))
-        })
-        .await?;
-        view.members.extend(members);
+            troubled: outstanding > 0,
+            signature: format!("{:?}/{:?}/{target}/{fulfilled}/{outstanding}", f.fleet_state(), f.activity_status()),
+            members: None,
+        });
     }
-    Ok(())
+    Ok(out)
 }
 
-/// The errors in a fleet's recent history.
-async fn history_errors(ops: &Ops, id: &str, view: &mut crate::provider::FleetView) -> Result<(), ProviderError> {
+/// The active instances of fleet `id`.
+pub async fn members(ops: &Ops, id: &str) -> Result<Vec<String>, ProviderError> {
+    ops::follow(|token| async move {
+        let out = ops
+            .ec2
+            .describe_fleet_instances()
+            .fleet_id(id)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeFleetInstances", e))?;
+        let ids = out.active_instances().iter().filter_map(|i| i.instance_id()).map(str::to_string).collect();
+        Ok((ids, out.next_token().map(str::to_string)))
+    })
+    .await
+}
+
+/// The errors in fleet `id`'s recent history.
+pub async fn history_errors(ops: &Ops, id: &str) -> Result<Vec<LaunchFailure>, ProviderError> {
     let since = aws_sdk_ec2::primitives::DateTime::from_secs(jiff::Timestamp::now().as_second() - 3600);
     let out = ops
         .ec2
@@ -509,16 +503,22 @@ async fn history_errors(ops: &Ops, id: &str, view: &mut crate::provider::FleetVi
         .send()
         .await
         .map_err(|e| classify("DescribeFleetHistory", e))?;
-    for record in out.history_records() {
-        let info = record.event_information();
-        view.failures.push(LaunchFailure {
-            code: info.and_then(|i| i.event_sub_type()).unwrap_or("FleetError").to_string(),
-            message: format!("fleet {id}: {}", info.and_then(|i| i.event_description()).unwrap_or("no description")),
-            instance_type: None,
-            zone: None,
-        });
-    }
-    Ok(())
+    Ok(out
+        .history_records()
+        .iter()
+        .map(|record| {
+            let info = record.event_information();
+            LaunchFailure {
+                code: info.and_then(|i| i.event_sub_type()).unwrap_or("FleetError").to_string(),
+                message: format!(
+                    "fleet {id}: {}",
+                    info.and_then(|i| i.event_description()).unwrap_or("no description")
+                ),
+                instance_type: None,
+                zone: None,
+            }
+        })
+        .collect())
 }
 
 /// Deletes the request's fleets that are still active, terminating their instances.

@@ -8,6 +8,7 @@ pub mod client;
 pub mod ec2_fleet;
 pub mod errors;
 pub mod fleet;
+pub mod fleet_state;
 pub mod launch_template;
 pub mod limits;
 pub mod ops;
@@ -201,14 +202,13 @@ impl Provider for AwsProvider {
         self.poller.observe(owner, known).await
     }
 
-    async fn describe_fleets(&self, _owner: &Owner, resources: &Resources) -> Result<FleetView, ProviderError> {
-        let mut view = FleetView::default();
-        ec2_fleet::observe(&self.ops, &resources.fleet_ids, &mut view).await?;
-        spot_fleet::observe(&self.ops, &resources.spot_fleet_request_ids, &mut view).await?;
-        asg::observe(&self.ops, resources.asg_name.as_deref(), &mut view).await?;
-        view.members.sort();
-        view.members.dedup();
-        Ok(view)
+    async fn describe_fleets(&self, owner: &Owner, resources: &Resources) -> Result<FleetView, ProviderError> {
+        let held = fleet_state::Held {
+            fleets: resources.fleet_ids.iter().cloned().collect(),
+            spot_fleets: resources.spot_fleet_request_ids.iter().cloned().collect(),
+            group: resources.asg_name.clone(),
+        };
+        self.poller.fleets(owner, held).await
     }
 
     async fn return_machines(&self, owner: &Owner, request: &ReturnRequest<'_>) -> Result<(), ProviderError> {

@@ -8,11 +8,14 @@
 //! the process has not seen yet (first reconcile after a start) and a request being released
 //! are also listed by their tags — batched too: one DescribeInstances filtered on up to 200
 //! request uids — so instances its status does not name (a launch whose answer was lost) are
-//! found. A change of an instance wakes only the request that owns it.
+//! found. The requests' EC2 fleets, spot fleet requests and Auto Scaling groups are refreshed in
+//! the same cycle, batched by API (`fleet_state`). A change of an instance, or of a fleet's
+//! members, outstanding units or errors, wakes only the request that owns it.
 
+use super::fleet_state::{self, Held};
 use super::ops::{self, Ops};
-use crate::provider::{InstanceState, ObservedMachine, Owner, ProviderError, RequestKey, tags};
-use std::collections::{BTreeSet, HashMap};
+use crate::provider::{FleetView, InstanceState, ObservedMachine, Owner, ProviderError, RequestKey, tags};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, broadcast, watch};
@@ -66,12 +69,16 @@ struct Request {
     /// is made from a view older than the operator's own act.
     needs: u64,
     asked: tokio::time::Instant,
+    /// Its fleets, spot fleet requests and group, refreshed with the instances.
+    held: Held,
 }
 
 #[derive(Default)]
 struct State {
     requests: HashMap<String, Request>,
     machines: HashMap<String, Seen>,
+    /// What the last cycles learnt of the requests' fleets.
+    fleets: fleet_state::Book,
     /// Cycles that have taken their snapshot.
     started: u64,
     /// The last cycle that finished without error.
@@ -80,18 +87,41 @@ struct State {
 
 impl State {
     fn busy(&self) -> bool {
-        self.requests.values().any(|r| {
-            r.list
-                || r.needs > self.finished
-                || r.ids.iter().any(|id| {
-                    self.machines.get(id).is_none_or(|s| {
-                        matches!(
-                            s.machine.state,
-                            InstanceState::Pending | InstanceState::ShuttingDown | InstanceState::Stopping
-                        )
+        fleet_state::busy(&self.fleets)
+            || self.requests.values().any(|r| {
+                r.list
+                    || r.needs > self.finished
+                    || r.ids.iter().any(|id| {
+                        self.machines.get(id).is_none_or(|s| {
+                            matches!(
+                                s.machine.state,
+                                InstanceState::Pending | InstanceState::ShuttingDown | InstanceState::Stopping
+                            )
+                        })
                     })
-                })
-        })
+            })
+    }
+
+    /// The owner's entry, made on first sight: its first look waits for a cycle that begins
+    /// after it (and lists it by its tags).
+    fn entry(&mut self, owner: &Owner) -> &mut Request {
+        let next = self.started + 1;
+        let request = self.requests.entry(owner.uid.clone()).or_insert_with(|| Request {
+            key: RequestKey { namespace: owner.namespace.clone(), name: owner.name.clone() },
+            ids: BTreeSet::new(),
+            list: true,
+            list_until: None,
+            needs: next,
+            asked: tokio::time::Instant::now(),
+            held: Held::default(),
+        });
+        request.asked = tokio::time::Instant::now();
+        request
+    }
+
+    /// The fleet view of every request.
+    fn fleet_views(&self) -> HashMap<String, FleetView> {
+        self.requests.iter().map(|(uid, r)| (uid.clone(), fleet_state::view(&self.fleets, &r.held))).collect()
     }
 
     /// Drops a request and the machines it tracked.
@@ -189,26 +219,40 @@ impl Poller {
         self.start();
         let needs = {
             let mut state = self.state();
-            let State { requests, machines, started, finished } = &mut *state;
-            let request = requests.entry(owner.uid.clone()).or_insert_with(|| Request {
-                key: RequestKey { namespace: owner.namespace.clone(), name: owner.name.clone() },
-                ids: BTreeSet::new(),
-                list: true,
-                list_until: None,
-                needs: *started + 1,
-                asked: tokio::time::Instant::now(),
-            });
-            request.asked = tokio::time::Instant::now();
+            let (next, finished) = (state.started + 1, state.finished);
+            let unseen = known.iter().any(|id| !state.machines.contains_key(id));
+            let request = state.entry(owner);
             request.ids.extend(known.iter().cloned());
-            if known.iter().any(|id| !machines.contains_key(id)) {
-                request.needs = request.needs.max(*started + 1);
+            if unseen {
+                request.needs = request.needs.max(next);
             }
-            (request.needs > *finished).then_some(request.needs)
+            (request.needs > finished).then_some(request.needs)
         };
         if let Some(cycle) = needs {
             self.cycle_done(cycle).await?;
         }
         Ok(self.view(owner))
+    }
+
+    /// The state of the owner's fleets, spot fleet requests and group, as of the last cycle.
+    /// One not described yet (just recorded) is waited for: the next cycle describes it with
+    /// every other request's.
+    pub async fn fleets(&self, owner: &Owner, held: Held) -> Result<FleetView, ProviderError> {
+        self.start();
+        let needs = {
+            let mut state = self.state();
+            let (next, finished) = (state.started + 1, state.finished);
+            let request = state.entry(owner);
+            if held.keys_not_in(&request.held) {
+                request.needs = request.needs.max(next);
+            }
+            request.held = held.clone();
+            (request.needs > finished && !held.is_empty()).then_some(request.needs)
+        };
+        if let Some(cycle) = needs {
+            self.cycle_done(cycle).await?;
+        }
+        Ok(fleet_state::view(&self.state().fleets, &held))
     }
 
     /// The owner's machines after a fresh tag listing: what a release must tear down.
@@ -342,7 +386,7 @@ async fn run(shared: Arc<Shared>, ops: Ops) {
 /// One refresh: a tag listing of the requests that need one, then every other tracked
 /// instance by id.
 async fn cycle(shared: &Shared, ops: &Ops) {
-    let (number, listed_uids, ids) = {
+    let snapshot = {
         let mut state = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = tokio::time::Instant::now();
         let idle: Vec<String> = state
@@ -372,14 +416,39 @@ async fn cycle(shared: &Shared, ops: &Ops) {
                 uids.push(uid.clone());
             }
         }
-        (state.started, uids, state.refreshable())
+        let held: Vec<Held> = state.requests.values().map(|r| r.held.clone()).collect();
+        let fleets = fleet_state::due(&state.fleets, &held, ops);
+        let gone: HashSet<String> = state
+            .machines
+            .iter()
+            .filter(|(_, s)| s.machine.state == InstanceState::Terminated)
+            .map(|(id, _)| id.clone())
+            .collect();
+        (state.started, uids, state.refreshable(), (fleets, held), state.fleets.clone(), gone)
     };
-    tracing::debug!(provider = %shared.provider, cycle = number, listed = listed_uids.len(), refreshed = ids.len(), "poll cycle");
-    let result = describe(ops, &listed_uids, &ids).await;
+    let (number, listed_uids, ids, (fleets, held), book, gone) = snapshot;
+    tracing::debug!(provider = %shared.provider, cycle = number, listed = listed_uids.len(), refreshed = ids.len(), fleets = fleets.len(), "poll cycle");
+    let result = async {
+        let fresh = fleet_state::refresh(ops, &fleets, &book, &gone).await?;
+        Ok((fresh, describe(ops, &listed_uids, &ids).await?))
+    }
+    .await;
     let mut state = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let error = match result {
-        Ok(found) => {
-            let changed = merge(&mut state, found, &ids, &ops.cluster_id);
+        Ok((fresh, found)) => {
+            let before = state.fleet_views();
+            state.fleets = fleet_state::merged(std::mem::take(&mut state.fleets), fresh, &fleets, &held);
+            let after = state.fleet_views();
+            let mut changed = merge(&mut state, found, &ids, &ops.cluster_id);
+            for (uid, view) in &after {
+                if before.get(uid) != Some(view)
+                    && let Some(request) = state.requests.get(uid)
+                {
+                    changed.push(request.key.clone());
+                }
+            }
+            changed.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            changed.dedup();
             state.finished = number;
             let tracked = state.machines.len();
             drop(state);

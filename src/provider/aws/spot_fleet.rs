@@ -11,11 +11,12 @@
 
 use super::errors::classify;
 use super::fleet;
+use super::fleet_state::Described;
 use super::launch_template::LaunchTemplate;
 use super::ops::{self, Ops};
 use crate::api::{FleetType, MachineTemplateSpec};
 use crate::provider::{
-    FleetView, LaunchFailure, MarketMix, ProviderError, ProvisionOutcome, ProvisionRequest, market_split, target_of,
+    LaunchFailure, MarketMix, ProviderError, ProvisionOutcome, ProvisionRequest, market_split, target_of,
 };
 use aws_sdk_ec2::types::{
     ActivityStatus, AllocationStrategy, BatchState, ExcessCapacityTerminationPolicy, FleetLaunchTemplateSpecification,
@@ -283,51 +284,52 @@ pub async fn before_return(
     Ok(())
 }
 
-/// Members, outstanding units and errors of the request's active spot fleet requests.
-pub async fn observe(ops: &Ops, ids: &[String], view: &mut FleetView) -> Result<(), ProviderError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
+/// The spot fleet requests among `ids` as the poller keeps them (`fleet_state`).
+pub async fn assess(ops: &Ops, ids: &[String]) -> Result<Vec<Described>, ProviderError> {
+    let mut out = vec![];
     for c in describe(ops, ids).await? {
-        let active = c.spot_fleet_request_state().is_some_and(is_active);
         let Some(id) = c.spot_fleet_request_id() else { continue };
-        if c.spot_fleet_request_state().is_some() && !active {
-            view.finished.push(id.to_string());
-        }
-        if c.activity_status() == Some(&ActivityStatus::Error) {
-            errors(ops, id, view).await?;
-        }
-        if !active {
-            continue;
-        }
+        let active = c.spot_fleet_request_state().is_some_and(is_active);
         let data = c.spot_fleet_request_config();
-        view.outstanding += fleet::outstanding(
-            kind_of(&c),
-            active,
-            fulfilling(&c),
-            f64::from(data.and_then(|d| d.target_capacity()).unwrap_or(0)),
-            data.and_then(|d| d.fulfilled_capacity()).unwrap_or(0.0),
-        );
-        let members = ops::follow(|token| async move {
-            let out = ops
-                .ec2
-                .describe_spot_fleet_instances()
-                .spot_fleet_request_id(id)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| classify("DescribeSpotFleetInstances", e))?;
-            let ids = out.active_instances().iter().filter_map(|i| i.instance_id()).map(str::to_string).collect();
-            Ok((ids, out.next_token().map(str::to_string)))
-        })
-        .await?;
-        view.members.extend(members);
+        let target = data.and_then(|d| d.target_capacity()).unwrap_or(0);
+        let fulfilled = data.and_then(|d| d.fulfilled_capacity()).unwrap_or(0.0);
+        let outstanding = fleet::outstanding(kind_of(&c), active, fulfilling(&c), f64::from(target), fulfilled);
+        out.push(Described {
+            id: id.to_string(),
+            finished: c.spot_fleet_request_state().is_some() && !active,
+            working: active,
+            outstanding,
+            troubled: c.activity_status() == Some(&ActivityStatus::Error),
+            signature: format!(
+                "{:?}/{:?}/{target}/{fulfilled}/{outstanding}",
+                c.spot_fleet_request_state(),
+                c.activity_status()
+            ),
+            members: None,
+        });
     }
-    Ok(())
+    Ok(out)
 }
 
-/// The errors in a spot fleet request's recent history (only asked when it reports errors).
-async fn errors(ops: &Ops, id: &str, view: &mut FleetView) -> Result<(), ProviderError> {
+/// The active instances of spot fleet request `id`.
+pub async fn members(ops: &Ops, id: &str) -> Result<Vec<String>, ProviderError> {
+    ops::follow(|token| async move {
+        let out = ops
+            .ec2
+            .describe_spot_fleet_instances()
+            .spot_fleet_request_id(id)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeSpotFleetInstances", e))?;
+        let ids = out.active_instances().iter().filter_map(|i| i.instance_id()).map(str::to_string).collect();
+        Ok((ids, out.next_token().map(str::to_string)))
+    })
+    .await
+}
+
+/// The errors in spot fleet request `id`'s recent history (read when it reports errors).
+pub async fn errors(ops: &Ops, id: &str) -> Result<Vec<LaunchFailure>, ProviderError> {
     let since = aws_sdk_ec2::primitives::DateTime::from_secs(jiff::Timestamp::now().as_second() - 3600);
     let out = ops
         .ec2
@@ -338,19 +340,22 @@ async fn errors(ops: &Ops, id: &str, view: &mut FleetView) -> Result<(), Provide
         .send()
         .await
         .map_err(|e| classify("DescribeSpotFleetRequestHistory", e))?;
-    for record in out.history_records() {
-        let info = record.event_information();
-        view.failures.push(LaunchFailure {
-            code: info.and_then(|i| i.event_sub_type()).unwrap_or("SpotFleetError").to_string(),
-            message: format!(
-                "spot fleet request {id}: {}",
-                info.and_then(|i| i.event_description()).unwrap_or("no description")
-            ),
-            instance_type: None,
-            zone: None,
-        });
-    }
-    Ok(())
+    Ok(out
+        .history_records()
+        .iter()
+        .map(|record| {
+            let info = record.event_information();
+            LaunchFailure {
+                code: info.and_then(|i| i.event_sub_type()).unwrap_or("SpotFleetError").to_string(),
+                message: format!(
+                    "spot fleet request {id}: {}",
+                    info.and_then(|i| i.event_description()).unwrap_or("no description")
+                ),
+                instance_type: None,
+                zone: None,
+            }
+        })
+        .collect())
 }
 
 /// Cancels the request's active spot fleet requests, terminating their instances (a request
