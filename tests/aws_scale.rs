@@ -334,7 +334,20 @@ async fn a_capacity_error_steers_the_next_request_away_from_the_offering() {
 #[tokio::test]
 async fn max_machines_holds_with_two_requests_reconciling_at_once() {
     let Some(aws) = aws("max_machines_holds_with_two_requests_reconciling_at_once").await else { return };
+    max_machines_hold(&aws, one_subnet(&aws, &[("m5.large", 1)])).await;
+}
+
+#[tokio::test]
+async fn max_machines_counts_what_a_request_fleet_still_launches() {
+    let Some(aws) = aws("max_machines_counts_what_a_request_fleet_still_launches").await else { return };
     let mut template = one_subnet(&aws, &[("m5.large", 1)]);
+    template.spec.api = Api::Ec2Fleet;
+    template.spec.fleet_type = Some(FleetType::Request);
+    max_machines_hold(&aws, template).await;
+}
+
+/// Two requests of 2 on `template` capped at 3 machines, reconciling at once: exactly 3.
+async fn max_machines_hold(aws: &Aws, mut template: MachineTemplate) {
     template.spec.max_machines = Some(3);
     let headroom = Headroom::default();
     let (left, right) = (request("left", 2), request("right", 2));
@@ -352,8 +365,22 @@ async fn max_machines_holds_with_two_requests_reconciling_at_once() {
             (mr, sink.current().unwrap())
         }
     };
-    let ((a, a_status), (b, b_status)) = futures::join!(run(left), run(right));
-    let total = aws.live_of(&a).await.len() + aws.live_of(&b).await.len();
+    let ((_, a_status), (_, b_status)) = futures::join!(run(left), run(right));
+    // Every live instance of the test's region: fleets' instances carry no request tag.
+    let described = aws
+        .ec2
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let total: usize = described.reservations().iter().map(|r| r.instances().len()).sum();
     assert_eq!(total, 3, "exactly the cap: 2 + 1, never 4");
     assert_eq!(live(&a_status) + live(&b_status), 3);
     let held = [&a_status, &b_status]

@@ -272,7 +272,8 @@ pub struct MachineTemplateStatus {
     /// exact problem when it is not.
     #[serde(default)]
     pub conditions: Vec<Condition>,
-    /// Machines of all requests using this template.
+    /// Machines of all requests using this template, counted as `maxMachines` counts them: live
+    /// machines, and what their fleets still launch.
     #[serde(default)]
     pub machines_in_use: i32,
     /// What validation learnt about the instance types, in the template's order (HostFactory's

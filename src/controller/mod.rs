@@ -79,28 +79,21 @@ pub struct Context {
 }
 
 impl Context {
-    /// Live machines (pending or running, not being returned) of each request on template
-    /// `template` in `namespace` (uid, machines), from the cache.
-    pub fn machines_on(&self, namespace: Option<&str>, template: &str) -> Vec<(String, u32)> {
+    /// Machines each request on `template` holds against its `maxMachines` (uid, machines:
+    /// live ones and what its fleets still launch; see `planner::machines_held`), from the
+    /// cache.
+    pub fn machines_on(&self, template: &MachineTemplate) -> Vec<(String, u32)> {
+        let (namespace, name) = (template.namespace(), template.name_any());
         self.requests
             .state()
             .iter()
             .filter_map(|r| r.0.as_ref().ok())
-            .filter(|r| r.namespace().as_deref() == namespace && r.spec.template_ref.name == template)
+            .filter(|r| r.namespace() == namespace && r.spec.template_ref.name == name)
             .map(|r| {
-                let live = r.status.iter().flat_map(|s| s.machines.iter()).filter(|m| m.counts_as_live()).count();
-                (r.uid().unwrap_or_default(), u32::try_from(live).unwrap_or(u32::MAX))
+                let held = r.status.as_ref().map_or(0, |s| planner::machines_held(s, &template.spec));
+                (r.uid().unwrap_or_default(), held)
             })
             .collect()
-    }
-
-    /// Live machines of the requests on template `template` in `namespace`, except the request
-    /// `except` (by uid), from the cache.
-    pub fn live_machines_on(&self, namespace: Option<&str>, template: &str, except: Option<&str>) -> u32 {
-        self.machines_on(namespace, template)
-            .into_iter()
-            .filter(|(uid, _)| except != Some(uid.as_str()))
-            .fold(0u32, |sum, (_, n)| sum.saturating_add(n))
     }
 
     /// Operator-made launch templates that requests other than `except` (by uid) record in

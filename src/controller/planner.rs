@@ -207,13 +207,8 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
 fn machine_cap(frame: &Frame<'_>, machines: &[Machine], deficit: u32) -> (u32, Option<(String, String)>) {
     let Some(max) = frame.template.max_machines else { return (deficit, None) };
     let max = max.max(0).unsigned_abs();
-    let smallest = frame.template.instance_types.iter().map(|t| t.weight.max(1).unsigned_abs()).min().unwrap_or(1);
-    // What the request's fleets still launch counts too, as machines of the smallest weight
-    // (the most machines it can become).
-    let own = u32::try_from(machines.iter().filter(|m| live(m)).count())
-        .unwrap_or(u32::MAX)
-        .saturating_add(frame.outstanding.div_ceil(smallest));
-    let in_use = own.saturating_add(frame.machines_elsewhere);
+    let smallest = smallest_weight(frame.template);
+    let in_use = held(machines, frame.outstanding, smallest).saturating_add(frame.machines_elsewhere);
     let allowed = deficit.min(max.saturating_sub(in_use).saturating_mul(smallest));
     let hold = (allowed == 0 && deficit > 0).then(|| {
         (
@@ -225,6 +220,26 @@ fn machine_cap(frame: &Frame<'_>, machines: &[Machine], deficit: u32) -> (u32, O
         )
     });
     (allowed, hold)
+}
+
+/// The smallest weight of the template's instance types (at least 1).
+fn smallest_weight(template: &MachineTemplateSpec) -> u32 {
+    template.instance_types.iter().map(|t| t.weight.max(1).unsigned_abs()).min().unwrap_or(1)
+}
+
+/// Machines held against `maxMachines`: the live ones, and what the fleets still launch
+/// (`outstanding` units) as machines of the smallest weight — the most machines it can become.
+fn held(machines: &[Machine], outstanding: u32, smallest: u32) -> u32 {
+    u32::try_from(machines.iter().filter(|m| live(m)).count())
+        .unwrap_or(u32::MAX)
+        .saturating_add(outstanding.div_ceil(smallest))
+}
+
+/// Machines a request holds against its template's `maxMachines`, from its status: live
+/// machines, and the units its fleets still launch (pending capacity not yet a machine).
+pub fn machines_held(status: &MachineRequestStatus, template: &MachineTemplateSpec) -> u32 {
+    let outstanding = status.pending_capacity.max(0).unsigned_abs().saturating_sub(pending_units(&status.machines));
+    held(&status.machines, outstanding, smallest_weight(template))
 }
 
 /// Folds a provision call's result into the status written after it.
@@ -290,7 +305,11 @@ pub fn record_launch(
             }
         }
     }
-    summarise(frame, status, false, frame.launch_hold.as_ref());
+    // Units a fleet or group accepted are pending until it reports them (as machines, or as
+    // units it still works on): shown, and counted against `maxMachines`, meanwhile.
+    let accepted = result.as_ref().map_or(0, |outcome| outcome.accepted_units);
+    let frame = Frame { outstanding: frame.outstanding.saturating_add(accepted), ..frame.clone() };
+    summarise(&frame, status, false, frame.launch_hold.as_ref());
 }
 
 /// Folds a failed return call into the status.

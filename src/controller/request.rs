@@ -254,8 +254,7 @@ pub async fn drive_capped(
         Err(_) => sink.written(),
     };
     if let Some(status) = left {
-        let live = status.machines.iter().filter(|m| m.counts_as_live()).count();
-        headroom.hold(&key, &owner.uid, u32::try_from(live).unwrap_or(u32::MAX));
+        headroom.hold(&key, &owner.uid, planner::machines_held(&status, &template.spec));
     }
     result
 }
@@ -373,7 +372,7 @@ async fn apply(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) ->
         );
         return wait_pending(mr, ctx, &sink, "ProviderNotFound", message).await;
     };
-    let cached = ctx.machines_on(Some(&ns), name);
+    let cached = ctx.machines_on(&template);
     let uid = mr.uid().unwrap_or_default();
     let elsewhere = cached.iter().filter(|(other, _)| *other != uid).map(|(_, n)| *n).sum();
     let target = Target { provider_name: &provider_name, provider, hold, machines_elsewhere: elsewhere };

@@ -126,11 +126,9 @@ async fn reconcile_template(template: &MachineTemplate, ctx: Arc<Context>) -> Re
     let mut status = MachineTemplateStatus {
         observed_generation: Some(generation),
         conditions: previous.conditions.clone(),
-        machines_in_use: i32::try_from(ctx.live_machines_on(
-            template.namespace().as_deref(),
-            &template.name_any(),
-            None,
-        ))
+        machines_in_use: i32::try_from(
+            ctx.machines_on(template).iter().map(|(_, n)| *n).fold(0u32, u32::saturating_add),
+        )
         .unwrap_or(i32::MAX),
         // Facts of the current generation when it validated; else what was known before.
         instance_types: if ready.status { verdict.instance_types } else { previous.instance_types.clone() },
