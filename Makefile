@@ -18,7 +18,7 @@ export ORB_TEST_PYTHON := $(VENV)/bin/python
 
 # End-to-end tests run last and uncaptured, so their SKIPPED line (no ORB_E2E_KUBECONFIG) or
 # the operator's log (with a cluster) is visible.
-E2E := --test e2e_sim --test e2e_aws --test e2e_hostfactory --test e2e_chaos --test e2e_ha --test e2e_chart
+E2E := --test e2e_sim --test e2e_aws --test e2e_hostfactory --test e2e_chaos --test e2e_ha --test e2e_chart --test e2e_scale
 
 test: venv
 	$(CARGO) test --locked --all-targets -- --skip against_a_real_cluster

@@ -193,70 +193,17 @@ async fn run(handler: Handler, n: usize, capacity: i32, mutate_rate: Option<u32>
 
 /// The simulated provider against a real cluster: the operator binary as a process.
 async fn sim_cluster(n: usize, capacity: i32) {
-    use futures::StreamExt;
-    use kube::api::PostParams;
-    use kube::runtime::watcher;
     let Some(path) = support::cluster::kubeconfig("scale sim-cluster") else { return };
-    let client = support::cluster::client(&path).await;
-    support::cluster::apply_crds(&client).await;
-    let ns = support::cluster::TestNamespace::create(&client, &path, "orb-bench").await;
-    let env =
-        [("ORB_LOG", "warn"), ("ORB_PROVIDERS__DEFAULT__TYPE", "sim"), ("ORB_PROVIDERS__DEFAULT__PENDING_DELAY", "1s")];
-    let operator = support::cluster::Operator::start(&path, &ns.name, &env);
-    let templates: kube::Api<MachineTemplate> = kube::Api::namespaced(client.clone(), &ns.name);
-    let requests: kube::Api<MachineRequest> = kube::Api::namespaced(client.clone(), &ns.name);
-    let template: MachineTemplate = support::cluster::example("sim/template.yaml");
-    let template_name = template.metadata.name.clone().unwrap();
-    templates.create(&PostParams::default(), &template).await.unwrap();
-    // Every change to a request is one API write (status, finalizer): counted from a watch.
-    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = writes.clone();
-    let watch = tokio::spawn(watcher(requests.clone(), watcher::Config::default()).for_each(move |e| {
-        if matches!(e, Ok(watcher::Event::Apply(_))) {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        async {}
-    }));
-    let started = Instant::now();
-    futures::stream::iter(0..n)
-        .for_each_concurrent(32, |i| {
-            let (requests, template_name) = (&requests, &template_name);
-            async move {
-                let mut mr: MachineRequest = support::cluster::example("sim/request.yaml");
-                mr.metadata.name = Some(format!("r{i:05}"));
-                mr.spec.template_ref.name = template_name.clone();
-                mr.spec.capacity = capacity;
-                requests.create(&PostParams::default(), &mr).await.unwrap();
-            }
-        })
-        .await;
-    loop {
-        let all = requests.list(&kube::api::ListParams::default()).await.unwrap();
-        let done =
-            all.items.iter().filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(Phase::Fulfilled)).count();
-        if done == n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    let f = support::sim_scale::run(&path, n, capacity).await;
+    println!("== sim against a real cluster: {} requests of {capacity} ({} machines)", f.requests, f.machines);
+    println!("  time to all Fulfilled      {:>8.1} s", f.to_fulfilled.as_secs_f64());
+    println!("  request reconciles / s     {:>8.1}", f.reconciles_per_second);
+    println!("  API writes per request     {:>8.1}", f.writes_per_request);
+    println!("  time to delete all         {:>8.1} s", f.to_deleted.as_secs_f64());
+    match f.peak_kib {
+        Some(kib) => println!("  operator peak memory       {:>8.1} MiB", kib as f64 / 1024.0),
+        None => println!("  operator peak memory       unknown (no /proc)"),
     }
-    let took = started.elapsed();
-    let (_, metrics) = operator.get("/metrics").await;
-    let reconciles: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("orb_reconciles_total{controller=\"request\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", operator.pid())).unwrap_or_default();
-    let peak = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap_or("?").trim().to_string();
-    println!("== sim against a real cluster: {n} requests of {capacity} ({} machines)", n * capacity as usize);
-    println!("  time to all Fulfilled      {:>8.1} s", took.as_secs_f64());
-    println!("  request reconciles / s     {:>8.1}", reconciles / took.as_secs_f64());
-    println!(
-        "  API writes per request     {:>8.1}",
-        writes.load(std::sync::atomic::Ordering::Relaxed) as f64 / n as f64
-    );
-    println!("  operator peak memory       {peak:>8}");
-    watch.abort();
 }
 
 fn main() {

@@ -1,6 +1,7 @@
 //! Shared test support: a real Kubernetes cluster for end-to-end tests (`cluster`), moto for
 //! the AWS layer (`moto`), a fault-injecting proxy in front of it (`fault_proxy`),
-//! and objects and a controller context for scripted-API-server tests (`objects`).
+//! objects and a controller context for scripted-API-server tests (`objects`), and
+//! the simulated provider at scale against a real cluster (`sim_scale`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod aws;
@@ -10,3 +11,4 @@ pub mod fault_proxy;
 pub mod lifecycle;
 pub mod moto;
 pub mod objects;
+pub mod sim_scale;
