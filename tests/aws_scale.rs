@@ -8,7 +8,7 @@ mod support;
 use orb_operator::api::*;
 use orb_operator::controller::headroom::Headroom;
 use orb_operator::controller::request::{Target, drive_capped};
-use orb_operator::provider::{Holdings, Live, Provider, Released};
+use orb_operator::provider::{Holdings, Live, Provider, ProviderError, Released};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use support::aws::{Aws, CLUSTER, aws, aws_with};
@@ -48,6 +48,20 @@ fn spent_since(aws: &Aws, before: &BTreeMap<String, usize>) -> BTreeMap<String, 
         })
         .filter(|(_, n)| *n > 0)
         .collect()
+}
+
+/// Releases every request at once (instances only: RunInstances), as deleting them together does.
+async fn release_all(aws: &Aws, requests: &[(MachineRequest, MemoryStatus)]) -> Vec<Result<Released, ProviderError>> {
+    futures::future::join_all(requests.iter().map(|(mr, sink)| {
+        let known: Vec<String> = sink.current().unwrap().machines.iter().map(|m| m.instance_id.clone()).collect();
+        let owner = owner_of(mr);
+        async move {
+            let resources = Resources::default();
+            let holdings = Holdings { known: &known, resources: &resources, launch_templates_in_use: &[] };
+            aws.provider.release(&owner, holdings).await
+        }
+    }))
+    .await
 }
 
 fn live(status: &MachineRequestStatus) -> usize {
@@ -107,21 +121,45 @@ async fn fifty_requests_are_refreshed_with_one_describe_per_cycle() {
 
     // Releasing them all lists them in shared calls too.
     let before = aws.proxy.calls("DescribeInstances").len();
-    let releases = futures::future::join_all(requests.iter().map(|(mr, sink)| {
-        let known: Vec<String> = sink.current().unwrap().machines.iter().map(|m| m.instance_id.clone()).collect();
-        let owner = owner_of(mr);
-        let provider = &aws.provider;
-        async move {
-            let resources = Resources::default();
-            let holdings = Holdings { known: &known, resources: &resources, launch_templates_in_use: &[] };
-            provider.release(&owner, holdings).await
-        }
-    }))
-    .await;
+    let releases = release_all(&aws, &requests).await;
     assert!(releases.iter().all(|r| *r == Ok(Released::Done)), "{releases:?}");
     let listings = aws.proxy.calls("DescribeInstances").len() - before;
     assert!(listings <= 10, "{listings} describes to release 50 requests: shared cycles, not one each");
-    assert_eq!(aws.proxy.calls("TerminateInstances").len(), 50);
+    // The terminations are gathered too: a few calls for 100 instances, not one per request.
+    let terminations = aws.proxy.calls("TerminateInstances");
+    assert!(terminations.len() <= 5, "{} TerminateInstances for 50 requests", terminations.len());
+    let ids: usize = terminations.iter().map(|b| b.matches("InstanceId.").count()).sum();
+    assert_eq!(ids, 100, "every instance once");
+    for (mr, _) in &requests {
+        assert!(aws.live_of(mr).await.is_empty(), "nothing of {} left", mr.metadata.name.as_deref().unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_shared_termination_that_fails_leaves_the_other_requests_released() {
+    let Some(aws) = aws("a_shared_termination_that_fails_leaves_the_other_requests_released").await else { return };
+    let template = one_subnet(&aws, &[("m5.large", 1)]);
+    let mut requests: Vec<(MachineRequest, MemoryStatus)> =
+        ["denied", "first", "second"].iter().map(|n| (request(n, 1), MemoryStatus::default())).collect();
+    for (mr, sink) in &mut requests {
+        let (status, _) = converge(mr, &template, &aws.provider, sink, 6).await;
+        assert_eq!(live(&status), 1);
+    }
+    // Every call naming the first request's instance is refused (as an IAM condition would).
+    let denied = requests[0].1.current().unwrap().machines[0].instance_id.clone();
+    let refusal =
+        Fault::Error { status: 403, code: "UnauthorizedOperation".into(), message: "denied (injected)".into() };
+    aws.proxy.inject("TerminateInstances", Some(&format!("={denied}")), 2, refusal);
+    let releases = release_all(&aws, &requests).await;
+    assert!(matches!(&releases[0], Err(e) if e.code() == "UnauthorizedOperation"), "{releases:?}");
+    assert_eq!(releases[1..], [Ok(Released::Done), Ok(Released::Done)], "{releases:?}");
+    let calls = aws.proxy.calls("TerminateInstances");
+    assert_eq!(calls[0].matches("InstanceId.").count(), 3, "one shared call first: {calls:?}");
+    assert_eq!(calls.len(), 4, "then each request's own: {calls:?}");
+    assert_eq!(aws.live_of(&requests[0].0).await.len(), 1, "the refused instance runs on");
+    for (mr, _) in &requests[1..] {
+        assert!(aws.live_of(mr).await.is_empty());
+    }
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ pub mod poller;
 pub mod run_instances;
 pub mod spot_fleet;
 pub mod sweep;
+pub mod terminations;
 pub mod validate;
 
 use super::{
@@ -84,6 +85,7 @@ impl AwsProvider {
                 calls.metrics.clone(),
             )),
             creating_templates: Default::default(),
+            terminations: Default::default(),
         };
         let intervals = poller::Intervals { poll: settings.poll(), steady: settings.steady_poll() };
         Self {

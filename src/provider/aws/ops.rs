@@ -33,6 +33,8 @@ pub struct Ops {
     pub capacity: std::sync::Arc<super::capacity_memory::CapacityMemory>,
     /// Held while a launch template is made: requests launching together make it once.
     pub creating_templates: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Terminations being gathered into one call.
+    pub terminations: std::sync::Arc<super::terminations::Terminations>,
 }
 
 /// EC2's limit on a tag value, in characters.
@@ -277,8 +279,15 @@ impl Ops {
         Ok(reservations.iter().flat_map(|r| r.instances().iter().cloned()).collect())
     }
 
-    /// Terminates instances in batches; ids that are already gone count as terminated.
+    /// Terminates instances, in one call with other requests' terminations made at the same
+    /// moment (see `terminations`); ids that are already gone count as terminated.
     pub async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
+        self.terminations.terminate(self, ids).await
+    }
+
+    /// Terminates instances now, in calls of up to 1000; ids that are already gone count as
+    /// terminated.
+    pub async fn terminate_now(&self, ids: &[String]) -> Result<(), ProviderError> {
         for chunk in ids.chunks(PAGE) {
             without_missing(chunk, |ids| async move {
                 self.ec2
