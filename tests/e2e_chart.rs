@@ -22,12 +22,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::cluster::{self, Operator, TestNamespace};
 
-fn helm(args: &[&str]) {
+/// Runs tests/chart/helm_release.py (Helm's own code) with `args`.
+fn helm_output(args: &[&str]) -> std::process::Output {
     let python = std::env::var_os("ORB_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart/helm_release.py");
-    let output = Command::new(python).arg(script).args(args).output().expect("python runs");
+    Command::new(python).arg(script).args(args).output().expect("python runs")
+}
+
+fn helm(args: &[&str]) {
+    let output = helm_output(args);
     assert!(
         output.status.success(),
         "helm {args:?}: {}{}",
@@ -36,26 +41,43 @@ fn helm(args: &[&str]) {
     );
 }
 
-/// A kubeconfig like `admin` (same cluster, same CA) whose user is only `token`.
+/// A kubeconfig like `admin` (same cluster, same CA; file paths made absolute by kube's
+/// loader) whose current user is only `token`.
 fn token_kubeconfig(admin: &str, token: &str, dir: &Path) -> String {
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
-    let context = config["current-context"].as_str().unwrap().to_string();
-    let user = config["contexts"]
-        .as_sequence()
-        .unwrap()
+    let mut config = kube::config::Kubeconfig::read_from(admin).expect("readable kubeconfig");
+    let context = config.current_context.clone().expect("a current context");
+    let user = config
+        .contexts
         .iter()
-        .find(|c| c["name"].as_str() == Some(context.as_str()))
-        .and_then(|c| c["context"]["user"].as_str())
-        .unwrap()
-        .to_string();
-    for entry in config["users"].as_sequence_mut().unwrap() {
-        if entry["name"].as_str() == Some(user.as_str()) {
-            entry["user"] = serde_yaml::from_str(&format!("token: {token}")).unwrap();
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_ref()?.user.clone())
+        .expect("the current context's user");
+    for entry in &mut config.auth_infos {
+        if entry.name == user {
+            entry.auth_info =
+                Some(kube::config::AuthInfo { token: Some(token.to_string().into()), ..Default::default() });
         }
     }
     let path = dir.join("service-account.kubeconfig");
     std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
     path.to_str().unwrap().to_string()
+}
+
+/// Uninstalls the release when dropped, also when the test fails: its ClusterRole and
+/// ClusterRoleBinding outlive the namespace.
+struct Installed<'a> {
+    kubeconfig: &'a str,
+    namespace: &'a str,
+    release: &'a str,
+}
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        let output = helm_output(&["uninstall", self.kubeconfig, self.namespace, self.release]);
+        if !output.status.success() {
+            eprintln!("helm uninstall {}: {}", self.release, String::from_utf8_lossy(&output.stderr));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +87,10 @@ async fn helm_install_and_the_charts_rbac_run_the_operator_against_a_real_cluste
     let client = cluster::client(&path).await;
     let ns = TestNamespace::create(&client, &path, "orb-e2e-helm").await;
     let release = format!("orb-{}", &ns.name[ns.name.len() - 8..]);
-    helm(&["install", &path, &ns.name, &release, r#"{"replicas": 1}"#]);
+    // No replica: where the image can run, the chart's own pod would compete for the lease
+    // with the operator this test starts.
+    helm(&["install", &path, &ns.name, &release, r#"{"replicas": 0}"#]);
+    let _installed = Installed { kubeconfig: &path, namespace: &ns.name, release: &release };
 
     // Every object is accepted.
     let full = format!("{release}-orb-operator");
@@ -75,7 +100,7 @@ async fn helm_install_and_the_charts_rbac_run_the_operator_against_a_real_cluste
     Api::<ClusterRole>::all(client.clone()).get(&full).await.expect("the ClusterRole");
     Api::<Role>::namespaced(client.clone(), &ns.name).get(&format!("{full}-lease")).await.expect("the lease Role");
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name).list(&ListParams::default()).await;
-    assert!(pdbs.unwrap().items.is_empty(), "one replica: no PodDisruptionBudget");
+    assert!(pdbs.unwrap().items.is_empty(), "no replica: no PodDisruptionBudget");
     // The chart's CRDs serve (installed by the chart, or already there).
     cluster::wait(
         &Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(
@@ -115,7 +140,17 @@ async fn helm_install_and_the_charts_rbac_run_the_operator_against_a_real_cluste
         Api::<ConfigMap>::namespaced(as_operator.clone(), &ns.name).create(&PostParams::default(), &config).await;
     assert!(matches!(created, Err(kube::Error::Api(ref s)) if s.code == 403), "nor writing ConfigMaps: {created:?}");
 
-    let operator = Operator::start(&limited, &ns.name, &[("ORB_PROVIDERS__DEFAULT__PENDING_DELAY", "1s")]);
+    // The API server may take a moment to apply the RBAC just created.
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mine = Api::<MachineRequest>::namespaced(as_operator.clone(), &ns.name);
+        while mine.list(&ListParams::default().limit(1)).await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "the chart's RBAC lets its ServiceAccount list MachineRequests");
+    let env = [("ORB_PROVIDERS__DEFAULT__TYPE", "sim"), ("ORB_PROVIDERS__DEFAULT__PENDING_DELAY", "1s")];
+    let operator = Operator::start(&limited, &ns.name, &env);
     let template: MachineTemplate = cluster::example("sim/template.yaml");
     let request: MachineRequest = cluster::example("sim/request.yaml");
     let (_uid, seen) = support::lifecycle::exercise(&client, &ns.name, template, request).await;
@@ -139,5 +174,4 @@ async fn helm_install_and_the_charts_rbac_run_the_operator_against_a_real_cluste
         assert!(value.is_some_and(|v| v > 0.0), "{family} has a real value:\n{metrics}");
     }
     drop(operator);
-    helm(&["uninstall", &path, &ns.name, &release]);
 }

@@ -63,7 +63,9 @@ pub async fn lead(client: Client, election: &Election) -> anyhow::Result<Leaders
         .with_identity(&election.identity)
         .with_duration(LEASE_SECONDS)
         .with_grace(GRACE_SECONDS)
-        .with_field_manager(super::MANAGER)
+        // One field manager per replica: taking a free lease is a server-side apply that must
+        // conflict with another replica's, or two replicas racing for it could both lead.
+        .with_field_manager(format!("{}-{}", super::MANAGER, election.identity))
         .build()
         .await
         .map_err(|e| anyhow::anyhow!("cannot use Lease {}/{LEASE} for leader election: {e}", election.namespace))?;

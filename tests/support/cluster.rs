@@ -95,11 +95,17 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(kubeconfig: &str, namespace: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with(kubeconfig, namespace, env, &[])
+    }
+
+    /// `start` with further command-line arguments.
+    pub fn start_with(kubeconfig: &str, namespace: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
         // Several operators may run at once (one per test): each listens on a port of its own.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orb-operator"));
         cmd.args(["run", "--namespace", namespace, "--lease-namespace", namespace])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("ORB_LOG", "info,orb_operator=debug,kube=warn")
             .stdout(Stdio::inherit())
