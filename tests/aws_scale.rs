@@ -213,6 +213,26 @@ async fn spot_fleets_and_groups_are_described_together_once_per_cycle() {
     assert_eq!(body.matches("SpotFleetRequestId.").count(), 10, "every spot fleet request in one call: {body}");
     let body = aws.proxy.calls("DescribeAutoScalingGroups").pop().unwrap();
     assert_eq!(body.matches("AutoScalingGroupNames.member.").count(), 10, "every group in one call: {body}");
+
+    // Deleting them all at once: the spot fleet requests are cancelled in shared calls (each
+    // release describes its own first, so they may come in a few batches), never one each.
+    let releases = futures::future::join_all(requests.iter().map(|(mr, _, sink)| {
+        let status = sink.current().unwrap();
+        let owner = owner_of(mr);
+        let aws = &aws;
+        async move {
+            let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
+            let holdings = Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[] };
+            aws.provider.release(&owner, holdings).await
+        }
+    }))
+    .await;
+    assert!(releases.iter().all(|r| *r == Ok(Released::Done)), "{releases:?}");
+    let cancels = aws.proxy.calls("CancelSpotFleetRequests");
+    assert!(cancels.len() <= 3, "{cancels:?}");
+    assert_eq!(cancels.iter().map(|c| c.matches("SpotFleetRequestId.").count()).sum::<usize>(), 10);
+    let left = support::moto::leftovers(aws.moto, aws.region, CLUSTER).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[tokio::test]

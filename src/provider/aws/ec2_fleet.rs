@@ -532,6 +532,12 @@ pub async fn delete(ops: &Ops, fleet_ids: &[String]) -> Result<(), ProviderError
         .filter(|f| f.fleet_state().is_some_and(is_active))
         .filter_map(|f| f.fleet_id().map(str::to_string))
         .collect();
+    // With other requests' deletions made at the same moment.
+    ops.fleet_deletions.call(ops, &live).await
+}
+
+/// Deletes fleets now, with their instances, in calls of up to `DELETE_BATCH`.
+pub async fn delete_now(ops: &Ops, live: &[String]) -> Result<(), ProviderError> {
     for chunk in live.chunks(DELETE_BATCH) {
         tracing::info!(fleets = ?chunk, "deleting fleets with their instances");
         let out = ops

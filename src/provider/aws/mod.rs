@@ -9,6 +9,7 @@ pub mod ec2_fleet;
 pub mod errors;
 pub mod fleet;
 pub mod fleet_state;
+pub mod gather;
 pub mod launch_template;
 pub mod limits;
 pub mod ops;
@@ -16,7 +17,6 @@ pub mod poller;
 pub mod run_instances;
 pub mod spot_fleet;
 pub mod sweep;
-pub mod terminations;
 pub mod validate;
 
 use super::{
@@ -85,7 +85,13 @@ impl AwsProvider {
                 calls.metrics.clone(),
             )),
             creating_templates: Default::default(),
-            terminations: Default::default(),
+            terminations: gather::Gathered::new(|ops, ids| Box::pin(async move { ops.terminate_now(&ids).await })),
+            fleet_deletions: gather::Gathered::new(|ops, ids| {
+                Box::pin(async move { ec2_fleet::delete_now(&ops, &ids).await })
+            }),
+            spot_cancellations: gather::Gathered::new(|ops, ids| {
+                Box::pin(async move { spot_fleet::cancel_now(&ops, &ids).await })
+            }),
         };
         let intervals = poller::Intervals { poll: settings.poll(), steady: settings.steady_poll() };
         Self {

@@ -33,8 +33,11 @@ pub struct Ops {
     pub capacity: std::sync::Arc<super::capacity_memory::CapacityMemory>,
     /// Held while a launch template is made: requests launching together make it once.
     pub creating_templates: std::sync::Arc<tokio::sync::Mutex<()>>,
-    /// Terminations being gathered into one call.
-    pub terminations: std::sync::Arc<super::terminations::Terminations>,
+    /// Terminations, fleet deletions and spot fleet cancellations, each gathered across
+    /// requests into shared calls (see `gather`).
+    pub terminations: std::sync::Arc<super::gather::Gathered>,
+    pub fleet_deletions: std::sync::Arc<super::gather::Gathered>,
+    pub spot_cancellations: std::sync::Arc<super::gather::Gathered>,
 }
 
 /// EC2's limit on a tag value, in characters.
@@ -280,9 +283,9 @@ impl Ops {
     }
 
     /// Terminates instances, in one call with other requests' terminations made at the same
-    /// moment (see `terminations`); ids that are already gone count as terminated.
+    /// moment (see `gather`); ids that are already gone count as terminated.
     pub async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
-        self.terminations.terminate(self, ids).await
+        self.terminations.call(self, ids).await
     }
 
     /// Terminates instances now, in calls of up to 1000; ids that are already gone count as

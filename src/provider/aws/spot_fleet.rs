@@ -362,6 +362,12 @@ pub async fn errors(ops: &Ops, id: &str) -> Result<Vec<LaunchFailure>, ProviderE
 /// still provisioning included).
 pub async fn cancel(ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
     let live = active(ops, ids, Wanted::Any).await?;
+    // With other requests' cancellations made at the same moment.
+    ops.spot_cancellations.call(ops, &live).await
+}
+
+/// Cancels spot fleet requests now, with their instances, in calls of up to `CANCEL_BATCH`.
+pub async fn cancel_now(ops: &Ops, live: &[String]) -> Result<(), ProviderError> {
     for chunk in live.chunks(CANCEL_BATCH) {
         tracing::info!(spot_fleet_requests = ?chunk, "cancelling spot fleet requests with their instances");
         let out = ops

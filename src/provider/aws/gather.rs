@@ -1,18 +1,23 @@
-//! Terminations gathered across requests: calls to terminate made within `GATHER` of each
-//! other share one TerminateInstances per 1000 ids, so deleting a hundred requests at once
-//! costs a call or two, not a hundred. The first call opens a batch and a task that sends it
-//! after `GATHER`; every caller waits for the answer. When a shared call fails, each caller
-//! sends its own ids again on their own: one request's instance the operator may not
-//! terminate (an IAM condition, say) never holds back the others' releases.
+//! Removals gathered across requests: calls made within `GATHER` of each other share one AWS
+//! call per batch of ids — TerminateInstances (1000 ids), DeleteFleets and
+//! CancelSpotFleetRequests (100) — so deleting a hundred requests at once costs a call or two,
+//! not a hundred. The first caller opens a batch and a task that sends it after `GATHER`;
+//! every caller waits for the answer. When a shared call fails, each caller sends its own ids
+//! again on their own: one request's resource the operator may not remove (an IAM condition,
+//! say) never holds back the others' releases.
 
 use super::ops::Ops;
 use crate::provider::ProviderError;
+use futures::future::BoxFuture;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// How long a batch waits for others to join it.
 const GATHER: Duration = Duration::from_millis(50);
+
+/// The call that removes a batch of ids (in as many AWS calls as its limit needs).
+pub type Send = fn(Ops, Vec<String>) -> BoxFuture<'static, Result<(), ProviderError>>;
 
 /// What a batch's call came to, for its callers.
 #[derive(Clone, Debug)]
@@ -29,15 +34,19 @@ struct Batch {
     outcome: watch::Sender<Option<Outcome>>,
 }
 
-/// The batch being gathered, if any.
-#[derive(Default)]
-pub struct Terminations {
+/// One kind of removal, and the batch of it being gathered, if any.
+pub struct Gathered {
+    send: Send,
     open: Mutex<Option<Batch>>,
 }
 
-impl Terminations {
-    /// Terminates `ids` together with whatever other callers ask meanwhile.
-    pub async fn terminate(self: &Arc<Self>, ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
+impl Gathered {
+    pub fn new(send: Send) -> Arc<Self> {
+        Arc::new(Self { send, open: Mutex::default() })
+    }
+
+    /// Removes `ids` together with whatever other callers ask meanwhile.
+    pub async fn call(self: &Arc<Self>, ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -62,25 +71,24 @@ impl Terminations {
         match settled {
             Some(Outcome::Done) => Ok(()),
             Some(Outcome::Failed(error)) => Err(error),
-            Some(Outcome::Alone) | None => ops.terminate_now(ids).await,
+            Some(Outcome::Alone) | None => (self.send)(ops.clone(), ids.to_vec()).await,
         }
     }
 }
 
 /// Waits `GATHER`, then sends the open batch and tells its callers how it went.
-async fn send_batch(terminations: Arc<Terminations>, ops: Ops) {
+async fn send_batch(gathered: Arc<Gathered>, ops: Ops) {
     tokio::time::sleep(GATHER).await;
-    let batch = terminations.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let batch = gathered.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     let Some(Batch { parts, outcome }) = batch else { return };
     let mut all: Vec<String> = parts.iter().flatten().cloned().collect();
     all.sort();
     all.dedup();
-    let result = ops.terminate_now(&all).await;
-    let settled = match result {
+    let settled = match (gathered.send)(ops, all).await {
         Ok(()) => Outcome::Done,
         Err(error) if parts.len() == 1 => Outcome::Failed(error),
         Err(error) => {
-            tracing::debug!(callers = parts.len(), %error, "a shared termination failed; each caller's ids go alone");
+            tracing::debug!(callers = parts.len(), %error, "a shared removal failed; each caller's ids go alone");
             Outcome::Alone
         }
     };
