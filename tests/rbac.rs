@@ -5,7 +5,8 @@
 //! cache read, Events and a repeated Event, a missing template, release). The calls must equal
 //! the rules of `deploy/operator.yaml` — the ClusterRole for the two kinds and Events, the Role
 //! for the lease in the lease namespace only — which `tests/chart.rs` holds equal to the chart's.
-//! A permission the code stops using, or a call the RBAC lacks, fails here.
+//! A permission the code stops using, or a call the RBAC lacks, fails here. The same scripted
+//! server holds the leader's first lists back to show that `/readyz` waits for the caches.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod support;
@@ -68,12 +69,25 @@ fn call_of(method: &Method, uri: &Uri) -> Call {
 }
 
 /// The scripted API server: answers every call plausibly, holds watches open, keeps the one
-/// Lease the election creates, and records every call.
+/// Lease the election creates, and records every call. With `hold_lists_once_leading`, lists
+/// made after the lease is taken (the caches' first lists) wait for `release_lists`.
 #[derive(Default)]
 struct Answers {
     calls: Vec<Call>,
     lease: Option<Value>,
     held: Vec<SendResponse<Response<Body>>>,
+    hold_lists_once_leading: bool,
+    held_lists: Vec<SendResponse<Response<Body>>>,
+}
+
+const EMPTY_LIST: &str = r#"{"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}"#;
+
+fn release_lists(answers: &Arc<Mutex<Answers>>) {
+    let mut state = answers.lock().unwrap();
+    state.hold_lists_once_leading = false;
+    for send in state.held_lists.drain(..) {
+        send.send_response(Response::builder().body(Body::from(EMPTY_LIST.as_bytes().to_vec())).unwrap());
+    }
 }
 
 fn answer(answers: &Arc<Mutex<Answers>>, handle: Handle<Request<Body>, Response<Body>>) {
@@ -92,9 +106,11 @@ fn answer(answers: &Arc<Mutex<Answers>>, handle: Handle<Request<Body>, Response<
                     state.held.push(send);
                     continue;
                 }
-                (_, "list") => {
-                    json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []})
+                (_, "list") if state.hold_lists_once_leading && state.lease.is_some() => {
+                    state.held_lists.push(send);
+                    continue;
                 }
+                (_, "list") => serde_json::from_str(EMPTY_LIST).unwrap(),
                 ("leases", "get") => match &state.lease {
                     Some(lease) => lease.clone(),
                     None => {
@@ -254,4 +270,52 @@ async fn the_rbac_granted_is_exactly_what_the_operator_calls() {
     let used: BTreeSet<_> = other_calls.into_iter().map(triple).collect();
     let cluster_role = granted("ClusterRole", "orb-operator");
     assert_eq!(used, cluster_role, "the ClusterRole: {}", diff(&used, &cluster_role));
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status code.
+async fn status_of(port: u16, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    reply.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn readyz_turns_ready_only_once_the_leaders_caches_have_synced() {
+    let answers = Arc::new(Mutex::new(Answers { hold_lists_once_leading: true, ..Default::default() }));
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    answer(&answers, handle);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let registry = Registry::with([("default".to_string(), sim_provider())]);
+    let election = Election { namespace: LEASE_NS.into(), identity: "readyz-test".into() };
+    let operator = tokio::spawn(controller::run(
+        Client::new(service, "default"),
+        registry,
+        None,
+        Some(listener),
+        Default::default(),
+        Some(election),
+    ));
+    // Leading, and both caches' first lists unanswered.
+    let listed = tokio::time::timeout(Duration::from_secs(30), async {
+        while answers.lock().unwrap().held_lists.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(listed.is_ok(), "the leader's caches list both kinds");
+    assert_eq!(status_of(port, "/healthz").await, 200, "live meanwhile");
+    assert_eq!(status_of(port, "/readyz").await, 503, "not ready before the caches sync");
+    release_lists(&answers);
+    let ready = tokio::time::timeout(Duration::from_secs(10), async {
+        while status_of(port, "/readyz").await != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "ready once the caches synced");
+    operator.abort();
 }

@@ -186,7 +186,7 @@ pub fn live(requests: &Store<DeserializeGuard<MachineRequest>>, namespace: Optio
 /// for each leak found.
 async fn sweep_leaks(ctx: Arc<Context>, namespace: Option<String>) {
     use crate::provider::Provider;
-    if ctx.requests.wait_until_ready().await.is_err() {
+    if !synced(&ctx.requests).await {
         return;
     }
     loop {
@@ -339,6 +339,22 @@ async fn check_crds(
     Ok(())
 }
 
+/// Waits until `store` has had its first full list; false if its writer is gone. kube's
+/// `wait_until_ready` wakes only the last of several waiters (a oneshot channel underneath) and
+/// the controller waits on the same store, so the wait is polled again every 100 ms.
+async fn synced<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(result) = tokio::time::timeout(std::time::Duration::from_millis(100), store.wait_until_ready()).await
+        {
+            return result.is_ok();
+        }
+    }
+}
+
 /// Runs both controllers until a shutdown signal, over all namespaces or only `namespace`.
 /// Runs both controllers, and serves `/healthz`, `/readyz` (once the caches are synced) and
 /// `/metrics` on `listener` when one is given.
@@ -407,7 +423,7 @@ pub async fn run(
     };
     let (ready_templates, ready_requests, providers) = (ctx.templates.clone(), request_store.clone(), ctx.clone());
     tokio::spawn(async move {
-        if ready_templates.wait_until_ready().await.is_err() || ready_requests.wait_until_ready().await.is_err() {
+        if !synced(&ready_templates).await || !synced(&ready_requests).await {
             return;
         }
         // Ready once every configured provider answers too (a cloud that cannot be reached

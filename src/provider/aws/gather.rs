@@ -1,8 +1,8 @@
 //! Removals gathered across requests: calls made within `GATHER` of each other share one AWS
 //! call per batch of ids — TerminateInstances (1000 ids), DeleteFleets and
 //! CancelSpotFleetRequests (100) — so deleting a hundred requests at once costs a call or two,
-//! not a hundred. The first caller opens a batch and a task that sends it after `GATHER`;
-//! every caller waits for the answer. When a shared call fails, each caller sends its own ids
+//! not a hundred. The first caller opens a batch and a task that sends it once nobody joined
+//! for `GATHER` (at most `GATHER_AT_MOST` after it opened); every caller waits for the answer. When a shared call fails, each caller sends its own ids
 //! again on their own: one request's resource the operator may not remove (an IAM condition,
 //! say) never holds back the others' releases.
 
@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How long a batch waits for others to join it.
+/// How long a batch waits for others to join it after the last one did...
 const GATHER: Duration = Duration::from_millis(50);
+/// ...but no longer than this after it opened.
+const GATHER_AT_MOST: Duration = Duration::from_millis(500);
 
 /// The call that removes a batch of ids (in as many AWS calls as its limit needs).
 pub type Send = fn(Ops, Vec<String>) -> BoxFuture<'static, Result<(), ProviderError>>;
@@ -76,9 +78,19 @@ impl Gathered {
     }
 }
 
-/// Waits `GATHER`, then sends the open batch and tells its callers how it went.
+/// Waits until nobody joined the open batch for `GATHER` (at most `GATHER_AT_MOST`), then
+/// sends it and tells its callers how it went.
 async fn send_batch(gathered: Arc<Gathered>, ops: Ops) {
-    tokio::time::sleep(GATHER).await;
+    let opened = tokio::time::Instant::now();
+    let joined =
+        || gathered.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|b| b.parts.len());
+    loop {
+        let before = joined();
+        tokio::time::sleep(GATHER).await;
+        if joined() == before || opened.elapsed() >= GATHER_AT_MOST {
+            break;
+        }
+    }
     let batch = gathered.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     let Some(Batch { parts, outcome }) = batch else { return };
     let mut all: Vec<String> = parts.iter().flatten().cloned().collect();
