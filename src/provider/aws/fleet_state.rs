@@ -14,6 +14,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 const IDS_PER_CALL: usize = 100;
 /// Group names per DescribeAutoScalingGroups call.
 const GROUPS_PER_CALL: usize = 50;
+/// How long a fleet just recorded may be unknown to EC2's describe before it is taken to be
+/// over (a fleet id EC2 no longer knows, deleted long ago, would otherwise be asked for — one
+/// call of its own, as a missing id fails a batch — in every cycle).
+const UNSEEN_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -73,6 +77,24 @@ pub struct Memo {
     described: Described,
     members: Vec<String>,
     failures: Vec<LaunchFailure>,
+    /// Asked for since then and never described (EC2 may not show a new fleet at once).
+    unseen_since: Option<tokio::time::Instant>,
+}
+
+impl Memo {
+    /// A fleet EC2 did not describe: over (`finished`), or not seen yet.
+    fn absent(id: &str, finished: bool, unseen_since: Option<tokio::time::Instant>) -> Self {
+        let described = Described {
+            id: id.to_string(),
+            finished,
+            working: false,
+            outstanding: 0,
+            troubled: false,
+            signature: "absent".into(),
+            members: None,
+        };
+        Self { described, members: vec![], failures: vec![], unseen_since }
+    }
 }
 
 /// Every fleet's memo, by kind and id.
@@ -81,7 +103,10 @@ pub type Book = HashMap<(Kind, String), Memo>;
 /// Whether any fleet of `book` is still working towards its target: the poller keeps the
 /// short interval.
 pub fn busy(book: &Book) -> bool {
-    book.values().any(|m| m.described.outstanding > 0)
+    let now = tokio::time::Instant::now();
+    book.values().any(|m| {
+        m.described.outstanding > 0 || m.unseen_since.is_some_and(|since| now.duration_since(since) < UNSEEN_LIMIT)
+    })
 }
 
 /// The view of `held` as of `book`.
@@ -120,8 +145,9 @@ pub fn merged(old: Book, fresh: Book, asked: &BTreeSet<(Kind, String)>, held: &[
 }
 
 /// Describes `keys` in batches, and reads members and errors of those whose signature changed
-/// since `book` (or that named a member now in `gone`). Returns the new memos; a key EC2 no
-/// longer knows gets none.
+/// since `book` (or that named a member now in `gone`). Returns the new memos. A fleet or spot
+/// fleet request EC2 does not describe is over if it was seen before or has gone unseen for
+/// `UNSEEN_LIMIT`; a group that does not exist is only absent (asking for it costs nothing).
 pub async fn refresh(
     ops: &Ops,
     keys: &BTreeSet<(Kind, String)>,
@@ -156,10 +182,31 @@ pub async fn refresh(
             (true, Some(m)) => m.failures.clone(),
             (true, None) => errors(ops, kind, &d.id).await?,
         };
-        let memo = Memo { described: d, members, failures };
+        let memo = Memo { described: d, members, failures, unseen_since: None };
         fresh.insert(key, memo);
     }
+    let now = tokio::time::Instant::now();
+    let absent: Vec<&(Kind, String)> = keys.iter().filter(|key| !fresh.contains_key(*key)).collect();
+    for key in absent {
+        let (kind, id) = key;
+        // An instant fleet `assess` just learnt of: remembered there, never described again.
+        if *kind == Kind::Ec2Fleet && ops.not_instant(std::slice::from_ref(id)).is_empty() {
+            continue;
+        }
+        fresh.insert(key.clone(), absent_memo(*kind, id, book.get(key), now));
+    }
     Ok(fresh)
+}
+
+/// The memo of a fleet EC2 did not describe, given what was known of it before.
+fn absent_memo(kind: Kind, id: &str, before: Option<&Memo>, now: tokio::time::Instant) -> Memo {
+    let since = match before {
+        Some(seen) if seen.unseen_since.is_none() => None,
+        Some(unseen) => unseen.unseen_since,
+        None => Some(now),
+    };
+    let over = kind != Kind::Group && since.is_none_or(|since| now.duration_since(since) >= UNSEEN_LIMIT);
+    Memo::absent(id, over, since.filter(|_| !over))
 }
 
 async fn members(ops: &Ops, kind: Kind, id: &str) -> Result<Vec<String>, ProviderError> {
@@ -175,5 +222,43 @@ async fn errors(ops: &Ops, kind: Kind, id: &str) -> Result<Vec<LaunchFailure>, P
         Kind::Ec2Fleet => ec2_fleet::history_errors(ops, id).await,
         Kind::SpotFleet => spot_fleet::errors(ops, id).await,
         Kind::Group => asg::errors(ops, id).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(id: &str) -> Memo {
+        let mut memo = Memo::absent(id, false, None);
+        memo.described.signature = "active".into();
+        memo
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fleet_ec2_does_not_describe_is_over_once_seen_before_or_unseen_too_long() {
+        let now = tokio::time::Instant::now();
+        // Just recorded, not shown yet: waited for (the poller stays busy), not over.
+        let new = absent_memo(Kind::SpotFleet, "sfr-1", None, now);
+        assert!(!new.described.finished);
+        assert_eq!(new.unseen_since, Some(now));
+        let book: Book = [((Kind::SpotFleet, "sfr-1".to_string()), new.clone())].into();
+        assert!(busy(&book));
+        // Still unseen after the limit: over, and no longer waited for.
+        tokio::time::advance(UNSEEN_LIMIT).await;
+        let later = tokio::time::Instant::now();
+        let over = absent_memo(Kind::SpotFleet, "sfr-1", Some(&new), later);
+        assert!(over.described.finished);
+        let book: Book = [((Kind::SpotFleet, "sfr-1".to_string()), over)].into();
+        assert!(!busy(&book));
+        assert_eq!(
+            view(&book, &Held { spot_fleets: ["sfr-1".into()].into(), ..Default::default() }).finished,
+            ["sfr-1"]
+        );
+        // Described before, gone now: over at once.
+        assert!(absent_memo(Kind::Ec2Fleet, "fleet-1", Some(&seen("fleet-1")), later).described.finished);
+        // A group that does not exist is only absent: asking for it costs nothing.
+        assert!(!absent_memo(Kind::Group, "g", Some(&seen("g")), later).described.finished);
+        assert!(!absent_memo(Kind::Group, "g", Some(&new), later).described.finished);
     }
 }
