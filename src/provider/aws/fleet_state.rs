@@ -146,8 +146,8 @@ pub fn merged(old: Book, fresh: Book, asked: &BTreeSet<(Kind, String)>, held: &[
 
 /// Describes `keys` in batches, and reads members and errors of those whose signature changed
 /// since `book` (or that named a member now in `gone`). Returns the new memos. A fleet or spot
-/// fleet request EC2 does not describe is over if it was seen before or has gone unseen for
-/// `UNSEEN_LIMIT`; a group that does not exist is only absent (asking for it costs nothing).
+/// fleet request EC2 has not described for `UNSEEN_LIMIT` is over; a group that does not
+/// exist is only absent (asking for it costs nothing).
 pub async fn refresh(
     ops: &Ops,
     keys: &BTreeSet<(Kind, String)>,
@@ -198,15 +198,20 @@ pub async fn refresh(
     Ok(fresh)
 }
 
-/// The memo of a fleet EC2 did not describe, given what was known of it before.
+/// The memo of a fleet EC2 did not describe, given what was known of it before: over once
+/// it has gone undescribed for `UNSEEN_LIMIT` in a row (one answer that leaves it out is not
+/// enough: a fleet dropped from the status while it runs would be lost).
+/// Until then it keeps what was last known of it.
 fn absent_memo(kind: Kind, id: &str, before: Option<&Memo>, now: tokio::time::Instant) -> Memo {
-    let since = match before {
-        Some(seen) if seen.unseen_since.is_none() => None,
-        Some(unseen) => unseen.unseen_since,
-        None => Some(now),
-    };
-    let over = kind != Kind::Group && since.is_none_or(|since| now.duration_since(since) >= UNSEEN_LIMIT);
-    Memo::absent(id, over, since.filter(|_| !over))
+    let since = before.and_then(|m| m.unseen_since).unwrap_or(now);
+    if kind != Kind::Group && now.duration_since(since) >= UNSEEN_LIMIT {
+        return Memo::absent(id, true, None);
+    }
+    match before {
+        // A group not listed does not exist: nothing of it is kept.
+        Some(known) if kind != Kind::Group => Memo { unseen_since: Some(since), ..known.clone() },
+        _ => Memo::absent(id, false, Some(since)),
+    }
 }
 
 async fn members(ops: &Ops, kind: Kind, id: &str) -> Result<Vec<String>, ProviderError> {
@@ -255,10 +260,16 @@ mod tests {
             view(&book, &Held { spot_fleets: ["sfr-1".into()].into(), ..Default::default() }).finished,
             ["sfr-1"]
         );
-        // Described before, gone now: over at once.
-        assert!(absent_memo(Kind::Ec2Fleet, "fleet-1", Some(&seen("fleet-1")), later).described.finished);
+        // Described before, left out now: waited for, over only after the limit.
+        let gone = absent_memo(Kind::Ec2Fleet, "fleet-1", Some(&seen("fleet-1")), later);
+        assert!(!gone.described.finished);
+        assert_eq!(gone.described.signature, "active", "what was last known is kept meanwhile");
+        tokio::time::advance(UNSEEN_LIMIT).await;
+        let much_later = tokio::time::Instant::now();
+        assert!(absent_memo(Kind::Ec2Fleet, "fleet-1", Some(&gone), much_later).described.finished);
         // A group that does not exist is only absent: asking for it costs nothing.
-        assert!(!absent_memo(Kind::Group, "g", Some(&seen("g")), later).described.finished);
+        let group = absent_memo(Kind::Group, "g", Some(&seen("g")), later);
+        assert!(!group.described.finished && group.described.signature == "absent", "{group:?}");
         assert!(!absent_memo(Kind::Group, "g", Some(&new), later).described.finished);
     }
 }
