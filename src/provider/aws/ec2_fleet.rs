@@ -526,14 +526,21 @@ pub async fn delete(ops: &Ops, fleet_ids: &[String]) -> Result<(), ProviderError
     if fleet_ids.is_empty() {
         return Ok(());
     }
-    let live: Vec<String> = describe(ops, fleet_ids)
-        .await?
-        .iter()
-        .filter(|f| f.fleet_state().is_some_and(is_active))
-        .filter_map(|f| f.fleet_id().map(str::to_string))
-        .collect();
-    // With other requests' deletions made at the same moment.
-    ops.fleet_deletions.call(ops, &live).await
+    let active = || async {
+        let fleets = describe(ops, fleet_ids).await?;
+        let ids = fleets.iter().filter(|f| f.fleet_state().is_some_and(is_active)).filter_map(|f| f.fleet_id());
+        Ok::<Vec<String>, ProviderError>(ids.map(str::to_string).collect())
+    };
+    // With other requests' deletions made at the same moment. A failure may be another
+    // request's fleet (the shared call deleted ours, and sending ours again then fails): only
+    // ours still active make it this request's failure.
+    match ops.fleet_deletions.call(ops, &active().await?).await {
+        Err(error) if active().await?.is_empty() => {
+            tracing::debug!(%error, "the fleets were deleted despite the error");
+            Ok(())
+        }
+        result => result,
+    }
 }
 
 /// Deletes fleets now, with their instances, in calls of up to `DELETE_BATCH`.

@@ -14,6 +14,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 const IDS_PER_CALL: usize = 100;
 /// Group names per DescribeAutoScalingGroups call.
 const GROUPS_PER_CALL: usize = 50;
+/// How often the errors of a fleet short of its target are read again while it says the same.
+const ERRORS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a fleet just recorded may be unknown to EC2's describe before it is taken to be
 /// over (a fleet id EC2 no longer knows, deleted long ago, would otherwise be asked for — one
 /// call of its own, as a missing id fails a batch — in every cycle).
@@ -79,6 +81,8 @@ pub struct Memo {
     failures: Vec<LaunchFailure>,
     /// Asked for since then and never described (EC2 may not show a new fleet at once).
     unseen_since: Option<tokio::time::Instant>,
+    /// When `failures` were read.
+    errors_read: Option<tokio::time::Instant>,
 }
 
 impl Memo {
@@ -90,12 +94,20 @@ impl Memo {
             working: false,
             outstanding: 0,
             troubled: false,
-            signature: "absent".into(),
+            signature: ABSENT.into(),
             members: None,
         };
-        Self { described, members: vec![], failures: vec![], unseen_since }
+        Self { described, members: vec![], failures: vec![], unseen_since, errors_read: None }
+    }
+
+    /// Recorded, and never described yet.
+    fn unlisted(&self) -> bool {
+        self.unseen_since.is_some() && self.described.signature == ABSENT
     }
 }
+
+/// The signature of a fleet no describe has shown.
+const ABSENT: &str = "absent";
 
 /// Every fleet's memo, by kind and id.
 pub type Book = HashMap<(Kind, String), Memo>;
@@ -107,6 +119,14 @@ pub fn busy(book: &Book) -> bool {
     book.values().any(|m| {
         m.described.outstanding > 0 || m.unseen_since.is_some_and(|since| now.duration_since(since) < UNSEEN_LIMIT)
     })
+}
+
+/// A fleet of `held` recorded but never described yet: its units and members are unknown, so
+/// no plan may be made (it could launch them a second time).
+pub fn unlisted<'a>(book: &'a Book, held: &Held) -> Option<&'a str> {
+    held.keys()
+        .filter(|(kind, _)| *kind != Kind::Group)
+        .find_map(|key| book.get(&key).filter(|m| m.unlisted()).map(|m| m.described.id.as_str()))
 }
 
 /// The view of `held` as of `book`.
@@ -166,26 +186,51 @@ pub async fn refresh(
         described.extend(asg::assess(ops, chunk).await?.into_iter().map(|d| (Kind::Group, d)));
     }
     let mut fresh = Book::new();
+    let now = tokio::time::Instant::now();
     for (kind, d) in described {
         let key = (kind, d.id.clone());
-        let prior = book.get(&key).filter(|m| m.described.signature == d.signature);
+        let known = book.get(&key);
+        let prior = known.filter(|m| m.described.signature == d.signature);
         let members = match (&d.members, d.working) {
             (Some(listed), _) => listed.clone(),
             (None, false) => vec![],
             (None, true) => match prior.filter(|m| !m.members.iter().any(|id| gone.contains(id))) {
                 Some(m) => m.members.clone(),
-                None => members(ops, kind, &d.id).await?,
+                None => match members(ops, kind, &d.id).await {
+                    Ok(members) => members,
+                    // Members last read still count; a fleet never read fails the cycle (its
+                    // machines unknown, a plan could launch them twice).
+                    Err(error) => match known.filter(|m| !m.unlisted()) {
+                        Some(m) => {
+                            tracing::warn!(fleet = %d.id, %error, "cannot list the fleet's members; keeping the last ones");
+                            m.members.clone()
+                        }
+                        None => return Err(error),
+                    },
+                },
             },
         };
-        let failures = match (d.troubled, prior) {
-            (false, _) => vec![],
-            (true, Some(m)) => m.failures.clone(),
-            (true, None) => errors(ops, kind, &d.id).await?,
+        // Errors are read while the fleet is short of its target: when what it reports
+        // changed, and every `ERRORS_EVERY` meanwhile (it may keep failing as it stands).
+        let fresh_errors = prior
+            .and_then(|m| m.errors_read)
+            .filter(|at| now.duration_since(*at) < ERRORS_EVERY)
+            .map(|at| (prior.map(|m| m.failures.clone()).unwrap_or_default(), Some(at)));
+        let (failures, errors_read) = match (d.troubled, fresh_errors) {
+            (false, _) => (vec![], None),
+            (true, Some(known)) => known,
+            (true, None) => match errors(ops, kind, &d.id).await {
+                Ok(failures) => (failures, Some(now)),
+                // Why it falls short is worth knowing, not worth failing every request for.
+                Err(error) => {
+                    tracing::warn!(fleet = %d.id, %error, "cannot read the fleet's errors");
+                    (known.map(|m| m.failures.clone()).unwrap_or_default(), None)
+                }
+            },
         };
-        let memo = Memo { described: d, members, failures, unseen_since: None };
+        let memo = Memo { described: d, members, failures, unseen_since: None, errors_read };
         fresh.insert(key, memo);
     }
-    let now = tokio::time::Instant::now();
     let absent: Vec<&(Kind, String)> = keys.iter().filter(|key| !fresh.contains_key(*key)).collect();
     for key in absent {
         let (kind, id) = key;
@@ -249,6 +294,8 @@ mod tests {
         assert_eq!(new.unseen_since, Some(now));
         let book: Book = [((Kind::SpotFleet, "sfr-1".to_string()), new.clone())].into();
         assert!(busy(&book));
+        let held = Held { spot_fleets: ["sfr-1".into()].into(), ..Default::default() };
+        assert_eq!(unlisted(&book, &held), Some("sfr-1"), "no plan while its units are unknown");
         // Still unseen after the limit: over, and no longer waited for.
         tokio::time::advance(UNSEEN_LIMIT).await;
         let later = tokio::time::Instant::now();
@@ -256,10 +303,8 @@ mod tests {
         assert!(over.described.finished);
         let book: Book = [((Kind::SpotFleet, "sfr-1".to_string()), over)].into();
         assert!(!busy(&book));
-        assert_eq!(
-            view(&book, &Held { spot_fleets: ["sfr-1".into()].into(), ..Default::default() }).finished,
-            ["sfr-1"]
-        );
+        assert_eq!(unlisted(&book, &held), None);
+        assert_eq!(view(&book, &held).finished, ["sfr-1"]);
         // Described before, left out now: waited for, over only after the limit.
         let gone = absent_memo(Kind::Ec2Fleet, "fleet-1", Some(&seen("fleet-1")), later);
         assert!(!gone.described.finished);

@@ -252,7 +252,14 @@ impl Poller {
         if let Some(cycle) = needs {
             self.cycle_done(cycle).await?;
         }
-        Ok(fleet_state::view(&self.state().fleets, &held))
+        let state = self.state();
+        if let Some(id) = fleet_state::unlisted(&state.fleets, &held) {
+            return Err(ProviderError::Transient {
+                code: "FleetNotListedYet".into(),
+                message: format!("fleet {id} is recorded but EC2 does not describe it yet; waiting for it"),
+            });
+        }
+        Ok(fleet_state::view(&state.fleets, &held))
     }
 
     /// The owner's machines after a fresh tag listing: what a release must tear down.

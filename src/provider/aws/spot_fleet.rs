@@ -362,8 +362,15 @@ pub async fn errors(ops: &Ops, id: &str) -> Result<Vec<LaunchFailure>, ProviderE
 /// still provisioning included).
 pub async fn cancel(ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
     let live = active(ops, ids, Wanted::Any).await?;
-    // With other requests' cancellations made at the same moment.
-    ops.spot_cancellations.call(ops, &live).await
+    // With other requests' cancellations made at the same moment. A failure may be another
+    // request's (see `ec2_fleet::delete`): only ours still active make it this one's.
+    match ops.spot_cancellations.call(ops, &live).await {
+        Err(error) if active(ops, ids, Wanted::Any).await?.is_empty() => {
+            tracing::debug!(%error, "the spot fleet requests were cancelled despite the error");
+            Ok(())
+        }
+        result => result,
+    }
 }
 
 /// Cancels spot fleet requests now, with their instances, in calls of up to `CANCEL_BATCH`.
