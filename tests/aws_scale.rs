@@ -418,6 +418,7 @@ async fn max_machines_hold(aws: &Aws, mut template: MachineTemplate) {
             for _ in 0..6 {
                 mr.status = sink.current();
                 let target = Target { provider_name: "default", provider, hold: None, machines_elsewhere: 0 };
+                let cached = || cached.clone();
                 let _ = drive_capped(&mr, template, target, &sink, jiff::Timestamp::now(), headroom, cached).await;
             }
             (mr, sink.current().unwrap())

@@ -229,8 +229,10 @@ pub async fn drive(
 }
 
 /// One pass of `drive` for a request whose template caps its machines (`maxMachines`): the
-/// template's requests take turns, and the others' machines (`cached`: uid and live machines,
-/// from the cache) are counted at their freshest (see `headroom`). Without a cap, `drive` as is.
+/// template's requests take turns, and the others' machines (`cached`: uid and held machines,
+/// from the cache, read once it is this request's turn) are counted at their freshest (see
+/// `headroom`). Without a cap, `drive` as is: the cache is not read and `target`'s
+/// `machines_elsewhere` is not used.
 pub async fn drive_capped(
     mr: &MachineRequest,
     template: &MachineTemplate,
@@ -238,7 +240,7 @@ pub async fn drive_capped(
     sink: &dyn StatusSink,
     now: jiff::Timestamp,
     headroom: &Headroom,
-    cached: &[(String, u32)],
+    cached: impl FnOnce() -> Vec<(String, u32)>,
 ) -> Result<(MachineRequestStatus, Requeue), Error> {
     if template.spec.max_machines.is_none() {
         return drive(mr, template, target, sink, now).await;
@@ -246,7 +248,7 @@ pub async fn drive_capped(
     let owner = owner_of(mr)?;
     let key = headroom::template_key(&owner.namespace, &owner.template);
     let _turn = headroom.turn(&key).await;
-    let target = Target { machines_elsewhere: headroom.elsewhere(&key, &owner.uid, cached), ..target };
+    let target = Target { machines_elsewhere: headroom.elsewhere(&key, &owner.uid, &cached()), ..target };
     let result = drive(mr, template, target, sink, now).await;
     let left = match &result {
         Ok((status, _)) => Some(status.clone()),
@@ -372,12 +374,11 @@ async fn apply(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) ->
         );
         return wait_pending(mr, ctx, &sink, "ProviderNotFound", message).await;
     };
-    let cached = ctx.machines_on(&template);
-    let uid = mr.uid().unwrap_or_default();
-    let elsewhere = cached.iter().filter(|(other, _)| *other != uid).map(|(_, n)| *n).sum();
-    let target = Target { provider_name: &provider_name, provider, hold, machines_elsewhere: elsewhere };
+    // `drive_capped` counts the other requests' machines when the template has a cap.
+    let target = Target { provider_name: &provider_name, provider, hold, machines_elsewhere: 0 };
     let now = jiff::Timestamp::now();
-    let (status, requeue) = drive_capped(mr, &template, target, &sink, now, &ctx.headroom, &cached).await?;
+    let cached = || ctx.machines_on(&template);
+    let (status, requeue) = drive_capped(mr, &template, target, &sink, now, &ctx.headroom, cached).await?;
     announce(ctx, mr, &previous, &status).await;
     Ok(ctx.timing.after(requeue))
 }
