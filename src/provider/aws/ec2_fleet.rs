@@ -493,31 +493,20 @@ pub async fn members(ops: &Ops, id: &str) -> Result<Vec<String>, ProviderError> 
 
 /// The errors in fleet `id`'s recent history.
 pub async fn history_errors(ops: &Ops, id: &str) -> Result<Vec<LaunchFailure>, ProviderError> {
-    let since = aws_sdk_ec2::primitives::DateTime::from_secs(jiff::Timestamp::now().as_second() - 3600);
     let out = ops
         .ec2
         .describe_fleet_history()
         .fleet_id(id)
-        .start_time(since)
+        .start_time(fleet::history_start())
         .event_type(aws_sdk_ec2::types::FleetEventType::ServiceError)
         .send()
         .await
         .map_err(|e| classify("DescribeFleetHistory", e))?;
+    let subject = format!("fleet {id}");
     Ok(out
         .history_records()
         .iter()
-        .map(|record| {
-            let info = record.event_information();
-            LaunchFailure {
-                code: info.and_then(|i| i.event_sub_type()).unwrap_or("FleetError").to_string(),
-                message: format!(
-                    "fleet {id}: {}",
-                    info.and_then(|i| i.event_description()).unwrap_or("no description")
-                ),
-                instance_type: None,
-                zone: None,
-            }
-        })
+        .map(|record| fleet::history_failure(record.event_information(), "FleetError", &subject))
         .collect())
 }
 

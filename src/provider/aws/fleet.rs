@@ -1,9 +1,11 @@
 //! What the fleet APIs (EC2 Fleet, Spot Fleet, and Auto Scaling's mixed instances) share: the
 //! offerings a template allows — one per (instance type, subnet), with the type's weight and
 //! priority — the allocation strategies in each API's spelling, the fleet type a template asks
-//! for, and how much of a fleet's target is still on its way.
+//! for, how much of a fleet's target is still on its way, and how a failure in an EC2 or Spot
+//! Fleet's history is reported.
 
 use crate::api::{Api, FleetType, MachineTemplateSpec, PriceType};
+use crate::provider::LaunchFailure;
 
 /// One (instance type, subnet) a fleet may launch into.
 #[derive(Clone, Debug, PartialEq)]
@@ -116,6 +118,26 @@ pub fn outstanding(fleet_type: FleetType, active: bool, fulfilling: bool, target
     }
     let missing = (target - fulfilled).ceil();
     if missing > 0.0 { missing as u32 } else { 0 }
+}
+
+/// Where a fleet's history is read from for its errors: the last hour.
+pub fn history_start() -> aws_sdk_ec2::primitives::DateTime {
+    aws_sdk_ec2::primitives::DateTime::from_secs(jiff::Timestamp::now().as_second() - 3600)
+}
+
+/// A failure an EC2 Fleet or Spot Fleet history records (the two share its shape), for
+/// `subject` ("fleet <id>"), with `fallback_code` when the record names no sub-type.
+pub fn history_failure(
+    info: Option<&aws_sdk_ec2::types::EventInformation>,
+    fallback_code: &str,
+    subject: &str,
+) -> LaunchFailure {
+    LaunchFailure {
+        code: info.and_then(|i| i.event_sub_type()).unwrap_or(fallback_code).to_string(),
+        message: format!("{subject}: {}", info.and_then(|i| i.event_description()).unwrap_or("no description")),
+        instance_type: None,
+        zone: None,
+    }
 }
 
 #[cfg(test)]

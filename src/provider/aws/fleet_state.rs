@@ -152,7 +152,7 @@ pub fn due(book: &Book, held: &[Held], ops: &Ops) -> BTreeSet<(Kind, String)> {
     held.iter()
         .flat_map(Held::keys)
         .filter(|key| !book.get(key).is_some_and(|m| m.described.finished))
-        .filter(|(kind, id)| *kind != Kind::Ec2Fleet || !ops.not_instant(std::slice::from_ref(id)).is_empty())
+        .filter(|(kind, id)| *kind != Kind::Ec2Fleet || !ops.is_instant(id))
         .collect()
 }
 
@@ -235,7 +235,7 @@ pub async fn refresh(
     for key in absent {
         let (kind, id) = key;
         // An instant fleet `assess` just learnt of: remembered there, never described again.
-        if *kind == Kind::Ec2Fleet && ops.not_instant(std::slice::from_ref(id)).is_empty() {
+        if *kind == Kind::Ec2Fleet && ops.is_instant(id) {
             continue;
         }
         fresh.insert(key.clone(), absent_memo(*kind, id, book.get(key), now));

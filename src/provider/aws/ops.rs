@@ -231,10 +231,9 @@ impl Ops {
         self.instant_fleets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(ids);
     }
 
-    /// Of `ids`, those not known to be instant fleets.
-    pub fn not_instant(&self, ids: &[String]) -> Vec<String> {
-        let instant = self.instant_fleets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        ids.iter().filter(|id| !instant.contains(*id)).cloned().collect()
+    /// Whether fleet `id` is known to be of type `instant`.
+    pub fn is_instant(&self, id: &str) -> bool {
+        self.instant_fleets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(id)
     }
 
     /// The availability zone of a subnet, described once and then remembered.

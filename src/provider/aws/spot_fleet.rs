@@ -330,31 +330,20 @@ pub async fn members(ops: &Ops, id: &str) -> Result<Vec<String>, ProviderError> 
 
 /// The errors in spot fleet request `id`'s recent history (read when it reports errors).
 pub async fn errors(ops: &Ops, id: &str) -> Result<Vec<LaunchFailure>, ProviderError> {
-    let since = aws_sdk_ec2::primitives::DateTime::from_secs(jiff::Timestamp::now().as_second() - 3600);
     let out = ops
         .ec2
         .describe_spot_fleet_request_history()
         .spot_fleet_request_id(id)
-        .start_time(since)
+        .start_time(fleet::history_start())
         .event_type(aws_sdk_ec2::types::EventType::Error)
         .send()
         .await
         .map_err(|e| classify("DescribeSpotFleetRequestHistory", e))?;
+    let subject = format!("spot fleet request {id}");
     Ok(out
         .history_records()
         .iter()
-        .map(|record| {
-            let info = record.event_information();
-            LaunchFailure {
-                code: info.and_then(|i| i.event_sub_type()).unwrap_or("SpotFleetError").to_string(),
-                message: format!(
-                    "spot fleet request {id}: {}",
-                    info.and_then(|i| i.event_description()).unwrap_or("no description")
-                ),
-                instance_type: None,
-                zone: None,
-            }
-        })
+        .map(|record| fleet::history_failure(record.event_information(), "SpotFleetError", &subject))
         .collect())
 }
 
