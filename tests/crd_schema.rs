@@ -98,6 +98,96 @@ fn schemas_are_structural() {
     }
 }
 
+/// Every `pattern` under `schema` with its field path (`spec.imageId`, `spec.subnetIds[]`).
+fn patterns_of(schema: &Value) -> Vec<Value> {
+    let mut found = vec![];
+    walk("", schema, &mut |path, node| {
+        if let Some(pattern) = node.get("pattern").and_then(Value::as_str) {
+            found.push(json!({"field": path.trim_start_matches('.'), "pattern": pattern}));
+        }
+    });
+    found
+}
+
+/// The Python of `make test`'s virtualenv with google-re2, or `None` outside CI.
+fn python_with_re2() -> Option<std::path::PathBuf> {
+    let candidates =
+        [std::env::var_os("ORB_TEST_PYTHON").map(std::path::PathBuf::from), Some(root().join(".venv/bin/python"))];
+    let found = candidates.into_iter().flatten().find(|p| {
+        std::process::Command::new(p).args(["-c", "import re2"]).output().is_ok_and(|o| o.status.success())
+    });
+    assert!(found.is_some() || std::env::var_os("CI").is_none(), "google-re2 not installed; `make venv` installs it");
+    found
+}
+
+/// The patterns RE2 refuses, as `field: error` lines, compiled by tests/crd/re2_patterns.py.
+fn refused_by_re2(python: &Path, patterns: &[Value]) -> Vec<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python)
+        .arg(root().join("tests/crd/re2_patterns.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped()) // RE2 logs each refusal there too
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&serde_json::to_vec(patterns).unwrap()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "re2_patterns.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    let refused: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    refused.iter().map(|r| format!("{}: {}", r["field"].as_str().unwrap(), r["error"].as_str().unwrap())).collect()
+}
+
+#[test]
+fn every_pattern_in_every_generated_crd_compiles_under_re2_as_the_api_server_does() {
+    let Some(python) = python_with_re2() else {
+        eprintln!("SKIPPED every_pattern_in_every_generated_crd_compiles_under_re2: run `make venv` or `make test`");
+        return;
+    };
+    let mut files = vec![];
+    for dir in ["crds", "charts/orb-operator/crds"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = format!("{dir}/{}", path.file_name().unwrap().to_string_lossy());
+            files.push((name, std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    files.push(("deploy/crds.yaml".into(), std::fs::read_to_string(root().join("deploy/crds.yaml")).unwrap()));
+    let mut checked = 0;
+    for (file, text) in files {
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let crd: Value = serde::Deserialize::deserialize(doc).unwrap();
+            for version in crd["spec"]["versions"].as_array().unwrap() {
+                let patterns = patterns_of(&version["schema"]["openAPIV3Schema"]);
+                checked += patterns.len();
+                let refused = refused_by_re2(&python, &patterns);
+                assert!(refused.is_empty(), "{file}: the API server would refuse these patterns: {refused:#?}");
+            }
+        }
+    }
+    assert!(checked >= 3 * 12, "only {checked} patterns found: is the walk still reaching them?");
+}
+
+#[test]
+fn the_re2_check_refuses_a_repeat_count_over_1000_and_names_the_field() {
+    let Some(python) = python_with_re2() else {
+        eprintln!("SKIPPED the_re2_check_refuses_a_repeat_count_over_1000: run `make venv` or `make test`");
+        return;
+    };
+    // The pattern every API server refused (issue 17): a repeat count of 2036.
+    let mut schema = template_schema();
+    schema["properties"]["spec"]["properties"]["imageId"]["pattern"] =
+        json!(r"^(ami-[0-9a-f]{8}([0-9a-f]{9})?|resolve:ssm:[a-zA-Z0-9_.:\-/]{1,2036})$");
+    let refused = refused_by_re2(&python, &patterns_of(&schema));
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert!(refused[0].starts_with("spec.imageId: "), "{refused:#?}");
+    assert!(refused[0].contains("repetition"), "{refused:#?}");
+    // What Go refuses beyond the cap, RE2 refuses too: lookaround and backreferences.
+    for (pattern, field) in [(r"^(?=a)", "a"), (r"^(a)\1$", "b")] {
+        let refused = refused_by_re2(&python, &[json!({"field": field, "pattern": pattern})]);
+        assert_eq!(refused.len(), 1, "{pattern}: {refused:#?}");
+    }
+}
+
 #[test]
 fn every_value_a_cel_rule_can_reach_is_bounded() {
     for schema in [template_schema(), request_schema()] {

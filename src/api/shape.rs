@@ -10,7 +10,9 @@ use std::sync::LazyLock;
 
 /// Regular expressions (RE2 syntax, as the API server evaluates them) for the schema's `pattern`s.
 pub mod patterns {
-    pub const IMAGE: &str = r"^(ami-[0-9a-f]{8}([0-9a-f]{9})?|resolve:ssm:[a-zA-Z0-9_.:\-/]{1,2036})$";
+    /// The field's `maxLength` bounds the parameter name: the API server compiles patterns with
+    /// Go's RE2, which refuses a repeat count above 1000 (the `regex` crate does not).
+    pub const IMAGE: &str = r"^(ami-[0-9a-f]{8}([0-9a-f]{9})?|resolve:ssm:[a-zA-Z0-9_.:\-/]+)$";
     pub const INSTANCE_TYPE: &str = r"^[a-z0-9][a-z0-9\-]*\.[a-z0-9\-]+$";
     pub const SUBNET: &str = r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$";
     pub const SECURITY_GROUP: &str = r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$";
@@ -26,6 +28,9 @@ pub mod patterns {
     /// US dollars per hour, e.g. `0.05`.
     pub const PRICE: &str = r"^[0-9]{1,6}(\.[0-9]{1,8})?$";
 }
+
+/// The longest `imageId` (the schema's `maxLength`): `resolve:ssm:` and an SSM parameter name.
+pub const MAX_IMAGE_ID_LEN: usize = 2048;
 
 /// EC2's limit on user data, in bytes before base64 encoding.
 pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
@@ -71,6 +76,9 @@ pub const MAX_FLEET_OVERRIDES: usize = 300;
 
 pub fn check(t: &MachineTemplateSpec) -> Result<(), FieldError> {
     if let Some(image) = &t.image_id {
+        if image.len() > MAX_IMAGE_ID_LEN {
+            field("spec.imageId", format!("{} characters; at most {MAX_IMAGE_ID_LEN}", image.len()))?;
+        }
         matches(compiled!(IMAGE), image, "spec.imageId".into(), "an AMI id (ami-...) or resolve:ssm:<parameter>")?;
     }
     if t.instance_types.is_empty() && t.launch_template.is_none() {
@@ -270,6 +278,7 @@ mod tests {
         let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|t| t.max_spot_price = Some("cheap".into())), "spec.maxSpotPrice"),
             (Box::new(|t| t.image_id = Some("ubuntu".into())), "spec.imageId"),
+            (Box::new(|t| t.image_id = Some(format!("resolve:ssm:/{}", "a".repeat(2036)))), "spec.imageId"),
             (Box::new(|t| t.subnet_ids.push("subnet-xyz".into())), "spec.subnetIds[1]"),
             (
                 Box::new(|t| drop(t.tags.insert("aws:cloudformation".into(), "x".into()))),

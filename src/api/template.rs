@@ -158,7 +158,7 @@ pub struct MachineTemplateSpec {
     pub api: Api,
     /// AMI id (`ami-...`) or `resolve:ssm:<parameter>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048), pattern(patterns::IMAGE))]
+    #[schemars(length(min = 1, max = super::shape::MAX_IMAGE_ID_LEN), pattern(patterns::IMAGE))]
     pub image_id: Option<String>,
     /// Instance types with their weights in capacity units.
     #[serde(default)]
