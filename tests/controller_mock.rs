@@ -289,3 +289,34 @@ async fn a_request_deleted_mid_reconcile_is_not_a_warning_and_publishes_nothing(
         "no Warning Event for a request that is simply gone"
     );
 }
+
+/// What a real API server answers when a JSON patch's `test` operation fails.
+fn test_failed(send: SendResponse<Response<Body>>) {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
+        "message": "the server rejected our request due to an error in our request"});
+    send.send_response(Response::builder().status(422).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap());
+}
+
+#[tokio::test]
+async fn a_finalizer_already_added_by_an_earlier_reconcile_is_not_a_warning() {
+    // Seen on kube-apiserver 1.26 and 1.36: a reconcile woken by a template change reads the
+    // request from a cache that has not yet seen the finalizer another reconcile added; the
+    // finalizer patch's `test` fails with 422. Before, that was a failed reconcile, a WARN log
+    // and a Warning Event for every new request.
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, NS));
+    let mr = request_object(false, false);
+    let server = tokio::spawn(async move {
+        let (_, send) = expect(&mut handle, Method::PATCH, MR_PATH).await;
+        test_failed(send);
+        handle
+    });
+    let action = request::reconcile(Arc::new(DeserializeGuard(Ok(mr))), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let mut handle = server.await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err(),
+        "no Warning Event for a cache that was merely behind"
+    );
+    assert_eq!(sim(&ctx).live_count(UID), 0);
+}

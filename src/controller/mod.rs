@@ -269,6 +269,11 @@ pub enum Error {
     ReleaseInProgress { object: String, left: String },
     #[error("finalizer could not be updated: {0}")]
     Finalizer(String),
+    /// The finalizer patch's `test` failed (422): the object changed since the cached copy this
+    /// reconcile read, typically because another reconcile of it added the finalizer first.
+    /// Not a failure: the watch brings the newer copy.
+    #[error("the cached copy is behind the API server: {0}")]
+    StaleCopy(kube::Error),
     #[error("status write dropped by test hook")]
     InjectedFault,
 }
@@ -277,6 +282,11 @@ impl Error {
     /// The object was deleted while the reconcile ran (the API server answered 404 for it).
     pub fn is_gone(&self) -> bool {
         matches!(self, Self::Kube(kube::Error::Api(status)) if status.code == 404)
+    }
+
+    /// Nothing went wrong: the object was deleted meanwhile, or the cache was behind.
+    pub fn is_benign(&self) -> bool {
+        self.is_gone() || matches!(self, Self::StaleCopy(_))
     }
 
     /// Event reason for a failed reconcile.
@@ -288,6 +298,7 @@ impl Error {
             Self::ProviderGone { .. } => "ProviderNotConfigured".into(),
             Self::ReleaseInProgress { .. } => "Releasing".into(),
             Self::Finalizer(_) => "FinalizerError".into(),
+            Self::StaleCopy(_) => "StaleCopy".into(),
             Self::InjectedFault => "InjectedFault".into(),
         }
     }
@@ -314,6 +325,11 @@ pub(crate) fn flatten(error: kube::runtime::finalizer::Error<Error>) -> Error {
     use kube::runtime::finalizer::Error as F;
     match error {
         F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+        F::AddFinalizer(kube::Error::Api(status)) | F::RemoveFinalizer(kube::Error::Api(status))
+            if status.code == 422 =>
+        {
+            Error::StaleCopy(kube::Error::Api(status))
+        }
         F::AddFinalizer(e) | F::RemoveFinalizer(e) => Error::Kube(e),
         other => Error::Finalizer(other.to_string()),
     }

@@ -304,9 +304,10 @@ async fn reconcile_request(mr: Arc<MachineRequest>, ctx: Arc<Context>) -> Result
     .await
     .map_err(super::flatten);
     match &result {
-        // Deleted while this reconcile ran: nothing is wrong, and nothing is left to do.
-        Err(error) if error.is_gone() => {
-            tracing::debug!(request = %format!("{ns}/{}", mr.name_any()), %error, "request gone mid-reconcile");
+        // Deleted while this reconcile ran, or read from a cache that was behind (its finalizer
+        // already added): nothing is wrong, and the watch brings whatever is left to do.
+        Err(error) if error.is_benign() => {
+            tracing::debug!(request = %format!("{ns}/{}", mr.name_any()), %error, "nothing to do in this reconcile");
             return Ok(Action::await_change());
         }
         Err(error @ Error::ReleaseInProgress { .. }) => {
