@@ -166,7 +166,12 @@ async fn run(handler: Handler, n: usize, capacity: i32, mutate_rate: Option<u32>
         async move {
             let status = sink.current().unwrap();
             let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
-            let holdings = Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[] };
+            let holdings = Holdings {
+                known: &known,
+                resources: &status.resources,
+                launch_templates_in_use: &[],
+                outcome_unknown: false,
+            };
             while aws.provider.release(&owner, holdings).await != Ok(Released::Done) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -36,7 +36,12 @@ fn live_ids(status: &MachineRequestStatus) -> Vec<String> {
 async fn release(aws: &Aws, mr: &MachineRequest, sink: &MemoryStatus, in_use: &[String]) {
     let status = sink.current().unwrap();
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
-    let holdings = Holdings { known: &known, resources: &status.resources, launch_templates_in_use: in_use };
+    let holdings = Holdings {
+        known: &known,
+        resources: &status.resources,
+        launch_templates_in_use: in_use,
+        outcome_unknown: status.outcome_unknown(),
+    };
     let released = aws.provider.release(&owner_of(mr), holdings).await.unwrap();
     assert_eq!(released, orb_operator::provider::Released::Done);
 }
@@ -330,4 +335,97 @@ async fn a_maintain_fleet_is_one_per_request_scaled_by_its_target_and_deleted() 
 
     release(&aws, &mr, &sink, &[]).await;
     assert_nothing_left(&aws, &mr, &sink.current().unwrap()).await;
+}
+
+/// A create whose answer was lost (the operator killed after the call, or a timeout) is replayed
+/// with the same token. EC2 would answer with what the first call made; moto, like any client
+/// that reaches a different endpoint, makes another. The replay must find the first call's
+/// fleet by the request's tags and adopt it, and a release after a lost answer must remove it.
+async fn a_lost_create_is_adopted_on_replay_and_released(test: &str, api: Api, fleet_type: FleetType) {
+    let Some(aws) = aws(test).await else { return };
+    aws.spot_fleet_role().await;
+    let template = fleet_template(&aws, api, fleet_type, &[("t3.medium", 1)]);
+    let mr = request("lost-answer", 2);
+    let owner = owner_of(&mr);
+    let nothing = Resources::default();
+    let launch = |replay| orb_operator::provider::ProvisionRequest {
+        owner: &owner,
+        template: &template.spec,
+        mix: orb_operator::provider::MarketMix { on_demand: 2, spot: 0 },
+        client_token: "orb-1-lost",
+        resources: &nothing,
+        target_units: 2,
+        replay,
+    };
+    let first = aws.provider.provision(&launch(false)).await.unwrap();
+    let made = [first.resources.fleet_ids.clone(), first.resources.spot_fleet_request_ids.clone()].concat();
+    assert_eq!(made.len(), 1, "{first:?}");
+    // The answer is lost: nothing was recorded. The replay adopts instead of creating.
+    let creates = |aws: &Aws| aws.proxy.calls("CreateFleet").len() + aws.proxy.calls("RequestSpotFleet").len();
+    let replayed = aws.provider.provision(&launch(true)).await.unwrap();
+    assert_eq!(creates(&aws), 1, "the replay created again instead of adopting");
+    let adopted = [replayed.resources.fleet_ids.clone(), replayed.resources.spot_fleet_request_ids.clone()].concat();
+    assert_eq!(adopted, made);
+    let ids = |o: &orb_operator::provider::ProvisionOutcome| {
+        o.launched.iter().map(|m| m.instance_id.clone()).collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(ids(&replayed), ids(&first), "an instant fleet's machines come with it");
+    assert_eq!(replayed.accepted_units, first.accepted_units);
+
+    // Deleted before anything was recorded: the release finds the fleet by its tags.
+    let known: Vec<String> = vec![];
+    let holdings = Holdings { known: &known, resources: &nothing, launch_templates_in_use: &[], outcome_unknown: true };
+    let released = aws.provider.release(&owner, holdings).await.unwrap();
+    assert_eq!(released, orb_operator::provider::Released::Done);
+    let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
+    let left: Vec<_> = left.into_iter().filter(|l| !l.starts_with("launch template")).collect();
+    assert!(left.is_empty(), "left behind after a release that had lost the create's answer: {left:?}");
+}
+
+#[tokio::test]
+async fn a_request_fleet_whose_create_answer_was_lost_is_adopted_and_released() {
+    let test = "a_request_fleet_whose_create_answer_was_lost_is_adopted_and_released";
+    a_lost_create_is_adopted_on_replay_and_released(test, Api::Ec2Fleet, FleetType::Request).await;
+}
+
+#[tokio::test]
+async fn an_instant_fleet_whose_create_answer_was_lost_is_adopted_with_its_machines() {
+    let test = "an_instant_fleet_whose_create_answer_was_lost_is_adopted_with_its_machines";
+    a_lost_create_is_adopted_on_replay_and_released(test, Api::Ec2Fleet, FleetType::Instant).await;
+}
+
+#[tokio::test]
+async fn a_spot_fleet_whose_create_answer_was_lost_is_adopted_and_released() {
+    let test = "a_spot_fleet_whose_create_answer_was_lost_is_adopted_and_released";
+    a_lost_create_is_adopted_on_replay_and_released(test, Api::SpotFleet, FleetType::Maintain).await;
+}
+
+#[tokio::test]
+async fn an_auto_scaling_group_whose_create_answer_was_lost_is_released() {
+    let test = "an_auto_scaling_group_whose_create_answer_was_lost_is_released";
+    let Some(aws) = aws(test).await else { return };
+    let template = fleet_template(&aws, Api::Asg, FleetType::Maintain, &[("t3.medium", 1)]);
+    let mut template_spec = template.spec.clone();
+    template_spec.fleet_type = None;
+    let mr = request("lost-group", 2);
+    let owner = owner_of(&mr);
+    let nothing = Resources::default();
+    let launch = orb_operator::provider::ProvisionRequest {
+        owner: &owner,
+        template: &template_spec,
+        mix: orb_operator::provider::MarketMix { on_demand: 2, spot: 0 },
+        client_token: "orb-1-lost",
+        resources: &nothing,
+        target_units: 2,
+        replay: false,
+    };
+    let made = aws.provider.provision(&launch).await.unwrap();
+    assert!(made.resources.asg_name.is_some(), "{made:?}");
+    // The answer is lost; the request is deleted before anything was recorded.
+    let known: Vec<String> = vec![];
+    let holdings = Holdings { known: &known, resources: &nothing, launch_templates_in_use: &[], outcome_unknown: true };
+    aws.provider.release(&owner, holdings).await.unwrap();
+    let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
+    let left: Vec<_> = left.into_iter().filter(|l| !l.starts_with("launch template")).collect();
+    assert!(left.is_empty(), "left behind after a release that had lost the create's answer: {left:?}");
 }

@@ -35,7 +35,7 @@ static NO_RESOURCES: Resources = Resources {
 
 /// What a release of a RunInstances request gets: the ids its status knows.
 fn holdings(known: &[String]) -> Holdings<'_> {
-    Holdings { known, resources: &NO_RESOURCES, launch_templates_in_use: &[] }
+    Holdings { known, resources: &NO_RESOURCES, launch_templates_in_use: &[], outcome_unknown: false }
 }
 
 fn tags_of(i: &aws_sdk_ec2::types::Instance) -> BTreeMap<String, String> {

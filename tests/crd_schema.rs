@@ -113,9 +113,10 @@ fn patterns_of(schema: &Value) -> Vec<Value> {
 fn python_with_re2() -> Option<std::path::PathBuf> {
     let candidates =
         [std::env::var_os("ORB_TEST_PYTHON").map(std::path::PathBuf::from), Some(root().join(".venv/bin/python"))];
-    let found = candidates.into_iter().flatten().find(|p| {
-        std::process::Command::new(p).args(["-c", "import re2"]).output().is_ok_and(|o| o.status.success())
-    });
+    let found = candidates
+        .into_iter()
+        .flatten()
+        .find(|p| std::process::Command::new(p).args(["-c", "import re2"]).output().is_ok_and(|o| o.status.success()));
     assert!(found.is_some() || std::env::var_os("CI").is_none(), "google-re2 not installed; `make venv` installs it");
     found
 }

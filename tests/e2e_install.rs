@@ -62,14 +62,24 @@ async fn kubectl_apply_of_crds_and_deploy_is_accepted_against_a_real_cluster() {
     assert!(applied.contains("machinetemplates.orb.dev") && applied.contains("machinerequests.orb.dev"), "{applied}");
     succeeds(
         &path,
-        &["wait", "--for", "condition=Established", "--timeout", "60s", "crd/machinetemplates.orb.dev", "crd/machinerequests.orb.dev"],
+        &[
+            "wait",
+            "--for",
+            "condition=Established",
+            "--timeout",
+            "60s",
+            "crd/machinetemplates.orb.dev",
+            "crd/machinerequests.orb.dev",
+        ],
         None,
     );
 
     let applied = succeeds(&path, &["apply", "-k", "deploy/"], None);
     let remove = deploy_objects_to_remove(&path);
     let deleted = kubectl(&path, &["delete", "--ignore-not-found", "--wait=false", "-f", "-"], Some(&remove));
-    for kind in ["customresourcedefinition", "clusterrole.rbac", "deployment.apps/orb-operator", "configmap/orb-operator"] {
+    for kind in
+        ["customresourcedefinition", "clusterrole.rbac", "deployment.apps/orb-operator", "configmap/orb-operator"]
+    {
         assert!(applied.contains(kind), "`kubectl apply -k deploy/` did not apply {kind}: {applied}");
     }
     assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
@@ -90,7 +100,9 @@ async fn kubectl_apply_of_crds_and_deploy_is_accepted_against_a_real_cluster() {
         assert!(error.contains("spec.imageId"), "{image:.40}: {error}");
     }
     // And admits both forms it documents.
-    for (name, image) in [("ami", "ami-0123456789abcdef0"), ("ssm", "resolve:ssm:/aws/service/ami-amazon-linux-latest/x")] {
+    for (name, image) in
+        [("ami", "ami-0123456789abcdef0"), ("ssm", "resolve:ssm:/aws/service/ami-amazon-linux-latest/x")]
+    {
         template.metadata.name = Some(name.into());
         template.spec.image_id = Some(image.into());
         templates.create(&PostParams::default(), &template).await.unwrap_or_else(|e| panic!("{image}: {e}"));

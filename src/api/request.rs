@@ -227,6 +227,14 @@ pub struct Attempt {
     pub retry_after: Option<Time>,
 }
 
+impl MachineRequestStatus {
+    /// An attempt whose create call may have made something the status does not record (its
+    /// answer was lost to a crash, a timeout or a 5xx).
+    pub fn outcome_unknown(&self) -> bool {
+        self.attempt.as_ref().is_some_and(|a| !a.completed)
+    }
+}
+
 fn is_zero(n: &i32) -> bool {
     *n == 0
 }

@@ -421,7 +421,12 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
         let status = sink(mr, api, ctx).latest(mr.status.as_ref()).await?;
         if let Some(provider) = status.provider.as_deref().and_then(|name| ctx.registry.get(name)) {
             let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
-            let holdings = Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[] };
+            let holdings = Holdings {
+                known: &known,
+                resources: &status.resources,
+                launch_templates_in_use: &[],
+                outcome_unknown: status.outcome_unknown(),
+            };
             provider.orphan(&owner, holdings).await?;
         }
         ctx.written.forget(&owner.uid);
@@ -468,7 +473,12 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
     }
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
     let in_use = ctx.launch_templates_in_use(&owner.uid);
-    let holdings = Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &in_use };
+    let holdings = Holdings {
+        known: &known,
+        resources: &status.resources,
+        launch_templates_in_use: &in_use,
+        outcome_unknown: status.outcome_unknown(),
+    };
     match provider.release(&owner, holdings).await? {
         Released::Done => {
             ctx.written.forget(&owner.uid);

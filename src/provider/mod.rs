@@ -230,6 +230,9 @@ pub struct Holdings<'a> {
     pub resources: &'a Resources,
     /// Operator-made launch templates other requests still use (never deleted).
     pub launch_templates_in_use: &'a [String],
+    /// The last attempt's outcome is unknown: what it made may be recorded nowhere, so the
+    /// release looks its fleets up by the request's tags too.
+    pub outcome_unknown: bool,
 }
 
 /// A launch that failed for one instance type / zone while others may have worked.

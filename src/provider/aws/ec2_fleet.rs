@@ -20,8 +20,8 @@ use super::launch_template::LaunchTemplate;
 use super::ops::{self, Ops};
 use crate::api::{FleetType, MachineTemplateSpec};
 use crate::provider::{
-    InstanceState, LaunchFailure, MarketMix, ObservedMachine, ProviderError, ProvisionOutcome, ProvisionRequest,
-    market_split, target_of,
+    InstanceState, LaunchFailure, MarketMix, ObservedMachine, Owner, ProviderError, ProvisionOutcome, ProvisionRequest,
+    market_split, tags, target_of,
 };
 use aws_sdk_ec2::operation::create_fleet::builders::CreateFleetFluentBuilder;
 use aws_sdk_ec2::types::{
@@ -148,17 +148,110 @@ fn launched(out: &aws_sdk_ec2::operation::create_fleet::CreateFleetOutput) -> Ve
         .iter()
         .flat_map(|i| {
             let overrides = i.launch_template_and_overrides().and_then(|lt| lt.overrides());
-            let spot = i.lifecycle() == Some(&InstanceLifecycle::Spot);
-            i.instance_ids().iter().map(move |id| ObservedMachine {
-                instance_type: i.instance_type().map(|t| t.as_str().to_string()),
+            let placed = Placed {
+                instance_type: i.instance_type(),
+                lifecycle: i.lifecycle(),
+                subnet: i.subnet_id().or(overrides.and_then(|o| o.subnet_id())),
+                zone: i.availability_zone().or(overrides.and_then(|o| o.availability_zone())),
+            };
+            placed.machines(i.instance_ids(), now)
+        })
+        .collect()
+}
+
+/// What a fleet reports of a group of instances it launched alike.
+struct Placed<'a> {
+    instance_type: Option<&'a InstanceType>,
+    lifecycle: Option<&'a InstanceLifecycle>,
+    subnet: Option<&'a str>,
+    zone: Option<&'a str>,
+}
+
+impl Placed<'_> {
+    /// The machines `ids`, pending until described.
+    fn machines(&self, ids: &[String], now: jiff::Timestamp) -> Vec<ObservedMachine> {
+        let spot = self.lifecycle == Some(&InstanceLifecycle::Spot);
+        ids.iter()
+            .map(|id| ObservedMachine {
+                instance_type: self.instance_type.map(|t| t.as_str().to_string()),
                 capacity_type: Some(if spot { "spot" } else { "on-demand" }.into()),
-                subnet_id: i.subnet_id().or(overrides.and_then(|o| o.subnet_id())).map(str::to_string),
-                zone: i.availability_zone().or(overrides.and_then(|o| o.availability_zone())).map(str::to_string),
+                subnet_id: self.subnet.map(str::to_string),
+                zone: self.zone.map(str::to_string),
                 launch_time: Some(now),
                 ..ObservedMachine::new(id, InstanceState::Pending)
             })
-        })
-        .collect()
+            .collect()
+    }
+}
+
+/// An active fleet tagged with a request's uid that its status does not record, with the
+/// machines it launched (instant fleets report them).
+pub struct Unrecorded {
+    pub fleet_id: String,
+    pub machines: Vec<ObservedMachine>,
+}
+
+/// The active fleets tagged with `owner`'s uid (and this cluster) that `recorded` does not
+/// list: what a CreateFleet whose answer was lost (a crash, a timeout, a 5xx) made. A paged
+/// listing, as DescribeFleets filters by no tag; asked only when an attempt's outcome is unknown.
+pub async fn unrecorded(ops: &Ops, owner: &Owner, recorded: &[String]) -> Result<Vec<Unrecorded>, ProviderError> {
+    let mut pages = ops.ec2.describe_fleets().into_paginator().send();
+    let mut out = vec![];
+    let now = jiff::Timestamp::now();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| classify("DescribeFleets", e))?;
+        for f in page.fleets() {
+            let Some(id) = f.fleet_id() else { continue };
+            let tagged =
+                |key: &str, value: &str| f.tags().iter().any(|t| t.key() == Some(key) && t.value() == Some(value));
+            if !f.fleet_state().is_some_and(is_active)
+                || !tagged(tags::REQUEST_UID, &owner.uid)
+                || !tagged(tags::CLUSTER, &ops.cluster_id)
+                || recorded.iter().any(|r| r == id)
+            {
+                continue;
+            }
+            let machines = f
+                .instances()
+                .iter()
+                .flat_map(|i| {
+                    let overrides = i.launch_template_and_overrides().and_then(|lt| lt.overrides());
+                    let placed = Placed {
+                        instance_type: i.instance_type(),
+                        lifecycle: i.lifecycle(),
+                        subnet: overrides.and_then(|o| o.subnet_id()),
+                        zone: overrides.and_then(|o| o.availability_zone()),
+                    };
+                    placed.machines(i.instance_ids(), now)
+                })
+                .collect();
+            out.push(Unrecorded { fleet_id: id.to_string(), machines });
+        }
+    }
+    Ok(out)
+}
+
+/// On the replay of an attempt whose answer was lost: the fleets that create made, adopted
+/// instead of asked for again (EC2 would answer the same token with them; an emulator that
+/// ignores tokens would make more). `None` when there are none: the replay goes ahead.
+async fn adopt(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Option<ProvisionOutcome>, ProviderError> {
+    let found = unrecorded(ops, request.owner, &request.resources.fleet_ids).await?;
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let ids: Vec<&str> = found.iter().map(|f| f.fleet_id.as_str()).collect();
+    tracing::info!(request = %request.owner.key(), fleets = ?ids, "adopting the fleets of a create whose answer was lost, instead of creating again");
+    let lt = ops.launch_template(request.owner, request.template).await?;
+    let mut outcome = ProvisionOutcome::default();
+    outcome.resources.launch_template_id = lt.id.clone().filter(|_| lt.managed);
+    if fleet::fleet_type(request.template) != FleetType::Instant {
+        outcome.accepted_units = request.mix.on_demand + request.mix.spot;
+    }
+    for f in found {
+        outcome.resources.fleet_ids.push(f.fleet_id);
+        outcome.launched.extend(f.machines);
+    }
+    Ok(Some(outcome))
 }
 
 /// The per-override errors of a CreateFleet answer, and the offerings they rule out.
@@ -203,6 +296,11 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
     {
         set_target(ops, &id, template, target_of(request)).await?;
         return Ok(ProvisionOutcome { accepted_units: request.mix.on_demand + request.mix.spot, ..Default::default() });
+    }
+    if request.replay
+        && let Some(adopted) = adopt(ops, request).await?
+    {
+        return Ok(adopted);
     }
     let lt = ops.launch_template(request.owner, template).await?;
     let mut outcome = ProvisionOutcome::default();

@@ -245,16 +245,29 @@ impl Provider for AwsProvider {
     }
 
     async fn release(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<Released, ProviderError> {
-        let Holdings { known, resources, launch_templates_in_use } = holdings;
+        let Holdings { known, resources, launch_templates_in_use, outcome_unknown } = holdings;
+        let (mut fleets, mut spot_fleets, mut known) =
+            (resources.fleet_ids.clone(), resources.spot_fleet_request_ids.clone(), known.to_vec());
+        let mut group = resources.asg_name.clone();
+        if outcome_unknown {
+            // The last create's answer was lost: what it made is recorded nowhere but in its
+            // tags (fleets) or its name (the group is named after the request).
+            for f in ec2_fleet::unrecorded(&self.ops, owner, &fleets).await? {
+                known.extend(f.machines.into_iter().map(|m| m.instance_id));
+                fleets.push(f.fleet_id);
+            }
+            spot_fleets.extend(spot_fleet::unrecorded(&self.ops, owner, &spot_fleets).await?);
+            group.get_or_insert_with(|| asg::group_name(&self.ops.cluster_id, owner));
+        }
         // Fleets first, or a maintain fleet would replace what is terminated below.
-        ec2_fleet::delete(&self.ops, &resources.fleet_ids).await?;
-        spot_fleet::cancel(&self.ops, &resources.spot_fleet_request_ids).await?;
-        asg::delete(&self.ops, resources.asg_name.as_deref()).await?;
+        ec2_fleet::delete(&self.ops, &fleets).await?;
+        spot_fleet::cancel(&self.ops, &spot_fleets).await?;
+        asg::delete(&self.ops, group.as_deref()).await?;
         // A fresh tag listing (batched with every other request's), plus the ids the status
         // knows: the listing may not show instances launched moments ago.
         let mut live: Vec<String> = self
             .poller
-            .relist(owner, known)
+            .relist(owner, &known)
             .await?
             .into_iter()
             .filter(|m| m.state.can_terminate())

@@ -16,7 +16,7 @@ use super::launch_template::LaunchTemplate;
 use super::ops::{self, Ops};
 use crate::api::{FleetType, MachineTemplateSpec};
 use crate::provider::{
-    LaunchFailure, MarketMix, ProviderError, ProvisionOutcome, ProvisionRequest, market_split, target_of,
+    LaunchFailure, MarketMix, Owner, ProviderError, ProvisionOutcome, ProvisionRequest, market_split, tags, target_of,
 };
 use aws_sdk_ec2::types::{
     ActivityStatus, AllocationStrategy, BatchState, ExcessCapacityTerminationPolicy, FleetLaunchTemplateSpecification,
@@ -149,6 +149,18 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
         }
     }
     let lt = ops.launch_template(request.owner, template).await?;
+    if request.replay {
+        // The create whose answer was lost may have made one: adopt it rather than ask again
+        // (EC2 would answer the same token with it; an emulator that ignores tokens would not).
+        let found = unrecorded(ops, request.owner, recorded).await?;
+        if !found.is_empty() {
+            tracing::info!(request = %request.owner.key(), spot_fleet_requests = ?found, "adopting the spot fleet requests of a create whose answer was lost, instead of creating again");
+            let mut outcome = ProvisionOutcome { accepted_units: units, ..Default::default() };
+            outcome.resources.launch_template_id = lt.id.clone().filter(|_| lt.managed);
+            outcome.resources.spot_fleet_request_ids = found;
+            return Ok(outcome);
+        }
+    }
     let role_arn = ops.spot_fleet_role(template, false).await?;
     let tags = ops::resource_tags(request.owner, &ops.cluster_id, &template.tags);
     let call = SpotFleetCall {
@@ -171,6 +183,30 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
     outcome.resources.launch_template_id = lt.id.clone().filter(|_| lt.managed);
     outcome.resources.spot_fleet_request_ids.extend(out.spot_fleet_request_id().map(str::to_string));
     Ok(outcome)
+}
+
+/// The active spot fleet requests tagged with `owner`'s uid (and this cluster) that `recorded`
+/// does not list: what a RequestSpotFleet whose answer was lost made. A paged listing, as
+/// DescribeSpotFleetRequests filters by nothing; asked only when an attempt's outcome is unknown.
+pub async fn unrecorded(ops: &Ops, owner: &Owner, recorded: &[String]) -> Result<Vec<String>, ProviderError> {
+    let mut pages = ops.ec2.describe_spot_fleet_requests().into_paginator().send();
+    let mut out = vec![];
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| classify("DescribeSpotFleetRequests", e))?;
+        for r in page.spot_fleet_request_configs() {
+            let Some(id) = r.spot_fleet_request_id() else { continue };
+            let tagged =
+                |key: &str, value: &str| r.tags().iter().any(|t| t.key() == Some(key) && t.value() == Some(value));
+            if r.spot_fleet_request_state().is_some_and(is_active)
+                && tagged(tags::REQUEST_UID, &owner.uid)
+                && tagged(tags::CLUSTER, &ops.cluster_id)
+                && !recorded.iter().any(|known| known == id)
+            {
+                out.push(id.to_string());
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub fn is_active(state: &BatchState) -> bool {
