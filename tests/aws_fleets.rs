@@ -378,7 +378,6 @@ async fn a_lost_create_is_adopted_on_replay_and_released(test: &str, api: Api, f
     let released = aws.provider.release(&owner, holdings).await.unwrap();
     assert_eq!(released, orb_operator::provider::Released::Done);
     let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
-    let left: Vec<_> = left.into_iter().filter(|l| !l.starts_with("launch template")).collect();
     assert!(left.is_empty(), "left behind after a release that had lost the create's answer: {left:?}");
 }
 
@@ -426,6 +425,33 @@ async fn an_auto_scaling_group_whose_create_answer_was_lost_is_released() {
     let holdings = Holdings { known: &known, resources: &nothing, launch_templates_in_use: &[], outcome_unknown: true };
     aws.provider.release(&owner, holdings).await.unwrap();
     let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
-    let left: Vec<_> = left.into_iter().filter(|l| !l.starts_with("launch template")).collect();
     assert!(left.is_empty(), "left behind after a release that had lost the create's answer: {left:?}");
+}
+
+#[tokio::test]
+async fn a_lost_fleet_create_closed_without_a_replay_is_adopted_and_then_released() {
+    let test = "a_lost_fleet_create_closed_without_a_replay_is_adopted_and_then_released";
+    let Some(aws) = aws(test).await else { return };
+    let template = fleet_template(&aws, Api::Ec2Fleet, FleetType::Request, &[("m5.large", 1)]);
+    // Every answer lost, the SDK's retries' too; like EC2, the proxy makes one fleet per token.
+    aws.proxy.honour_client_tokens();
+    aws.proxy.inject("CreateFleet", None, 10, Fault::Lost);
+    let (mut mr, sink) = (request("lost-then-lowered", 3), MemoryStatus::default());
+    let _ = support::driver::pass(&mut mr, &template, &aws.provider, &sink, jiff::Timestamp::now(), false).await;
+    let status = sink.current().unwrap();
+    assert!(status.outcome_unknown(), "the create's answer was lost: {:?}", status.attempt);
+    assert!(status.resources.fleet_ids.is_empty());
+    let calls = aws.proxy.calls("CreateFleet").len();
+
+    // Capacity lowered to nothing before the replay: the attempt is closed without one, and
+    // the fleet the lost call made is adopted rather than left to run untracked.
+    mr.spec.capacity = 0;
+    edited(&mut mr);
+    let (status, error) = converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    assert!(error.is_none(), "{error:?}");
+    assert!(!status.outcome_unknown());
+    assert_eq!(aws.proxy.calls("CreateFleet").len(), calls, "no replay for capacity 0");
+    assert_eq!(status.resources.fleet_ids.len(), 1, "the lost create's fleet is adopted: {:?}", status.resources);
+    release(&aws, &mr, &sink, &[]).await;
+    assert_nothing_left(&aws, &mr, &sink.current().unwrap()).await;
 }

@@ -183,6 +183,14 @@ pub async fn drive(
     let plan = planner::plan(&frame, &previous, &observed);
     let mut status = plan.status;
     status.provider = Some(provider_name.to_string());
+    let replays = matches!(&plan.step, Step::Launch { attempt, .. }
+        if previous.attempt.as_ref().is_some_and(|open| open.number == attempt.number));
+    let still_open = status.attempt.as_ref().zip(previous.attempt.as_ref()).is_some_and(|(now, before)| now == before);
+    if previous.outcome_unknown() && !still_open && !replays {
+        // An attempt whose answer was lost is closed without a replay (capacity lowered, say):
+        // what it made is adopted, so that it is followed, returned and released like the rest.
+        status.resources.absorb(provider.unrecorded(&owner, &status.resources).await?);
+    }
     write_if_changed(sink, &previous, &status).await?;
     match plan.step {
         Step::Wait => {}

@@ -395,6 +395,14 @@ pub trait Provider: Send + Sync {
         owner: &Owner,
         resources: &Resources,
     ) -> impl Future<Output = Result<FleetView, ProviderError>> + Send;
+    /// Fleets, spot fleet requests and the group of `owner` that `resources` does not record:
+    /// what a create whose answer was lost made. Asked only when such an attempt is closed
+    /// without a replay, so that nothing it made runs on untracked.
+    fn unrecorded(
+        &self,
+        owner: &Owner,
+        resources: &Resources,
+    ) -> impl Future<Output = Result<Resources, ProviderError>> + Send;
     /// Terminates the given machines of `owner`; ids already gone are ignored. A `maintain`
     /// fleet among the request's resources first has its target set to `target_units`, so it
     /// does not replace them.
@@ -460,6 +468,13 @@ impl Provider for AnyProvider {
         match self {
             Self::Sim(p) => p.describe_fleets(owner, resources).await,
             Self::Aws(p) => p.describe_fleets(owner, resources).await,
+        }
+    }
+
+    async fn unrecorded(&self, owner: &Owner, resources: &Resources) -> Result<Resources, ProviderError> {
+        match self {
+            Self::Sim(p) => p.unrecorded(owner, resources).await,
+            Self::Aws(p) => p.unrecorded(owner, resources).await,
         }
     }
     async fn return_machines(&self, owner: &Owner, request: &ReturnRequest<'_>) -> Result<(), ProviderError> {

@@ -235,6 +235,11 @@ impl Provider for SimProvider {
         Ok(FleetView::default())
     }
 
+    /// The simulated cloud answers every launch: nothing is ever made unrecorded.
+    async fn unrecorded(&self, _owner: &Owner, _resources: &Resources) -> Result<Resources, ProviderError> {
+        Ok(Resources::default())
+    }
+
     async fn return_machines(&self, owner: &Owner, request: &ReturnRequest<'_>) -> Result<(), ProviderError> {
         let now = Timestamp::now();
         let mut cloud = self.cloud();

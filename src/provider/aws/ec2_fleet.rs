@@ -189,6 +189,8 @@ impl Placed<'_> {
 pub struct Unrecorded {
     pub fleet_id: String,
     pub machines: Vec<ObservedMachine>,
+    /// The launch template it launches from (the operator's, unless the template names one).
+    pub launch_template_id: Option<String>,
 }
 
 /// The active fleets tagged with `owner`'s uid (and this cluster) that `recorded` does not
@@ -225,7 +227,12 @@ pub async fn unrecorded(ops: &Ops, owner: &Owner, recorded: &[String]) -> Result
                     placed.machines(i.instance_ids(), now)
                 })
                 .collect();
-            out.push(Unrecorded { fleet_id: id.to_string(), machines });
+            let launch_template_id = f
+                .launch_template_configs()
+                .iter()
+                .find_map(|c| c.launch_template_specification()?.launch_template_id())
+                .map(str::to_string);
+            out.push(Unrecorded { fleet_id: id.to_string(), machines, launch_template_id });
         }
     }
     Ok(out)

@@ -219,6 +219,27 @@ impl Provider for AwsProvider {
         self.poller.fleets(owner, held).await
     }
 
+    async fn unrecorded(&self, owner: &Owner, resources: &Resources) -> Result<Resources, ProviderError> {
+        let mut found = Resources::default();
+        for f in ec2_fleet::unrecorded(&self.ops, owner, &resources.fleet_ids).await? {
+            found.fleet_ids.push(f.fleet_id);
+            found.launch_template_id = found.launch_template_id.or(f.launch_template_id);
+        }
+        let recorded = &resources.spot_fleet_request_ids;
+        for (id, lt) in spot_fleet::unrecorded_with_templates(&self.ops, owner, recorded).await? {
+            found.spot_fleet_request_ids.push(id);
+            found.launch_template_id = found.launch_template_id.or(lt);
+        }
+        if resources.asg_name.is_none() {
+            let name = asg::group_name(&self.ops.cluster_id, owner);
+            found.asg_name = asg::exists(&self.ops, &name).await?.then_some(name);
+        }
+        if found != Resources::default() {
+            tracing::info!(request = %owner.key(), fleets = ?found.fleet_ids, spot_fleet_requests = ?found.spot_fleet_request_ids, group = ?found.asg_name, "adopting what a create whose answer was lost made");
+        }
+        Ok(found)
+    }
+
     async fn return_machines(&self, owner: &Owner, request: &ReturnRequest<'_>) -> Result<(), ProviderError> {
         let ids = request.instance_ids;
         let mine = self.terminable(owner, ids).await?;
@@ -259,6 +280,8 @@ impl Provider for AwsProvider {
             spot_fleets.extend(spot_fleet::unrecorded(&self.ops, owner, &spot_fleets).await?);
             group.get_or_insert_with(|| asg::group_name(&self.ops.cluster_id, owner));
         }
+        // What the lost create made launched from the operator's launch template, if any.
+        let made_launch_template = resources.launch_template_id.is_some() || outcome_unknown;
         // Fleets first, or a maintain fleet would replace what is terminated below.
         ec2_fleet::delete(&self.ops, &fleets).await?;
         spot_fleet::cancel(&self.ops, &spot_fleets).await?;
@@ -276,7 +299,7 @@ impl Provider for AwsProvider {
         live.sort();
         live.dedup();
         self.ops.terminate(&live).await?;
-        if resources.launch_template_id.is_some() {
+        if made_launch_template {
             self.ops.delete_unused_launch_templates(owner, launch_templates_in_use).await?;
         }
         self.poller.forget(owner);

@@ -189,6 +189,15 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
 /// does not list: what a RequestSpotFleet whose answer was lost made. A paged listing, as
 /// DescribeSpotFleetRequests filters by nothing; asked only when an attempt's outcome is unknown.
 pub async fn unrecorded(ops: &Ops, owner: &Owner, recorded: &[String]) -> Result<Vec<String>, ProviderError> {
+    Ok(unrecorded_with_templates(ops, owner, recorded).await?.into_iter().map(|(id, _)| id).collect())
+}
+
+/// `unrecorded`, each with the launch template it launches from.
+pub async fn unrecorded_with_templates(
+    ops: &Ops,
+    owner: &Owner,
+    recorded: &[String],
+) -> Result<Vec<(String, Option<String>)>, ProviderError> {
     let mut pages = ops.ec2.describe_spot_fleet_requests().into_paginator().send();
     let mut out = vec![];
     while let Some(page) = pages.next().await {
@@ -202,7 +211,13 @@ pub async fn unrecorded(ops: &Ops, owner: &Owner, recorded: &[String]) -> Result
                 && tagged(tags::CLUSTER, &ops.cluster_id)
                 && !recorded.iter().any(|known| known == id)
             {
-                out.push(id.to_string());
+                let launch_template = r
+                    .spot_fleet_request_config()
+                    .into_iter()
+                    .flat_map(|c| c.launch_template_configs())
+                    .find_map(|c| c.launch_template_specification()?.launch_template_id())
+                    .map(str::to_string);
+                out.push((id.to_string(), launch_template));
             }
         }
     }
