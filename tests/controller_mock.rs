@@ -76,6 +76,14 @@ fn respond(send: SendResponse<Response<Body>>, object: &impl serde::Serialize) {
     send.send_response(Response::builder().body(Body::from(serde_json::to_vec(object).unwrap())).unwrap());
 }
 
+/// The next call removes the finalizer; answered with `echo`.
+async fn expect_finalizer_removed(handle: &mut ApiHandle, echo: &MachineRequest) {
+    let (patch, send) = expect(handle, Method::PATCH, MR_PATH).await;
+    let ops = patch.as_array().unwrap();
+    assert!(ops.iter().any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0"), "{patch}");
+    respond(send, echo);
+}
+
 #[tokio::test]
 async fn a_new_request_first_gets_its_finalizer_and_nothing_else() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -167,10 +175,7 @@ async fn deletion_releases_every_machine_then_removes_the_finalizer() {
         let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
         assert_eq!(event["reason"], "Released");
         respond(send, &event);
-        let (patch, send) = expect(&mut handle, Method::PATCH, MR_PATH).await;
-        let ops = patch.as_array().unwrap();
-        assert!(ops.iter().any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0"), "{patch}");
-        respond(send, &echo);
+        expect_finalizer_removed(&mut handle, &echo).await;
     });
     let action = request::reconcile(Arc::new(DeserializeGuard(Ok(mr))), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -319,4 +324,42 @@ async fn a_finalizer_already_added_by_an_earlier_reconcile_is_not_a_warning() {
         "no Warning Event for a cache that was merely behind"
     );
     assert_eq!(sim(&ctx).live_count(UID), 0);
+}
+
+#[tokio::test]
+async fn an_orphaned_request_lets_go_even_when_the_cloud_cannot_be_reached() {
+    // Broken credentials: the orb.dev/orphaned mark cannot be written. Before, the finalizer
+    // stayed and the request (and its namespace) could never be deleted.
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, NS));
+    let launched = launch_in(&ctx, "default", 2).await;
+    sim(&ctx).set_unreachable(true);
+    let mut mr = request_object(true, true);
+    mr.spec.deletion_policy = DeletionPolicy::Orphan;
+    mr.status = Some(MachineRequestStatus {
+        provider: Some("default".into()),
+        phase: Some(Phase::Fulfilled),
+        machines: launched
+            .iter()
+            .map(|m| Machine { name: m.instance_id.clone(), instance_id: m.instance_id.clone(), ..Default::default() })
+            .collect(),
+        ..Default::default()
+    });
+    let echo = mr.clone();
+    let first = launched[0].instance_id.clone();
+    let server = tokio::spawn(async move {
+        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
+        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("OrphanedUnmarked")));
+        let note = event["note"].as_str().unwrap();
+        assert!(
+            note.contains("AuthFailure") && note.contains(&first) && note.contains("orb.dev/orphaned=true"),
+            "{note}"
+        );
+        respond(send, &event);
+        expect_finalizer_removed(&mut handle, &echo).await;
+    });
+    let action = request::reconcile(Arc::new(DeserializeGuard(Ok(mr))), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    server.await.unwrap();
+    assert_eq!(sim(&ctx).live_count(UID), 2, "orphaned machines keep running");
 }

@@ -427,6 +427,8 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
     if mr.spec.deletion_policy == DeletionPolicy::Orphan {
         // Marked as the user's, so that the leak sweep never takes them.
         let status = sink(mr, api, ctx).latest(mr.status.as_ref()).await?;
+        let mut note = "deletionPolicy Orphan: machines left running".to_string();
+        let mut type_ = EventType::Normal;
         if let Some(provider) = status.provider.as_deref().and_then(|name| ctx.registry.get(name)) {
             let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
             let holdings = Holdings {
@@ -435,19 +437,25 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
                 launch_templates_in_use: &[],
                 outcome_unknown: status.outcome_unknown(),
             };
-            provider.orphan(&owner, holdings).await?;
+            // The user asked to keep everything: a cloud that cannot be reached (broken
+            // credentials, say) must not hold the deletion, and the namespace's, forever.
+            if let Err(error) = provider.orphan(&owner, holdings).await {
+                tracing::warn!(request = %owner.key(), %error, "orphaned without the orb.dev/orphaned mark");
+                type_ = EventType::Warning;
+                // An Event's note holds 1 KiB: name a few, count the rest.
+                let mut ids = known.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+                if known.len() > 5 {
+                    ids.push_str(&format!(" and {} more", known.len() - 5));
+                }
+                note = format!(
+                    "deletionPolicy Orphan: machines left running [{ids}] but not marked orb.dev/orphaned ({error}). The leak sweep removes resources of this cluster whose request is gone: tag them orb.dev/orphaned=true (with their fleets, spot fleet requests and group) before its grace period ends, or they are removed as leaked"
+                );
+            }
         }
         ctx.written.forget(&owner.uid);
         ctx.headroom.forget(&owner.uid);
-        publish(
-            ctx,
-            mr,
-            EventType::Normal,
-            "Orphaned",
-            "deletionPolicy Orphan: machines left running".into(),
-            "Release",
-        )
-        .await;
+        let reason = if type_ == EventType::Normal { "Orphaned" } else { "OrphanedUnmarked" };
+        publish(ctx, mr, type_, reason, note, "Release").await;
         return Ok(Action::await_change());
     }
     let status = sink(mr, api, ctx).latest(mr.status.as_ref()).await?;

@@ -45,11 +45,28 @@ struct Cloud {
 pub struct SimProvider {
     settings: SimSettings,
     cloud: Mutex<Cloud>,
+    /// Every call that would change the cloud fails, as with broken credentials (tests).
+    unreachable: std::sync::atomic::AtomicBool,
 }
 
 impl SimProvider {
     pub fn new(settings: SimSettings) -> Self {
-        Self { settings, cloud: Mutex::new(Cloud::default()) }
+        Self { settings, cloud: Mutex::new(Cloud::default()), unreachable: Default::default() }
+    }
+
+    /// Makes the cloud unreachable (or reachable again): releases and orphan marks fail.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.unreachable.store(unreachable, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn reachable(&self) -> Result<(), ProviderError> {
+        if self.unreachable.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ProviderError::Auth {
+                code: "AuthFailure".into(),
+                message: "AWS was not able to validate the provided access credentials (simulated)".into(),
+            });
+        }
+        Ok(())
     }
 
     fn cloud(&self) -> std::sync::MutexGuard<'_, Cloud> {
@@ -255,6 +272,7 @@ impl Provider for SimProvider {
 
     /// The simulator's listing never lags, so `known` adds nothing.
     async fn release(&self, owner: &Owner, _holdings: Holdings<'_>) -> Result<Released, ProviderError> {
+        self.reachable()?;
         let now = Timestamp::now();
         let mut cloud = self.cloud();
         for instance in cloud.instances.values_mut().filter(|i| i.owner_uid == owner.uid) {
@@ -265,7 +283,7 @@ impl Provider for SimProvider {
 
     /// The simulator never sweeps: nothing to mark.
     async fn orphan(&self, _owner: &Owner, _holdings: Holdings<'_>) -> Result<(), ProviderError> {
-        Ok(())
+        self.reachable()
     }
 
     /// Simulated machines live in this process only: a request gone is released, never leaked.
