@@ -2,8 +2,9 @@
 //! reconciles; the others wait on standby. The lease is renewed every few seconds and lapses
 //! `LEASE_SECONDS` after its holder stops renewing it, so a standby replica takes over within
 //! about that long of a leader's death (a leader shutting down releases it at once). A leader
-//! that loses the lease — or cannot confirm it for most of its validity, cut off from the API
-//! server — exits: two reconcilers must never act on the same requests.
+//! that loses the lease — or whose last renewal is so old that a standby with a clock up to
+//! `MAX_CLOCK_SKEW` ahead may judge it lapsed — exits: two reconcilers must never act on the
+//! same requests.
 //!
 //! The lease itself is `kube-lease-manager`'s (server-side apply, clock-skew tolerant).
 
@@ -52,9 +53,22 @@ pub struct Leadership {
 
 /// How often the leader confirms, on its own, that it still holds the lease.
 const CONFIRM_EVERY: Duration = Duration::from_secs(2);
-/// A leader that could not confirm its lease for this long stops: the lease may lapse (after
-/// `LEASE_SECONDS`) while it cannot reach the API server, and another replica take over.
-const UNCONFIRMED_LIMIT: Duration = Duration::from_secs(LEASE_SECONDS - 3);
+/// Clock skew between replicas the lease tolerates. A standby judges the lease lapsed at its
+/// `renewTime` (written with the leader's clock) plus `LEASE_SECONDS`, by its own clock: one
+/// running this much ahead takes over this much early, so the leader stops this much before.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(2);
+
+/// Why the leader must stop now, judged by its last *renewal* (the lease's `renewTime`, which
+/// it wrote with its own clock) and not by its last successful read: a lease it can read but
+/// no longer renews still lapses, and a standby then takes over.
+fn must_stop(holder: Option<&str>, me: &str, renewed: jiff::Timestamp, now: jiff::Timestamp) -> Option<String> {
+    if holder != Some(me) {
+        return Some(format!("the lease names another holder ({})", holder.unwrap_or("none")));
+    }
+    let valid = LEASE_SECONDS.saturating_sub(MAX_CLOCK_SKEW.as_secs());
+    let fence = renewed + jiff::SignedDuration::from_secs(valid as i64);
+    (now >= fence).then(|| format!("the lease was last renewed at {renewed} and may lapse for a replica whose clock runs up to {MAX_CLOCK_SKEW:?} ahead"))
+}
 
 /// Waits until this replica holds the lease.
 pub async fn lead(client: Client, election: &Election) -> anyhow::Result<Leadership> {
@@ -83,8 +97,8 @@ pub async fn lead(client: Client, election: &Election) -> anyhow::Result<Leaders
 
 impl Leadership {
     /// Resolves when the lease is lost: the lease manager says so, the lease names another
-    /// holder, or this replica could not confirm it for `UNCONFIRMED_LIMIT` (cut off from the
-    /// API server, it would not learn in time that another replica took over).
+    /// holder, or its last renewal is too old (`must_stop`): cut off from the API server, or
+    /// with renewals failing, this replica would not learn in time that another took over.
     pub async fn lost(&mut self) {
         let told = async {
             loop {
@@ -93,30 +107,25 @@ impl Leadership {
                 }
             }
         };
-        let confirmed = async {
-            let mut last_confirmed = tokio::time::Instant::now();
+        let fenced = async {
+            // Just acquired: renewed about now.
+            let (mut holder, mut renewed) = (Some(self.identity.clone()), jiff::Timestamp::now());
             loop {
-                tokio::time::sleep(CONFIRM_EVERY).await;
-                match tokio::time::timeout(CONFIRM_EVERY, self.leases.get_opt(LEASE)).await {
-                    Ok(Ok(lease)) => {
-                        let holder = lease.and_then(|l| l.spec?.holder_identity);
-                        if holder.as_deref() != Some(self.identity.as_str()) {
-                            tracing::warn!(?holder, "the lease names another holder");
-                            return;
-                        }
-                        last_confirmed = tokio::time::Instant::now();
-                    }
-                    _ if last_confirmed.elapsed() > UNCONFIRMED_LIMIT => {
-                        tracing::warn!(unconfirmed_for = ?last_confirmed.elapsed(), "cannot confirm the lease");
-                        return;
-                    }
-                    _ => {}
+                if let Ok(Ok(lease)) = tokio::time::timeout(CONFIRM_EVERY, self.leases.get_opt(LEASE)).await {
+                    let spec = lease.and_then(|l| l.spec);
+                    holder = spec.as_ref().and_then(|s| s.holder_identity.clone());
+                    renewed = spec.and_then(|s| s.renew_time).map_or(renewed, |t| t.0);
                 }
+                if let Some(why) = must_stop(holder.as_deref(), &self.identity, renewed, jiff::Timestamp::now()) {
+                    tracing::warn!(reason = %why, "no longer leading");
+                    return;
+                }
+                tokio::time::sleep(CONFIRM_EVERY).await;
             }
         };
         tokio::select! {
             () = told => {}
-            () = confirmed => {}
+            () = fenced => {}
         }
     }
 
@@ -133,6 +142,20 @@ impl Leadership {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leadership_is_fenced_on_the_last_renewal_not_the_last_read() {
+        let now = jiff::Timestamp::now();
+        let ago = |secs: i64| now - jiff::SignedDuration::from_secs(secs);
+        // Renewed 3 s ago: leading.
+        assert_eq!(must_stop(Some("me"), "me", ago(3), now), None);
+        // Read just now, but last renewed 8 s ago (renewals failing while reads work): a
+        // standby whose clock runs 2 s ahead sees the 10 s lease lapse now. Stop.
+        let why = must_stop(Some("me"), "me", ago(LEASE_SECONDS as i64 - MAX_CLOCK_SKEW.as_secs() as i64), now);
+        assert!(why.is_some_and(|w| w.contains("last renewed")));
+        assert!(must_stop(Some("other"), "me", ago(0), now).is_some_and(|w| w.contains("other")));
+        assert!(must_stop(None, "me", ago(0), now).is_some());
+    }
 
     #[test]
     fn the_lease_lives_in_the_named_namespace_else_the_pods_else_default() {
