@@ -170,7 +170,7 @@ async fn run(handler: Handler, n: usize, capacity: i32, mutate_rate: Option<u32>
                 known: &known,
                 resources: &status.resources,
                 launch_templates_in_use: &[],
-                outcome_unknown: false,
+                last_attempt: None,
             };
             while aws.provider.release(&owner, holdings).await != Ok(Released::Done) {
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -40,7 +40,7 @@ async fn release(aws: &Aws, mr: &MachineRequest, sink: &MemoryStatus) {
     let status = sink.current().unwrap();
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
     let holdings =
-        Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[], outcome_unknown: false };
+        Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[], last_attempt: None };
     let owner = orb_operator::controller::request::owner_of(mr).unwrap();
     assert_eq!(aws.provider.release(&owner, holdings).await.unwrap(), orb_operator::provider::Released::Done);
 }

@@ -40,7 +40,7 @@ async fn release(aws: &Aws, mr: &MachineRequest, sink: &MemoryStatus, in_use: &[
         known: &known,
         resources: &status.resources,
         launch_templates_in_use: in_use,
-        outcome_unknown: status.outcome_unknown(),
+        last_attempt: status.attempt.as_ref(),
     };
     let released = aws.provider.release(&owner_of(mr), holdings).await.unwrap();
     assert_eq!(released, orb_operator::provider::Released::Done);
@@ -337,6 +337,18 @@ async fn a_maintain_fleet_is_one_per_request_scaled_by_its_target_and_deleted() 
     assert_nothing_left(&aws, &mr, &sink.current().unwrap()).await;
 }
 
+/// An attempt whose create call's answer was lost, started long enough ago that what it made
+/// is visible.
+fn lost_attempt() -> Attempt {
+    let started = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(10);
+    Attempt {
+        number: 1,
+        completed: false,
+        started_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(started)),
+        ..Default::default()
+    }
+}
+
 /// A create whose answer was lost (the operator killed after the call, or a timeout) is replayed
 /// with the same token. EC2 would answer with what the first call made; moto, like any client
 /// that reaches a different endpoint, makes another. The replay must find the first call's
@@ -374,7 +386,12 @@ async fn a_lost_create_is_adopted_on_replay_and_released(test: &str, api: Api, f
 
     // Deleted before anything was recorded: the release finds the fleet by its tags.
     let known: Vec<String> = vec![];
-    let holdings = Holdings { known: &known, resources: &nothing, launch_templates_in_use: &[], outcome_unknown: true };
+    let holdings = Holdings {
+        known: &known,
+        resources: &nothing,
+        launch_templates_in_use: &[],
+        last_attempt: Some(&lost_attempt()),
+    };
     let released = aws.provider.release(&owner, holdings).await.unwrap();
     assert_eq!(released, orb_operator::provider::Released::Done);
     let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
@@ -422,7 +439,12 @@ async fn an_auto_scaling_group_whose_create_answer_was_lost_is_released() {
     assert!(made.resources.asg_name.is_some(), "{made:?}");
     // The answer is lost; the request is deleted before anything was recorded.
     let known: Vec<String> = vec![];
-    let holdings = Holdings { known: &known, resources: &nothing, launch_templates_in_use: &[], outcome_unknown: true };
+    let holdings = Holdings {
+        known: &known,
+        resources: &nothing,
+        launch_templates_in_use: &[],
+        last_attempt: Some(&lost_attempt()),
+    };
     aws.provider.release(&owner, holdings).await.unwrap();
     let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
     assert!(left.is_empty(), "left behind after a release that had lost the create's answer: {left:?}");

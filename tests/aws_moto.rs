@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::Filter;
 use orb_operator::api::*;
 use orb_operator::controller::template::readiness;
 use orb_operator::provider::{
-    AnyProvider, Holdings, Owner, Provider, ProviderError, ProvisionRequest, Registry, ReturnRequest,
+    AnyProvider, Holdings, Owner, Provider, ProviderError, ProvisionRequest, Registry, Released, ReturnRequest,
 };
 use std::collections::BTreeMap;
 use support::aws::{CLUSTER, aws, changed};
@@ -35,7 +35,7 @@ static NO_RESOURCES: Resources = Resources {
 
 /// What a release of a RunInstances request gets: the ids its status knows.
 fn holdings(known: &[String]) -> Holdings<'_> {
-    Holdings { known, resources: &NO_RESOURCES, launch_templates_in_use: &[], outcome_unknown: false }
+    Holdings { known, resources: &NO_RESOURCES, launch_templates_in_use: &[], last_attempt: None }
 }
 
 fn tags_of(i: &aws_sdk_ec2::types::Instance) -> BTreeMap<String, String> {
@@ -423,6 +423,22 @@ async fn a_lost_answer_a_lagging_listing_and_a_stale_cache_never_launch_twice() 
     assert_eq!(status.phase, Some(Phase::Fulfilled));
 }
 
+/// A tag policy removes the operator's tags from `id`: the tag listing no longer finds it.
+/// Returns once the poller, refreshing the machine by id, has seen it lose them.
+async fn strip_tags(aws: &support::aws::Aws, mr: &MachineRequest, id: &str) {
+    let mut changes = aws.changes();
+    let tag = |key: &str| aws_sdk_ec2::types::Tag::builder().key(key).build();
+    aws.ec2
+        .delete_tags()
+        .resources(id)
+        .tags(tag("orb.dev/request-uid"))
+        .tags(tag("orb.dev/cluster"))
+        .send()
+        .await
+        .unwrap();
+    changed(&mut changes, mr).await;
+}
+
 #[tokio::test]
 async fn a_machine_whose_tags_were_stripped_is_kept_by_id_and_released() {
     let Some(aws) = aws("a_machine_whose_tags_were_stripped_is_kept_by_id_and_released").await else { return };
@@ -430,19 +446,7 @@ async fn a_machine_whose_tags_were_stripped_is_kept_by_id_and_released() {
     let (mut mr, sink) = (request("stripped", 2), MemoryStatus::default());
     converge(&mut mr, &template, &aws.provider, &sink, 5).await;
     let stripped = sink.current().unwrap().machines[0].instance_id.clone();
-    let mut changes = aws.changes();
-    // A tag policy removes the operator's tags: the tag listing no longer finds the machine.
-    let tag = |key: &str| aws_sdk_ec2::types::Tag::builder().key(key).build();
-    aws.ec2
-        .delete_tags()
-        .resources(&stripped)
-        .tags(tag("orb.dev/request-uid"))
-        .tags(tag("orb.dev/cluster"))
-        .send()
-        .await
-        .unwrap();
-    // The poller, refreshing the machine by id, sees it lose its tags.
-    changed(&mut changes, &mr).await;
+    strip_tags(&aws, &mr, &stripped).await;
     let later = jiff::Timestamp::now() + jiff::SignedDuration::from_mins(5);
     for _ in 0..3 {
         pass(&mut mr, &template, &aws.provider, &sink, later, false).await.unwrap();
@@ -640,4 +644,71 @@ async fn a_template_leaving_the_type_to_its_launch_template_learns_that_types_fa
     let facts = aws.provider.validate(&template).await.unwrap();
     let summary: Vec<_> = facts.iter().map(|f| (f.type_.as_str(), f.vcpus, f.memory_mib)).collect();
     assert_eq!(summary, [("c5.xlarge", 4, 8192)], "what HostFactory's attributes are built from");
+}
+
+#[tokio::test]
+async fn a_machine_whose_tags_were_stripped_and_termination_refused_holds_back_no_other() {
+    let test = "a_machine_whose_tags_were_stripped_and_termination_refused_holds_back_no_other";
+    let Some(aws) = aws(test).await else { return };
+    let template = template_object(aws.template(&[("m5.large", 1)]));
+    let (mut mr, sink) = (request("stripped-denied", 3), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 5).await;
+    let status = sink.current().unwrap();
+    let stripped = status.machines[0].instance_id.clone();
+    strip_tags(&aws, &mr, &stripped).await;
+    // The shipped IAM policy: TerminateInstances only on instances tagged with the cluster id.
+    // Every call that names the stripped instance is refused, as IAM refuses it.
+    let refusal = Fault::Error {
+        status: 403,
+        code: "UnauthorizedOperation".into(),
+        message: "You are not authorized to perform this operation (injected)".into(),
+    };
+    aws.proxy.inject("TerminateInstances", Some(&format!("={stripped}")), 100, refusal);
+    let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
+    let error = aws.provider.release(&owner_of(&mr), holdings(&known)).await.unwrap_err();
+    let text = error.to_string();
+    assert_eq!(error.code(), "UnauthorizedOperation");
+    assert!(text.contains(&stripped) && text.contains("administrator") && text.contains("orb.dev/cluster="), "{text}");
+    // Every other machine went; only the refused one runs on.
+    let left: Vec<_> = aws.live_of(&mr).await.iter().filter_map(|i| i.instance_id().map(str::to_string)).collect();
+    assert!(left.is_empty(), "the tagged machines were held back by the refused one: {left:?}");
+    let after = aws.ec2.describe_instances().instance_ids(&stripped).send().await.unwrap();
+    let state = after.reservations()[0].instances()[0].state().unwrap().name().unwrap().as_str().to_string();
+    assert_eq!(state, "running");
+}
+
+#[tokio::test]
+async fn a_release_moments_after_a_launch_waits_for_ec2_to_show_its_machines() {
+    let test = "a_release_moments_after_a_launch_waits_for_ec2_to_show_its_machines";
+    let Some(aws) = aws(test).await else { return };
+    let template = template_object(aws.template(&[("m5.large", 1)]));
+    let (mut mr, sink) = (request("just-made", 2), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 5).await;
+    let status = sink.current().unwrap();
+    let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
+    assert_eq!(known.len(), 2);
+    // Deleted seconds after the launch, by an operator that restarted meanwhile (nothing in
+    // memory): eventually consistent EC2 does not show the machines yet (by id or by tag).
+    // Before, the release took that for "gone", reported done, and the finalizer went while
+    // the machines ran on.
+    let restarted = aws.restarted().await;
+    let empty = r#"<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>lag</requestId><reservationSet/></DescribeInstancesResponse>"#;
+    aws.proxy.inject("DescribeInstances", None, usize::MAX, Fault::Reply(empty.into()));
+    let holdings = || Holdings {
+        known: &known,
+        resources: &status.resources,
+        launch_templates_in_use: &[],
+        last_attempt: status.attempt.as_ref(),
+    };
+    let released = restarted.release(&owner_of(&mr), holdings()).await.unwrap();
+    assert!(
+        matches!(&released, Released::InProgress(left) if left.contains(&known[0])),
+        "not found moments after the launch is not gone: {released:?}"
+    );
+    aws.proxy.clear("DescribeInstances");
+    assert_eq!(aws.live_of(&mr).await.len(), 2, "nothing was given up");
+    // Once EC2 shows them, the release finishes.
+    let released = restarted.release(&owner_of(&mr), holdings()).await.unwrap();
+    assert_eq!(released, Released::Done);
+    assert!(aws.live_of(&mr).await.is_empty());
 }

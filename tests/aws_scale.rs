@@ -58,7 +58,7 @@ async fn release_all(aws: &Aws, requests: &[(MachineRequest, MemoryStatus)]) -> 
         async move {
             let resources = Resources::default();
             let holdings =
-                Holdings { known: &known, resources: &resources, launch_templates_in_use: &[], outcome_unknown: false };
+                Holdings { known: &known, resources: &resources, launch_templates_in_use: &[], last_attempt: None };
             aws.provider.release(&owner, holdings).await
         }
     }))
@@ -227,7 +227,7 @@ async fn spot_fleets_and_groups_are_described_together_once_per_cycle() {
                 known: &known,
                 resources: &status.resources,
                 launch_templates_in_use: &[],
-                outcome_unknown: false,
+                last_attempt: None,
             };
             aws.provider.release(&owner, holdings).await
         }
@@ -499,8 +499,7 @@ async fn a_crash_during_release_leaves_nothing_behind() {
     converge(&mut mr, &template, &aws.provider, &sink, 6).await;
     let known: Vec<String> = sink.current().unwrap().machines.iter().map(|m| m.instance_id.clone()).collect();
     let resources = Resources::default();
-    let holdings =
-        Holdings { known: &known, resources: &resources, launch_templates_in_use: &[], outcome_unknown: false };
+    let holdings = Holdings { known: &known, resources: &resources, launch_templates_in_use: &[], last_attempt: None };
     // Every answer to TerminateInstances is lost (the calls take effect): the release fails.
     aws.proxy.inject("TerminateInstances", None, 3, Fault::Lost);
     assert!(aws.provider.release(&owner_of(&mr), holdings).await.is_err());
@@ -552,7 +551,7 @@ async fn what_a_request_deleted_with_deletion_policy_orphan_leaves_is_never_swep
     let status = sink.current().unwrap();
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
     let holdings =
-        Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[], outcome_unknown: false };
+        Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[], last_attempt: None };
     aws.provider.orphan(&owner_of(&mr), holdings).await.unwrap();
     // The request is gone from Kubernetes: its machines are the user's now, not leaks.
     let leaks = aws.provider.sweep(&Live::default(), Instant::now()).await.unwrap();

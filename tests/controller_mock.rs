@@ -363,3 +363,38 @@ async fn an_orphaned_request_lets_go_even_when_the_cloud_cannot_be_reached() {
     server.await.unwrap();
     assert_eq!(sim(&ctx).live_count(UID), 2, "orphaned machines keep running");
 }
+
+#[tokio::test]
+async fn a_release_that_fails_says_why_in_the_ready_condition() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, NS));
+    launch_in(&ctx, "default", 1).await;
+    sim(&ctx).set_unreachable(true);
+    let mut mr = request_object(true, true);
+    mr.status = Some(MachineRequestStatus {
+        provider: Some("default".into()),
+        phase: Some(Phase::Fulfilled),
+        ..Default::default()
+    });
+    let echo = mr.clone();
+    let server = tokio::spawn(async move {
+        let (status, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
+        assert_eq!(status["status"]["phase"], "Deleting");
+        respond(send, &echo);
+        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
+        respond(send, &event);
+        // The person on call reads the AWS error in `kubectl describe mr`, not only in an Event.
+        let (status, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
+        let ready = status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!(ready["reason"], "ReleaseFailed", "{ready}");
+        assert!(ready["message"].as_str().unwrap().contains("AuthFailure"), "{ready}");
+        respond(send, &echo);
+        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
+        assert_eq!(event["type"], "Warning");
+        respond(send, &event);
+    });
+    let result = request::reconcile(Arc::new(DeserializeGuard(Ok(mr))), ctx.clone()).await;
+    assert!(result.is_err(), "the finalizer stays until the release succeeds");
+    server.await.unwrap();
+    assert_eq!(sim(&ctx).live_count(UID), 1);
+}

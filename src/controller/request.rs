@@ -435,7 +435,7 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
                 known: &known,
                 resources: &status.resources,
                 launch_templates_in_use: &[],
-                outcome_unknown: status.outcome_unknown(),
+                last_attempt: status.attempt.as_ref(),
             };
             // The user asked to keep everything: a cloud that cannot be reached (broken
             // credentials, say) must not hold the deletion, and the namespace's, forever.
@@ -473,19 +473,19 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
         provider: provider_name.clone(),
         configured: ctx.registry.names().join(", "),
     })?;
-    if status.phase != Some(Phase::Deleting) {
-        let mut deleting = status.clone();
+    let deleting_with = |from: &MachineRequestStatus, reason: &str, message: String| {
+        let mut deleting = from.clone();
         deleting.phase = Some(Phase::Deleting);
         let now = Time(jiff::Timestamp::now());
-        let message = "request deleted; releasing every machine it owns";
-        conditions::upsert(
-            &mut deleting.conditions,
-            Cond::new(conditions::READY, false, "Deleting", message),
-            mr.meta().generation,
-            &now,
-        );
-        sink(mr, api, ctx).write(&deleting).await?;
-        announce(ctx, mr, &status, &deleting).await;
+        let ready = Cond::new(conditions::READY, false, reason, message);
+        conditions::upsert(&mut deleting.conditions, ready, mr.meta().generation, &now);
+        deleting
+    };
+    let mut current = status.clone();
+    if status.phase != Some(Phase::Deleting) {
+        current = deleting_with(&status, "Deleting", "request deleted; releasing every machine it owns".into());
+        sink(mr, api, ctx).write(&current).await?;
+        announce(ctx, mr, &status, &current).await;
     }
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
     let in_use = ctx.launch_templates_in_use(&owner.uid);
@@ -493,9 +493,20 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
         known: &known,
         resources: &status.resources,
         launch_templates_in_use: &in_use,
-        outcome_unknown: status.outcome_unknown(),
+        last_attempt: status.attempt.as_ref(),
     };
-    match provider.release(&owner, holdings).await? {
+    let released = match provider.release(&owner, holdings).await {
+        Ok(released) => released,
+        Err(error) => {
+            // What `kubectl describe mr` shows while it retries: the AWS error and what to do.
+            let failing = deleting_with(&current, "ReleaseFailed", format!("release failed, retrying: {error}"));
+            if failing != current {
+                sink(mr, api, ctx).write(&failing).await?;
+            }
+            return Err(error.into());
+        }
+    };
+    match released {
         Released::Done => {
             ctx.written.forget(&owner.uid);
             ctx.headroom.forget(&owner.uid);

@@ -230,9 +230,24 @@ pub struct Holdings<'a> {
     pub resources: &'a Resources,
     /// Operator-made launch templates other requests still use (never deleted).
     pub launch_templates_in_use: &'a [String],
-    /// The last attempt's outcome is unknown: what it made may be recorded nowhere, so the
-    /// release looks its fleets up by the request's tags too.
-    pub outcome_unknown: bool,
+    /// The request's last launch attempt. While its outcome is unknown, what it made may be
+    /// recorded nowhere, so the release looks its fleets up by the request's tags too; shortly
+    /// after it, EC2 may not show what it made yet, and the release waits for it.
+    pub last_attempt: Option<&'a crate::api::Attempt>,
+}
+
+impl Holdings<'_> {
+    /// The last attempt's create call may have made something the status does not record.
+    pub fn outcome_unknown(&self) -> bool {
+        self.last_attempt.is_some_and(|a| !a.completed)
+    }
+
+    /// The last attempt started within `window` of `now`: what it made may not be visible yet
+    /// (EC2 is eventually consistent), so "not found" does not mean "gone".
+    pub fn launched_within(&self, window: std::time::Duration, now: jiff::Timestamp) -> bool {
+        let started = self.last_attempt.and_then(|a| a.started_at.as_ref());
+        started.is_some_and(|t| now.duration_since(t.0).unsigned_abs() < window)
+    }
 }
 
 /// A launch that failed for one instance type / zone while others may have worked.

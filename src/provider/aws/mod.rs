@@ -145,11 +145,44 @@ impl AwsProvider {
             .collect())
     }
 
+    /// Terminates `machines`: those with this cluster's tags together (gathered with other
+    /// requests'), and each one whose tags are gone (a tag policy stripped them) in a call of
+    /// its own. The shipped IAM policy lets TerminateInstances act only on tagged instances, so
+    /// one such id would fail the whole call and hold back every other machine. A refused one
+    /// fails the release with what an administrator must do, after all the others went.
+    async fn terminate_tagged_apart(&self, owner: &Owner, machines: Vec<ObservedMachine>) -> Result<(), ProviderError> {
+        let (untagged, tagged): (Vec<_>, Vec<_>) = machines.into_iter().partition(|m| m.untagged);
+        let mut ids: Vec<String> = tagged.into_iter().map(|m| m.instance_id).collect();
+        ids.sort();
+        ids.dedup();
+        self.ops.terminate(&ids).await?;
+        let mut refused = vec![];
+        for m in untagged {
+            if let Err(error) = self.ops.terminate_now(std::slice::from_ref(&m.instance_id)).await {
+                refused.push((m.instance_id, error));
+            }
+        }
+        let Some((_, first)) = refused.first() else { return Ok(()) };
+        let ids: Vec<&str> = refused.iter().map(|(id, _)| id.as_str()).collect();
+        let message = format!(
+            "TerminateInstances refused for {ids:?}, which no longer carry this operator's tags (a tag policy?): {first}. The IAM policy lets the operator terminate only instances tagged orb.dev/cluster={}. An administrator must terminate them, or restore their tags orb.dev/cluster={} and orb.dev/request-uid={}; every other machine of the request was released",
+            self.ops.cluster_id, self.ops.cluster_id, owner.uid
+        );
+        Err(match first {
+            ProviderError::Auth { code, .. } => ProviderError::Auth { code: code.clone(), message },
+            other => ProviderError::Transient { code: other.code().to_string(), message },
+        })
+    }
+
     /// The shared EC2 and SSM operations.
     pub fn ops(&self) -> &Ops {
         &self.ops
     }
 }
+
+/// How long after a launch EC2 may still not show what it made (it is eventually consistent):
+/// within it, a release treats an id EC2 does not know as not yet visible rather than gone.
+pub const VISIBILITY_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Provider for AwsProvider {
     async fn health(&self) -> Result<String, ProviderError> {
@@ -266,7 +299,9 @@ impl Provider for AwsProvider {
     }
 
     async fn release(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<Released, ProviderError> {
-        let Holdings { known, resources, launch_templates_in_use, outcome_unknown } = holdings;
+        let outcome_unknown = holdings.outcome_unknown();
+        let recent = holdings.launched_within(VISIBILITY_WINDOW, jiff::Timestamp::now());
+        let Holdings { known, resources, launch_templates_in_use, .. } = holdings;
         let (mut fleets, mut spot_fleets, mut known) =
             (resources.fleet_ids.clone(), resources.spot_fleet_request_ids.clone(), known.to_vec());
         let mut group = resources.asg_name.clone();
@@ -288,17 +323,25 @@ impl Provider for AwsProvider {
         asg::delete(&self.ops, group.as_deref()).await?;
         // A fresh tag listing (batched with every other request's), plus the ids the status
         // knows: the listing may not show instances launched moments ago.
-        let mut live: Vec<String> = self
-            .poller
-            .relist(owner, &known)
-            .await?
-            .into_iter()
-            .filter(|m| m.state.can_terminate())
-            .map(|m| m.instance_id)
-            .collect();
-        live.sort();
-        live.dedup();
-        self.ops.terminate(&live).await?;
+        let listed = self.poller.relist(owner, &known).await?;
+        // Moments after a launch, EC2 may not show what it made yet: an id it does not know is
+        // "not yet", not "gone" (else the finalizer would go and the machine run on, untracked).
+        let unseen: Vec<String> = if recent {
+            let mut unseen: Vec<String> =
+                known.iter().filter(|id| !listed.iter().any(|m| &m.instance_id == *id)).cloned().collect();
+            unseen.extend(ec2_fleet::unlisted(&self.ops, &resources.fleet_ids).await?);
+            unseen.extend(spot_fleet::unlisted(&self.ops, &resources.spot_fleet_request_ids).await?);
+            unseen
+        } else {
+            vec![]
+        };
+        let live: Vec<ObservedMachine> = listed.into_iter().filter(|m| m.state.can_terminate()).collect();
+        self.terminate_tagged_apart(owner, live).await?;
+        if !unseen.is_empty() {
+            return Ok(Released::InProgress(format!(
+                "waiting for EC2 to show {unseen:?}, made moments ago, before letting the request go"
+            )));
+        }
         if made_launch_template {
             self.ops.delete_unused_launch_templates(owner, launch_templates_in_use).await?;
         }
