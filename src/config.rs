@@ -363,8 +363,13 @@ impl AwsSettings {
     }
 }
 
+/// The `clusterId` of every installation that does not choose one: not unique, so the leak
+/// sweep stays off under it (two clusters sharing an account and region would each take the
+/// other's resources for leaks).
+pub const DEFAULT_CLUSTER_ID: &str = "orb";
+
 fn default_cluster_id() -> String {
-    "orb".into()
+    DEFAULT_CLUSTER_ID.into()
 }
 
 fn valid_cluster_id(id: &str) -> bool {

@@ -562,3 +562,39 @@ async fn what_a_request_deleted_with_deletion_policy_orphan_leaves_is_never_swep
         assert!(i.tags().iter().any(|t| t.key() == Some("orb.dev/orphaned")), "{i:?}");
     }
 }
+
+#[tokio::test]
+async fn two_clusters_with_the_default_cluster_id_never_sweep_each_other() {
+    let test = "two_clusters_with_the_default_cluster_id_never_sweep_each_other";
+    let Some(aws) = aws_with(test, |s| {
+        s.sweep_interval = "1m".into();
+        s.sweep_grace = "0s".into();
+    })
+    .await
+    else {
+        return;
+    };
+    // Two clusters, each with an operator left at the default clusterId, in one account and
+    // region. Each sees only its own requests: the other's uids look dead to it.
+    let default = orb_operator::config::DEFAULT_CLUSTER_ID;
+    let (blue, green) = (aws.operator_with_cluster_id(default).await, aws.operator_with_cluster_id(default).await);
+    let template = ready(MachineTemplate::new("workers", aws.template(&[("m5.large", 1)])));
+    let (mut on_blue, blue_sink) = (request("on-blue", 2), MemoryStatus::default());
+    let (mut on_green, green_sink) = (request("on-green", 2), MemoryStatus::default());
+    converge(&mut on_blue, &template, &blue, &blue_sink, 6).await;
+    converge(&mut on_green, &template, &green, &green_sink, 6).await;
+    let live_of =
+        |mr: &MachineRequest| Live { uids: BTreeSet::from([mr.metadata.uid.clone().unwrap()]), ..Default::default() };
+    let t0 = Instant::now();
+    for interval in 0..3 {
+        let now = t0 + Duration::from_secs(61 * interval);
+        assert_eq!(blue.sweep(&live_of(&on_blue), now).await.unwrap(), [], "blue swept green's");
+        assert_eq!(green.sweep(&live_of(&on_green), now).await.unwrap(), [], "green swept blue's");
+    }
+    assert_eq!(aws.live_of(&on_blue).await.len(), 2);
+    assert_eq!(aws.live_of(&on_green).await.len(), 2);
+    assert_eq!(aws.proxy.calls("TerminateInstances").len(), 0, "nothing of either was touched");
+    // A cluster that names itself sweeps its own leaks as before.
+    let named = aws.operator_with_cluster_id("orb-blue").await;
+    assert!(named.sweep(&Live::default(), t0).await.is_ok());
+}

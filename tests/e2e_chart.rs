@@ -95,7 +95,13 @@ async fn helm_install_and_the_charts_rbac_run_the_operator_against_a_real_cluste
     // Every object is accepted.
     let full = format!("{release}-orb-operator");
     Api::<Deployment>::namespaced(client.clone(), &ns.name).get(&full).await.expect("the Deployment");
-    Api::<ConfigMap>::namespaced(client.clone(), &ns.name).get(&full).await.expect("the config");
+    let config = Api::<ConfigMap>::namespaced(client.clone(), &ns.name).get(&full).await.expect("the config");
+    // With clusterId left empty, the chart gives one unique to this cluster (from kube-system's
+    // UID), so that two clusters sharing an AWS account never sweep each other.
+    let config: serde_yaml::Value = serde_yaml::from_str(&config.data.unwrap()["config.yaml"]).unwrap();
+    let kube_system = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()).get("kube-system").await;
+    let uid = kube_system.unwrap().metadata.uid.unwrap();
+    assert_eq!(config["clusterId"].as_str(), Some(format!("orb-{}", &uid[..12]).as_str()), "{config:?}");
     Api::<ServiceAccount>::namespaced(client.clone(), &ns.name).get(&full).await.expect("the ServiceAccount");
     Api::<ClusterRole>::all(client.clone()).get(&full).await.expect("the ClusterRole");
     Api::<Role>::namespaced(client.clone(), &ns.name).get(&format!("{full}-lease")).await.expect("the lease Role");

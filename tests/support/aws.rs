@@ -65,6 +65,14 @@ async fn build_provider(
     settings: &AwsSettings,
     metrics: &std::sync::Arc<orb_operator::metrics::Metrics>,
 ) -> AnyProvider {
+    build_provider_for(settings, metrics, CLUSTER).await
+}
+
+async fn build_provider_for(
+    settings: &AwsSettings,
+    metrics: &std::sync::Arc<orb_operator::metrics::Metrics>,
+    cluster_id: &str,
+) -> AnyProvider {
     let sdk = orb_operator::provider::aws::client::sdk_config(settings)
         .await
         .into_builder()
@@ -72,7 +80,7 @@ async fn build_provider(
         .build();
     let calls =
         orb_operator::provider::aws::call_metrics::CallMetrics { provider: "default".into(), metrics: metrics.clone() };
-    AnyProvider::Aws(AwsProvider::from_sdk(&sdk, settings, CLUSTER, calls))
+    AnyProvider::Aws(AwsProvider::from_sdk(&sdk, settings, cluster_id, calls))
 }
 
 impl Aws {
@@ -80,6 +88,11 @@ impl Aws {
     /// poller view, no launch templates, no capacity errors), the same cloud.
     pub async fn restarted(&self) -> AnyProvider {
         build_provider(&self.settings, &self.metrics).await
+    }
+
+    /// A provider of another operator on the same account and region, with `cluster_id`.
+    pub async fn operator_with_cluster_id(&self, cluster_id: &str) -> AnyProvider {
+        build_provider_for(&self.settings, &self.metrics, cluster_id).await
     }
 
     pub fn template(&self, types: &[(&str, i32)]) -> MachineTemplateSpec {

@@ -637,15 +637,6 @@ pub async fn delete(ops: &Ops, fleet_ids: &[String]) -> Result<(), ProviderError
     }
 }
 
-/// Of `ids`, those EC2 does not list (yet: a fleet made moments ago may lag behind).
-pub async fn unlisted(ops: &Ops, ids: &[String]) -> Result<Vec<String>, ProviderError> {
-    if ids.is_empty() {
-        return Ok(vec![]);
-    }
-    let listed = describe(ops, ids).await?;
-    Ok(ids.iter().filter(|id| !listed.iter().any(|f| f.fleet_id() == Some(id.as_str()))).cloned().collect())
-}
-
 /// Deletes fleets now, with their instances, in calls of up to `DELETE_BATCH`.
 pub async fn delete_now(ops: &Ops, live: &[String]) -> Result<(), ProviderError> {
     for chunk in live.chunks(DELETE_BATCH) {

@@ -413,19 +413,6 @@ pub async fn cancel(ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
     }
 }
 
-/// Of `ids`, those EC2 does not list (yet: a request made moments ago may lag behind).
-pub async fn unlisted(ops: &Ops, ids: &[String]) -> Result<Vec<String>, ProviderError> {
-    if ids.is_empty() {
-        return Ok(vec![]);
-    }
-    let listed = describe(ops, ids).await?;
-    Ok(ids
-        .iter()
-        .filter(|id| !listed.iter().any(|c| c.spot_fleet_request_id() == Some(id.as_str())))
-        .cloned()
-        .collect())
-}
-
 /// Cancels spot fleet requests now, with their instances, in calls of up to `CANCEL_BATCH`.
 pub async fn cancel_now(ops: &Ops, live: &[String]) -> Result<(), ProviderError> {
     for chunk in live.chunks(CANCEL_BATCH) {
