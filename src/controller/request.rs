@@ -186,7 +186,9 @@ pub async fn drive(
     let replays = matches!(&plan.step, Step::Launch { attempt, .. }
         if previous.attempt.as_ref().is_some_and(|open| open.number == attempt.number));
     let still_open = status.attempt.as_ref().zip(previous.attempt.as_ref()).is_some_and(|(now, before)| now == before);
-    if previous.outcome_unknown() && !still_open && !replays {
+    // (RunInstances makes nothing but tagged instances, which the tag listing finds.)
+    let makes_fleets = template.spec.api != crate::api::Api::RunInstances;
+    if previous.outcome_unknown() && !still_open && !replays && makes_fleets {
         // An attempt whose answer was lost is closed without a replay (capacity lowered, say):
         // what it made is adopted, so that it is followed, returned and released like the rest.
         status.resources.absorb(provider.unrecorded(&owner, &status.resources).await?);
