@@ -477,3 +477,42 @@ async fn a_lost_fleet_create_closed_without_a_replay_is_adopted_and_then_release
     release(&aws, &mr, &sink, &[]).await;
     assert_nothing_left(&aws, &mr, &sink.current().unwrap()).await;
 }
+
+#[tokio::test]
+async fn a_release_moments_after_a_fleet_was_made_waits_for_ec2_to_show_it() {
+    let test = "a_release_moments_after_a_fleet_was_made_waits_for_ec2_to_show_it";
+    let Some(aws) = aws(test).await else { return };
+    let template = fleet_template(&aws, Api::Ec2Fleet, FleetType::Request, &[("m5.large", 1)]);
+    let (mut mr, sink) = (request("fleet-just-made", 2), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    let status = sink.current().unwrap();
+    let fleet = status.resources.fleet_ids[0].clone();
+    // Deleted seconds later by an operator that restarted meanwhile; eventually consistent EC2
+    // does not describe the new fleet yet. Before, the release took it for gone.
+    let restarted = aws.restarted().await;
+    let nothing = r#"<DescribeFleetsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>lag</requestId><fleetSet/></DescribeFleetsResponse>"#;
+    aws.proxy.inject("DescribeFleets", None, usize::MAX, Fault::Reply(nothing.into()));
+    let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
+    let holdings = || Holdings {
+        known: &known,
+        resources: &status.resources,
+        launch_templates_in_use: &[],
+        last_attempt: status.attempt.as_ref(),
+    };
+    let released = restarted.release(&owner_of(&mr), holdings()).await.unwrap();
+    assert!(
+        matches!(&released, orb_operator::provider::Released::InProgress(left) if left.contains(&fleet)),
+        "a fleet not shown moments after its creation is not gone: {released:?}"
+    );
+    aws.proxy.clear("DescribeFleets");
+    // Shown now: deleted, and a later pass does not wait for the fleet it deleted itself.
+    let mut released = restarted.release(&owner_of(&mr), holdings()).await.unwrap();
+    for _ in 0..3 {
+        if released == orb_operator::provider::Released::Done {
+            break;
+        }
+        released = restarted.release(&owner_of(&mr), holdings()).await.unwrap();
+    }
+    assert_eq!(released, orb_operator::provider::Released::Done);
+    assert_nothing_left(&aws, &mr, &sink.current().unwrap()).await;
+}

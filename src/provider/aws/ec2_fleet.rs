@@ -521,7 +521,21 @@ pub async fn before_return(
 
 /// The fleets, by id; ids EC2 no longer knows are left out.
 async fn describe(ops: &Ops, fleet_ids: &[String]) -> Result<Vec<aws_sdk_ec2::types::FleetData>, ProviderError> {
-    ops::describe_known(fleet_ids, |ids| describe_once(ops, ids)).await
+    let fleets = ops::describe_known(fleet_ids, |ids| describe_once(ops, ids)).await?;
+    ops.saw_fleets(fleets.iter().filter_map(|f| f.fleet_id()));
+    Ok(fleets)
+}
+
+/// Of the recorded `ids`, those EC2 does not show and this process never saw (see
+/// `Ops::not_shown_yet`). Instant fleets this process made are left out: their answer named
+/// their machines, which are what counts. No call without ids.
+pub async fn not_shown_yet(ops: &Ops, ids: &[String]) -> Result<Vec<String>, ProviderError> {
+    let ids: Vec<String> = ids.iter().filter(|id| !ops.is_instant(id)).cloned().collect();
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let listed = describe(ops, &ids).await?;
+    Ok(ops.not_shown_yet(&ids, &listed.iter().filter_map(|f| f.fleet_id()).collect::<Vec<_>>()))
 }
 
 async fn describe_once(ops: &Ops, fleet_ids: Vec<String>) -> Result<Vec<aws_sdk_ec2::types::FleetData>, ProviderError> {

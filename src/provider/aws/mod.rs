@@ -92,6 +92,7 @@ impl AwsProvider {
             spot_cancellations: gather::Gathered::new(|ops, ids| {
                 Box::pin(async move { spot_fleet::cancel_now(&ops, &ids).await })
             }),
+            seen_fleets: Default::default(),
         };
         let intervals = poller::Intervals { poll: settings.poll(), steady: settings.steady_poll() };
         let sweep_every = if cluster_id == crate::config::DEFAULT_CLUSTER_ID {
@@ -332,10 +333,14 @@ impl Provider for AwsProvider {
         let listed = self.poller.relist(owner, &known).await?;
         // Moments after a launch, EC2 may not show what it made yet: an id it does not know is
         // "not yet", not "gone" (else the finalizer would go and the machine run on, untracked).
-        // (Instances only: a fleet or spot fleet request this release deleted may drop out of
-        // a listing at once, and would then look "not yet visible" to the next pass.)
-        let unseen: Vec<&String> = if recent {
-            known.iter().filter(|id| !listed.iter().any(|m| &m.instance_id == *id)).collect()
+        // (A fleet or spot fleet request counts as not shown yet only if this process never saw
+        // it described: one this release deleted may drop out of a listing at once.)
+        let unseen: Vec<String> = if recent {
+            let mut unseen: Vec<String> =
+                known.iter().filter(|id| !listed.iter().any(|m| &m.instance_id == *id)).cloned().collect();
+            unseen.extend(ec2_fleet::not_shown_yet(&self.ops, &resources.fleet_ids).await?);
+            unseen.extend(spot_fleet::not_shown_yet(&self.ops, &resources.spot_fleet_request_ids).await?);
+            unseen
         } else {
             vec![]
         };

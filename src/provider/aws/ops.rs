@@ -38,6 +38,9 @@ pub struct Ops {
     pub terminations: std::sync::Arc<super::gather::Gathered>,
     pub fleet_deletions: std::sync::Arc<super::gather::Gathered>,
     pub spot_cancellations: std::sync::Arc<super::gather::Gathered>,
+    /// Fleets and spot fleet requests this process has seen described: one EC2 no longer
+    /// lists was there (deleted, cancelled), while one never seen may just not show yet.
+    pub seen_fleets: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// EC2's limit on a tag value, in characters.
@@ -204,6 +207,19 @@ where
 }
 
 impl Ops {
+    /// Records fleets or spot fleet requests a describe showed.
+    pub fn saw_fleets<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut seen = self.seen_fleets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.extend(ids.into_iter().map(str::to_string));
+    }
+
+    /// Of `ids`, those neither `listed` now nor ever seen described by this process: made
+    /// moments ago and not shown by EC2 yet (it is eventually consistent), rather than gone.
+    pub fn not_shown_yet(&self, ids: &[String], listed: &[&str]) -> Vec<String> {
+        let seen = self.seen_fleets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.iter().filter(|id| !listed.contains(&id.as_str()) && !seen.contains(*id)).cloned().collect()
+    }
+
     /// Records the zones of described subnets.
     pub fn remember_zones(&self, subnets: &[aws_sdk_ec2::types::Subnet]) {
         let mut zones = self.zones.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

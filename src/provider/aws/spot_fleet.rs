@@ -238,7 +238,19 @@ fn kind_of(config: &SpotFleetRequestConfig) -> FleetType {
 /// The spot fleet requests, by id; ids EC2 no longer knows (deleted 48 hours after their
 /// cancellation) are left out.
 async fn describe(ops: &Ops, ids: &[String]) -> Result<Vec<SpotFleetRequestConfig>, ProviderError> {
-    ops::describe_known(ids, |ids| describe_once(ops, ids)).await
+    let configs = ops::describe_known(ids, |ids| describe_once(ops, ids)).await?;
+    ops.saw_fleets(configs.iter().filter_map(|c| c.spot_fleet_request_id()));
+    Ok(configs)
+}
+
+/// Of the recorded `ids`, those EC2 does not show and this process never saw (see
+/// `Ops::not_shown_yet`). No call without ids.
+pub async fn not_shown_yet(ops: &Ops, ids: &[String]) -> Result<Vec<String>, ProviderError> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let listed = describe(ops, ids).await?;
+    Ok(ops.not_shown_yet(ids, &listed.iter().filter_map(|c| c.spot_fleet_request_id()).collect::<Vec<_>>()))
 }
 
 async fn describe_once(ops: &Ops, ids: Vec<String>) -> Result<Vec<SpotFleetRequestConfig>, ProviderError> {
