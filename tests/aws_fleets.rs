@@ -385,14 +385,19 @@ async fn a_lost_create_is_adopted_on_replay_and_released(test: &str, api: Api, f
     assert_eq!(replayed.accepted_units, first.accepted_units);
 
     // Deleted before anything was recorded: the release finds the fleet by its tags.
-    let known: Vec<String> = vec![];
+    release_with_nothing_recorded(&aws, &owner).await;
+}
+
+/// Releases `owner`'s request as one deleted while its create's answer was lost (nothing in
+/// its status), and requires that nothing of the cluster is left.
+async fn release_with_nothing_recorded(aws: &Aws, owner: &orb_operator::provider::Owner) {
     let holdings = Holdings {
-        known: &known,
-        resources: &nothing,
+        known: &[],
+        resources: &Resources::default(),
         launch_templates_in_use: &[],
         last_attempt: Some(&lost_attempt()),
     };
-    let released = aws.provider.release(&owner, holdings).await.unwrap();
+    let released = aws.provider.release(owner, holdings).await.unwrap();
     assert_eq!(released, orb_operator::provider::Released::Done);
     let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
     assert!(left.is_empty(), "left behind after a release that had lost the create's answer: {left:?}");
@@ -438,16 +443,7 @@ async fn an_auto_scaling_group_whose_create_answer_was_lost_is_released() {
     let made = aws.provider.provision(&launch).await.unwrap();
     assert!(made.resources.asg_name.is_some(), "{made:?}");
     // The answer is lost; the request is deleted before anything was recorded.
-    let known: Vec<String> = vec![];
-    let holdings = Holdings {
-        known: &known,
-        resources: &nothing,
-        launch_templates_in_use: &[],
-        last_attempt: Some(&lost_attempt()),
-    };
-    aws.provider.release(&owner, holdings).await.unwrap();
-    let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
-    assert!(left.is_empty(), "left behind after a release that had lost the create's answer: {left:?}");
+    release_with_nothing_recorded(&aws, &owner).await;
 }
 
 #[tokio::test]

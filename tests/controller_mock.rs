@@ -76,6 +76,16 @@ fn respond(send: SendResponse<Response<Body>>, object: &impl serde::Serialize) {
     send.send_response(Response::builder().body(Body::from(serde_json::to_vec(object).unwrap())).unwrap());
 }
 
+/// The next calls mark the request `Deleting` (status, then its Event); answered with `echo`.
+async fn expect_deleting(handle: &mut ApiHandle, echo: &MachineRequest) {
+    let (status, send) = expect(handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
+    assert_eq!(status["status"]["phase"], "Deleting");
+    respond(send, echo);
+    let (event, send) = expect(handle, Method::POST, EVENTS_PATH).await;
+    assert_eq!(event["reason"], "Deleting");
+    respond(send, &event);
+}
+
 /// The next call removes the finalizer; answered with `echo`.
 async fn expect_finalizer_removed(handle: &mut ApiHandle, echo: &MachineRequest) {
     let (patch, send) = expect(handle, Method::PATCH, MR_PATH).await;
@@ -166,12 +176,7 @@ async fn deletion_releases_every_machine_then_removes_the_finalizer() {
     });
     let echo = mr.clone();
     let server = tokio::spawn(async move {
-        let (status, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
-        assert_eq!(status["status"]["phase"], "Deleting");
-        respond(send, &echo);
-        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
-        assert_eq!(event["reason"], "Deleting");
-        respond(send, &event);
+        expect_deleting(&mut handle, &echo).await;
         let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
         assert_eq!(event["reason"], "Released");
         respond(send, &event);
@@ -378,11 +383,7 @@ async fn a_release_that_fails_says_why_in_the_ready_condition() {
     });
     let echo = mr.clone();
     let server = tokio::spawn(async move {
-        let (status, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
-        assert_eq!(status["status"]["phase"], "Deleting");
-        respond(send, &echo);
-        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
-        respond(send, &event);
+        expect_deleting(&mut handle, &echo).await;
         // The person on call reads the AWS error in `kubectl describe mr`, not only in an Event.
         let (status, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
         let ready = status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();

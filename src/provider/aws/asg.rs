@@ -280,12 +280,12 @@ pub async fn return_members(
     Ok(others)
 }
 
-/// Deletes the request's group with its instances.
 /// Whether the group `name` exists (and is not being deleted).
 pub async fn exists(ops: &Ops, name: &str) -> Result<bool, ProviderError> {
     Ok(describe(ops, name).await?.is_some())
 }
 
+/// Deletes the request's group with its instances.
 pub async fn delete(ops: &Ops, name: Option<&str>) -> Result<(), ProviderError> {
     let Some(name) = name else { return Ok(()) };
     if describe(ops, name).await?.is_none() {

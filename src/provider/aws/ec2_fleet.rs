@@ -21,7 +21,7 @@ use super::ops::{self, Ops};
 use crate::api::{FleetType, MachineTemplateSpec};
 use crate::provider::{
     InstanceState, LaunchFailure, MarketMix, ObservedMachine, Owner, ProviderError, ProvisionOutcome, ProvisionRequest,
-    market_split, tags, target_of,
+    market_split, target_of,
 };
 use aws_sdk_ec2::operation::create_fleet::builders::CreateFleetFluentBuilder;
 use aws_sdk_ec2::types::{
@@ -204,11 +204,8 @@ pub async fn unrecorded(ops: &Ops, owner: &Owner, recorded: &[String]) -> Result
         let page = page.map_err(|e| classify("DescribeFleets", e))?;
         for f in page.fleets() {
             let Some(id) = f.fleet_id() else { continue };
-            let tagged =
-                |key: &str, value: &str| f.tags().iter().any(|t| t.key() == Some(key) && t.value() == Some(value));
             if !f.fleet_state().is_some_and(is_active)
-                || !tagged(tags::REQUEST_UID, &owner.uid)
-                || !tagged(tags::CLUSTER, &ops.cluster_id)
+                || !ops::tagged_for(f.tags(), owner, &ops.cluster_id)
                 || recorded.iter().any(|r| r == id)
             {
                 continue;

@@ -181,6 +181,35 @@ impl AwsProvider {
         })
     }
 
+    /// What a create whose answer was lost made and `resources` does not record: the
+    /// request's fleets and spot fleet requests (found by its tags), its group (named after it)
+    /// if it exists, the launch template they launch from; and the machines instant fleets
+    /// among them launched.
+    async fn find_unrecorded(
+        &self,
+        owner: &Owner,
+        resources: &Resources,
+    ) -> Result<(Resources, Vec<String>), ProviderError> {
+        let (mut found, mut machines) = (Resources::default(), vec![]);
+        for f in ec2_fleet::unrecorded(&self.ops, owner, &resources.fleet_ids).await? {
+            found.fleet_ids.push(f.fleet_id);
+            found.launch_template_id = found.launch_template_id.or(f.launch_template_id);
+            machines.extend(f.machines.into_iter().map(|m| m.instance_id));
+        }
+        for (id, lt) in spot_fleet::unrecorded(&self.ops, owner, &resources.spot_fleet_request_ids).await? {
+            found.spot_fleet_request_ids.push(id);
+            found.launch_template_id = found.launch_template_id.or(lt);
+        }
+        if resources.asg_name.is_none() {
+            let name = asg::group_name(&self.ops.cluster_id, owner);
+            found.asg_name = asg::exists(&self.ops, &name).await?.then_some(name);
+        }
+        if found != Resources::default() {
+            tracing::info!(request = %owner.key(), fleets = ?found.fleet_ids, spot_fleet_requests = ?found.spot_fleet_request_ids, group = ?found.asg_name, "found what a create whose answer was lost made");
+        }
+        Ok((found, machines))
+    }
+
     /// The shared EC2 and SSM operations.
     pub fn ops(&self) -> &Ops {
         &self.ops
@@ -260,24 +289,7 @@ impl Provider for AwsProvider {
     }
 
     async fn unrecorded(&self, owner: &Owner, resources: &Resources) -> Result<Resources, ProviderError> {
-        let mut found = Resources::default();
-        for f in ec2_fleet::unrecorded(&self.ops, owner, &resources.fleet_ids).await? {
-            found.fleet_ids.push(f.fleet_id);
-            found.launch_template_id = found.launch_template_id.or(f.launch_template_id);
-        }
-        let recorded = &resources.spot_fleet_request_ids;
-        for (id, lt) in spot_fleet::unrecorded_with_templates(&self.ops, owner, recorded).await? {
-            found.spot_fleet_request_ids.push(id);
-            found.launch_template_id = found.launch_template_id.or(lt);
-        }
-        if resources.asg_name.is_none() {
-            let name = asg::group_name(&self.ops.cluster_id, owner);
-            found.asg_name = asg::exists(&self.ops, &name).await?.then_some(name);
-        }
-        if found != Resources::default() {
-            tracing::info!(request = %owner.key(), fleets = ?found.fleet_ids, spot_fleet_requests = ?found.spot_fleet_request_ids, group = ?found.asg_name, "adopting what a create whose answer was lost made");
-        }
-        Ok(found)
+        Ok(self.find_unrecorded(owner, resources).await?.0)
     }
 
     async fn return_machines(&self, owner: &Owner, request: &ReturnRequest<'_>) -> Result<(), ProviderError> {
@@ -309,25 +321,19 @@ impl Provider for AwsProvider {
         let outcome_unknown = holdings.outcome_unknown();
         let recent = holdings.launched_within(VISIBILITY_WINDOW, jiff::Timestamp::now());
         let Holdings { known, resources, launch_templates_in_use, .. } = holdings;
-        let (mut fleets, mut spot_fleets, mut known) =
-            (resources.fleet_ids.clone(), resources.spot_fleet_request_ids.clone(), known.to_vec());
-        let mut group = resources.asg_name.clone();
+        let (mut everything, mut known) = (resources.clone(), known.to_vec());
         if outcome_unknown {
-            // The last create's answer was lost: what it made is recorded nowhere but in its
-            // tags (fleets) or its name (the group is named after the request).
-            for f in ec2_fleet::unrecorded(&self.ops, owner, &fleets).await? {
-                known.extend(f.machines.into_iter().map(|m| m.instance_id));
-                fleets.push(f.fleet_id);
-            }
-            spot_fleets.extend(spot_fleet::unrecorded(&self.ops, owner, &spot_fleets).await?);
-            group.get_or_insert_with(|| asg::group_name(&self.ops.cluster_id, owner));
+            // The last create's answer was lost: what it made is recorded nowhere else.
+            let (found, machines) = self.find_unrecorded(owner, resources).await?;
+            everything.absorb(found);
+            known.extend(machines);
         }
         // What the lost create made launched from the operator's launch template, if any.
         let made_launch_template = resources.launch_template_id.is_some() || outcome_unknown;
         // Fleets first, or a maintain fleet would replace what is terminated below.
-        ec2_fleet::delete(&self.ops, &fleets).await?;
-        spot_fleet::cancel(&self.ops, &spot_fleets).await?;
-        asg::delete(&self.ops, group.as_deref()).await?;
+        ec2_fleet::delete(&self.ops, &everything.fleet_ids).await?;
+        spot_fleet::cancel(&self.ops, &everything.spot_fleet_request_ids).await?;
+        asg::delete(&self.ops, everything.asg_name.as_deref()).await?;
         // A fresh tag listing (batched with every other request's), plus the ids the status
         // knows: the listing may not show instances launched moments ago.
         let listed = self.poller.relist(owner, &known).await?;

@@ -117,6 +117,12 @@ pub fn tag_value<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> {
     instance.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
 }
 
+/// Whether `tags` (of a fleet or spot fleet request) name `owner`'s request and this cluster.
+pub fn tagged_for(tags: &[Tag], owner: &Owner, cluster_id: &str) -> bool {
+    let has = |key: &str, value: &str| tags.iter().any(|t| t.key() == Some(key) && t.value() == Some(value));
+    has(tags::REQUEST_UID, &owner.uid) && has(tags::CLUSTER, cluster_id)
+}
+
 /// Instance ids named in an `InvalidInstanceID.NotFound` message.
 fn missing_ids(error: &ProviderError) -> Vec<String> {
     let ProviderError::NotFound { message, .. } = error else { return vec![] };

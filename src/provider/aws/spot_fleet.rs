@@ -16,7 +16,7 @@ use super::launch_template::LaunchTemplate;
 use super::ops::{self, Ops};
 use crate::api::{FleetType, MachineTemplateSpec};
 use crate::provider::{
-    LaunchFailure, MarketMix, Owner, ProviderError, ProvisionOutcome, ProvisionRequest, market_split, tags, target_of,
+    LaunchFailure, MarketMix, Owner, ProviderError, ProvisionOutcome, ProvisionRequest, market_split, target_of,
 };
 use aws_sdk_ec2::types::{
     ActivityStatus, AllocationStrategy, BatchState, ExcessCapacityTerminationPolicy, FleetLaunchTemplateSpecification,
@@ -152,7 +152,8 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
     if request.replay {
         // The create whose answer was lost may have made one: adopt it rather than ask again
         // (EC2 would answer the same token with it; an emulator that ignores tokens would not).
-        let found = unrecorded(ops, request.owner, recorded).await?;
+        let found: Vec<String> =
+            unrecorded(ops, request.owner, recorded).await?.into_iter().map(|(id, _)| id).collect();
         if !found.is_empty() {
             tracing::info!(request = %request.owner.key(), spot_fleet_requests = ?found, "adopting the spot fleet requests of a create whose answer was lost, instead of creating again");
             let mut outcome = ProvisionOutcome { accepted_units: units, ..Default::default() };
@@ -186,14 +187,10 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
 }
 
 /// The active spot fleet requests tagged with `owner`'s uid (and this cluster) that `recorded`
-/// does not list: what a RequestSpotFleet whose answer was lost made. A paged listing, as
-/// DescribeSpotFleetRequests filters by nothing; asked only when an attempt's outcome is unknown.
-pub async fn unrecorded(ops: &Ops, owner: &Owner, recorded: &[String]) -> Result<Vec<String>, ProviderError> {
-    Ok(unrecorded_with_templates(ops, owner, recorded).await?.into_iter().map(|(id, _)| id).collect())
-}
-
-/// `unrecorded`, each with the launch template it launches from.
-pub async fn unrecorded_with_templates(
+/// does not list, each with the launch template it launches from: what a RequestSpotFleet
+/// whose answer was lost made. A paged listing, as DescribeSpotFleetRequests filters by
+/// nothing; asked only when an attempt's outcome is unknown.
+pub async fn unrecorded(
     ops: &Ops,
     owner: &Owner,
     recorded: &[String],
@@ -204,11 +201,8 @@ pub async fn unrecorded_with_templates(
         let page = page.map_err(|e| classify("DescribeSpotFleetRequests", e))?;
         for r in page.spot_fleet_request_configs() {
             let Some(id) = r.spot_fleet_request_id() else { continue };
-            let tagged =
-                |key: &str, value: &str| r.tags().iter().any(|t| t.key() == Some(key) && t.value() == Some(value));
             if r.spot_fleet_request_state().is_some_and(is_active)
-                && tagged(tags::REQUEST_UID, &owner.uid)
-                && tagged(tags::CLUSTER, &ops.cluster_id)
+                && ops::tagged_for(r.tags(), owner, &ops.cluster_id)
                 && !recorded.iter().any(|known| known == id)
             {
                 let launch_template = r
