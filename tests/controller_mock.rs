@@ -251,7 +251,6 @@ async fn machines_stay_with_the_provider_that_launched_them_when_the_template_ch
         .await
         .iter()
         .map(|m| Machine {
-            name: m.instance_id.clone(),
             instance_id: m.instance_id.clone(),
             state: "running".into(),
             weight: 1,
@@ -346,7 +345,7 @@ async fn an_orphaned_request_lets_go_even_when_the_cloud_cannot_be_reached() {
         phase: Some(Phase::Fulfilled),
         machines: launched
             .iter()
-            .map(|m| Machine { name: m.instance_id.clone(), instance_id: m.instance_id.clone(), ..Default::default() })
+            .map(|m| Machine { instance_id: m.instance_id.clone(), ..Default::default() })
             .collect(),
         ..Default::default()
     });

@@ -198,7 +198,19 @@ fn every_value_a_cel_rule_can_reach_is_bounded() {
             if node.get("x-kubernetes-validations").is_none() {
                 return;
             }
-            walk(path, node, &mut |inner, n| match n.get("type").and_then(Value::as_str) {
+            // A rule on the whole object may only read the metadata the API server bounds
+            // itself (a name is at most 253 characters); spec rules sit on the spec.
+            if path.is_empty() {
+                for rule in node["x-kubernetes-validations"].as_array().unwrap() {
+                    let text = rule["rule"].as_str().unwrap();
+                    assert!(
+                        text.starts_with("self.metadata.name") && !text.contains("self.spec"),
+                        "root rule `{text}`"
+                    );
+                }
+            }
+            let reach = if path.is_empty() { &json!({}) } else { node };
+            walk(path, reach, &mut |inner, n| match n.get("type").and_then(Value::as_str) {
                 Some("string")
                     if n.get("maxLength").is_none() && n.get("enum").is_none() && n.get("format").is_none() =>
                 {
@@ -244,7 +256,7 @@ fn every_cel_rule_compiles() {
             count += compiled.validations.len();
         });
     }
-    assert_eq!(count, 15, "a rule was added or lost: update this count deliberately");
+    assert_eq!(count, 18, "a rule was added or lost: update this count deliberately");
 }
 
 fn template(spec: Value) -> Value {
@@ -345,7 +357,14 @@ fn admission_checks_requests() {
     bad_ids["returnMachines"] = json!(["i-0123456789abcdef0", "web-1"]);
     let mut bad_timeout = base();
     bad_timeout["fulfilmentTimeout"] = json!("10 minutes");
-    for (spec, field) in [(bad_capacity, "capacity"), (bad_ids, "returnMachines"), (bad_timeout, "fulfilmentTimeout")] {
+    let mut too_big = base();
+    too_big["capacity"] = json!(1001);
+    for (spec, field) in [
+        (bad_capacity, "capacity"),
+        (too_big, "capacity must be at most 1000"),
+        (bad_ids, "returnMachines"),
+        (bad_timeout, "fulfilmentTimeout"),
+    ] {
         let errors = admission_errors(&request_schema(), &request(spec.clone()));
         assert!(errors.iter().any(|e| e.contains(field)), "{spec}: expected an error naming {field}, got {errors:?}");
     }
@@ -353,7 +372,15 @@ fn admission_checks_requests() {
     good["capacity"] = json!(0);
     good["returnMachines"] = json!(["i-0123456789abcdef0", "i-01234567"]);
     good["fulfilmentTimeout"] = json!("1h30m");
-    assert!(admission_errors(&request_schema(), &request(good)).is_empty());
+    assert!(admission_errors(&request_schema(), &request(good.clone())).is_empty());
+    good["capacity"] = json!(1000);
+    let mut longest = request(good);
+    longest["metadata"]["name"] = json!("r".repeat(236));
+    assert!(admission_errors(&request_schema(), &longest).is_empty());
+    // One character more and the Events about it could not be named after it.
+    longest["metadata"]["name"] = json!("r".repeat(237));
+    let errors = admission_errors(&request_schema(), &longest);
+    assert!(errors.iter().any(|e| e.contains("metadata.name must be at most 236")), "{errors:?}");
 }
 
 #[test]

@@ -84,6 +84,37 @@ async fn a_cache_one_write_behind_never_launches_twice_and_settles_quietly() {
 }
 
 #[tokio::test]
+async fn a_status_the_api_server_refuses_for_its_size_says_so_in_a_condition_and_launches_nothing_more() {
+    let (provider, template) = (sim(), template(&[("m5.large", 1)]));
+    let (mut mr, sink) = (request("huge", 20), MemoryStatus::default());
+    // Room for the attempt, not for twenty machines.
+    sink.refuse_larger_than(3000);
+    let mut errors = vec![];
+    for _ in 0..6 {
+        if let Err(e) = pass(&mut mr, &template, &provider, &sink, jiff::Timestamp::now(), false).await {
+            errors.push(e);
+        }
+    }
+    assert_eq!(the_sim(&provider).live_count(&uid(&mr)), 20, "launched once, never again");
+    let last = errors.last().expect("the oversized writes fail the pass");
+    assert_eq!(last.reason(), "StatusTooLarge");
+    let text = last.to_string();
+    assert!(text.contains("20 machine(s)") && text.contains("split the request"), "{text}");
+    let status = sink.current().unwrap();
+    let ready = conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "StatusTooLarge"));
+    assert!(ready.message.contains("request is too large"), "{ready:?}");
+    assert_eq!(conditions::find(&status.conditions, "Degraded").unwrap().reason, "StatusTooLarge");
+
+    // Once it fits (a bigger limit here; a smaller request in life), the request settles.
+    sink.refuse_larger_than(usize::MAX);
+    let (status, error) = converge(&mut mr, &template, &provider, &sink, 5).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!((status.phase, status.machines.len()), (Some(Phase::Fulfilled), 20));
+    assert_eq!(conditions::find(&status.conditions, "Ready").unwrap().status, "True");
+}
+
+#[tokio::test]
 async fn a_machine_missing_from_the_tag_listing_is_looked_up_by_id_and_kept() {
     let (provider, template) = (sim(), template(&[("m5.large", 1)]));
     let (mut mr, sink) = (request("untagged", 2), MemoryStatus::default());

@@ -50,8 +50,8 @@ fn templates() -> Value {
     ]})
 }
 
-fn machine(id: &str, request: &str, state: &str, result: &str, extra: Value) -> Value {
-    let mut m = json!({"name": format!("{request}-{}", id.trim_start_matches("i-")), "instanceId": id, "state": state,
+fn machine(id: &str, state: &str, result: &str, extra: Value) -> Value {
+    let mut m = json!({"instanceId": id, "state": state,
         "result": result, "instanceType": "m5.large", "capacityType": "on-demand", "weight": 1, "zone": "us-east-1a",
         "privateIp": "10.0.0.7", "publicIp": null, "launchTime": "2026-11-26T10:01:40Z"});
     for (k, v) in extra.as_object().unwrap() {
@@ -94,10 +94,9 @@ fn requests() -> Vec<Value> {
             2,
             "Fulfilled",
             vec![
-                machine("i-0a00000000000001a", A, "running", "succeed", json!({})),
+                machine("i-0a00000000000001a", "running", "succeed", json!({})),
                 machine(
                     "i-0a00000000000002a",
-                    A,
                     "running",
                     "succeed",
                     json!({"capacityType": "spot", "publicIp": "54.1.2.3"}),
@@ -111,14 +110,8 @@ fn requests() -> Vec<Value> {
             2,
             "Provisioning",
             vec![
-                machine("i-0b00000000000001b", B, "running", "succeed", json!({})),
-                machine(
-                    "i-0b00000000000002b",
-                    B,
-                    "pending",
-                    "executing",
-                    json!({"privateIp": null, "launchTime": null}),
-                ),
+                machine("i-0b00000000000001b", "running", "succeed", json!({})),
+                machine("i-0b00000000000002b", "pending", "executing", json!({"privateIp": null, "launchTime": null})),
             ],
             json!({}),
             vec![],
@@ -129,10 +122,9 @@ fn requests() -> Vec<Value> {
             2,
             "Partial",
             vec![
-                machine("i-0c00000000000001c", C, "running", "succeed", json!({})),
+                machine("i-0c00000000000001c", "running", "succeed", json!({})),
                 machine(
                     "i-0c00000000000002c",
-                    C,
                     "terminated",
                     "fail",
                     json!({"capacityType": "spot",
@@ -148,10 +140,9 @@ fn requests() -> Vec<Value> {
             1,
             "Fulfilled",
             vec![
-                machine("i-0d00000000000001d", D, "running", "succeed", json!({})),
+                machine("i-0d00000000000001d", "running", "succeed", json!({})),
                 machine(
                     "i-0d00000000000002d",
-                    D,
                     "shutting-down",
                     "executing",
                     json!({"returning": true, "message": "returning: named in spec.returnMachines"}),

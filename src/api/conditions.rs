@@ -11,6 +11,9 @@ pub const RECONCILING: &str = "Reconciling";
 /// kstatus: the object cannot make progress without a change (tools report it as failed).
 pub const STALLED: &str = "Stalled";
 
+/// A condition's message is cut to this many bytes: it quotes AWS errors, which are free text.
+pub const MAX_MESSAGE: usize = 2048;
+
 /// A condition as the operator means it; `upsert` fills in the bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cond {
@@ -39,7 +42,7 @@ pub fn upsert(conditions: &mut Vec<Condition>, cond: Cond, generation: Option<i6
         type_: cond.type_.to_string(),
         status,
         reason: cond.reason,
-        message: cond.message,
+        message: super::truncate(cond.message, MAX_MESSAGE),
         observed_generation: generation,
         last_transition_time,
     });

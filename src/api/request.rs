@@ -15,6 +15,22 @@ pub const MAX_RETURN_MACHINES: usize = 1000;
 /// How many distinct failures `status.failures` keeps (the most recent win).
 pub const MAX_FAILURES: usize = 10;
 
+/// The most capacity units one request may ask for. Its status lists every machine (about 370
+/// bytes each, 530 at worst), and etcd refuses an object over 1.5 MiB: `capacity` live
+/// machines, as many again leaving (a scale-down to zero and back up) and `MAX_SETTLED_MACHINES`
+/// terminated ones fit, with room to spare for the rest of the object (a test holds this).
+pub const MAX_CAPACITY: i32 = 1000;
+
+/// Terminated machines a status keeps listing, the most recently launched first. They hold no
+/// capacity and need nothing more; without a bound a request that loses spot machines for
+/// weeks would list each one until EC2 forgets it.
+pub const MAX_SETTLED_MACHINES: usize = 200;
+
+/// A machine's message is cut to this many bytes (EC2's state reasons are free text).
+pub const MAX_MACHINE_MESSAGE: usize = 160;
+/// A failure's message is cut to this many bytes.
+pub const MAX_FAILURE_MESSAGE: usize = 512;
+
 /// The template a request launches from (same namespace).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub struct TemplateRef {
@@ -49,13 +65,16 @@ pub enum DeletionPolicy {
     printcolumn(name = "Capacity", type_ = "integer", json_path = ".spec.capacity"),
     printcolumn(name = "Fulfilled", type_ = "integer", json_path = ".status.fulfilledCapacity"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = super::name_fits_event_names()
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MachineRequestSpec {
     pub template_ref: TemplateRef,
-    /// Desired total capacity in capacity units (instance weights come from the template).
+    /// Desired total capacity in capacity units (instance weights come from the template), at
+    /// most 1000: for more, several requests of the same template.
     #[x_kube(validation = Rule::new("self >= 0").message("capacity must not be negative"))]
+    #[x_kube(validation = Rule::new(format!("self <= {MAX_CAPACITY}")).message(kube::core::Message::Message(format!("capacity must be at most {MAX_CAPACITY} per MachineRequest (its status lists every machine, and etcd bounds an object's size); for more, create several MachineRequests of the same template"))))]
     pub capacity: i32,
     /// Instances that must leave this request. While `capacity` is unchanged each is replaced;
     /// lower `capacity` to shrink. Ids that are already gone are ignored.
@@ -107,8 +126,6 @@ pub enum MachineResult {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Machine {
-    /// Unique machine name: `<request>-<instance id without "i-">`.
-    pub name: String,
     pub instance_id: String,
     /// EC2 instance state: pending, running, shutting-down, terminated, stopping, stopped.
     pub state: String,
@@ -292,4 +309,82 @@ pub struct MachineRequestStatus {
     pub failures: Vec<Failure>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::conditions;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    /// What etcd stores at most per object by default (`--max-request-bytes`).
+    const ETCD_LIMIT: usize = 1536 * 1024;
+
+    fn worst_machine(k: usize, state: &str, returning: bool) -> Machine {
+        Machine {
+            instance_id: format!("i-{k:017x}"),
+            state: state.into(),
+            result: Some(MachineResult::Executing),
+            instance_type: Some("u7in-32tb.224xlarge".into()),
+            capacity_type: Some("on-demand".into()),
+            weight: i32::MAX,
+            zone: Some("ap-northeast-1-wl1-nrt-wlz-1a".into()),
+            subnet_id: Some("subnet-0123456789abcdef0".into()),
+            private_ip: Some("100.100.100.100".into()),
+            public_ip: Some("100.100.100.100".into()),
+            launch_time: Some(Time(jiff::Timestamp::from_second(1_800_000_000).unwrap())),
+            message: Some("m".repeat(MAX_MACHINE_MESSAGE)),
+            returning,
+        }
+    }
+
+    #[test]
+    fn the_largest_request_the_crd_admits_fits_in_what_etcd_stores_with_every_machine_at_its_longest() {
+        // `capacity` live machines, as many again leaving, the settled ones the status keeps.
+        let machines: Vec<Machine> = (0..MAX_CAPACITY as usize)
+            .map(|k| worst_machine(k, "running", false))
+            .chain((0..MAX_CAPACITY as usize).map(|k| worst_machine(10_000 + k, "shutting-down", true)))
+            .chain((0..MAX_SETTLED_MACHINES).map(|k| worst_machine(20_000 + k, "terminated", true)))
+            .collect();
+        let failures = (0..MAX_FAILURES)
+            .map(|k| Failure {
+                code: format!("InsufficientInstanceCapacity{k}"),
+                message: "f".repeat(MAX_FAILURE_MESSAGE),
+                instance_type: Some("u7in-32tb.224xlarge".into()),
+                zone: Some("ap-northeast-1-wl1-nrt-wlz-1a".into()),
+                count: i32::MAX,
+                last_seen: Some(Time(jiff::Timestamp::from_second(1_800_000_000).unwrap())),
+            })
+            .collect();
+        let now = Time(jiff::Timestamp::from_second(1_800_000_000).unwrap());
+        let mut conditions = vec![];
+        for t in [conditions::READY, conditions::PROGRESSING, conditions::DEGRADED, conditions::STALLED] {
+            let cond = conditions::Cond::new(t, false, "R".repeat(64), "c".repeat(conditions::MAX_MESSAGE * 2));
+            conditions::upsert(&mut conditions, cond, Some(i64::MAX), &now);
+        }
+        let mr = MachineRequest {
+            metadata: ObjectMeta { name: Some("n".repeat(253)), namespace: Some("s".repeat(63)), ..Default::default() },
+            spec: MachineRequestSpec {
+                template_ref: TemplateRef { name: "t".repeat(253) },
+                capacity: MAX_CAPACITY,
+                return_machines: (0..MAX_RETURN_MACHINES).map(|k| format!("i-{k:017x}")).collect(),
+                fulfilment_timeout: "1h30m".into(),
+                deletion_policy: DeletionPolicy::Delete,
+            },
+            status: Some(MachineRequestStatus {
+                machines,
+                failures,
+                conditions,
+                resources: Resources {
+                    fleet_ids: (0..20).map(|k| format!("fleet-{k:08x}-0000-0000-0000-000000000000")).collect(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+        };
+        let size = serde_json::to_vec(&mr).unwrap().len();
+        eprintln!("largest admitted request at its worst: {size} bytes of {ETCD_LIMIT}");
+        // The rest (managedFields, labels and annotations others add) gets at least 20%.
+        assert!(size < ETCD_LIMIT * 4 / 5, "{size} bytes");
+    }
 }

@@ -138,7 +138,8 @@ pub struct LaunchTemplateRef {
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "In Use", type_ = "integer", json_path = ".status.machinesInUse"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = super::name_fits_event_names()
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(

@@ -274,6 +274,12 @@ pub enum Error {
     /// Not a failure: the watch brings the newer copy.
     #[error("the cached copy is behind the API server: {0}")]
     StaleCopy(kube::Error),
+    /// The API server refused a status write for its size (etcd stores at most 1.5 MiB per
+    /// object by default).
+    #[error(
+        "the status of {machines} machine(s), {bytes} bytes, is more than the API server stores ({cause}); lower spec.capacity or split the request"
+    )]
+    StatusTooLarge { machines: usize, bytes: usize, cause: kube::Error },
     #[error("status write dropped by test hook")]
     InjectedFault,
 }
@@ -289,6 +295,20 @@ impl Error {
         self.is_gone() || matches!(self, Self::StaleCopy(_))
     }
 
+    /// The API server refused a write for the object's size: etcd's request limit (500
+    /// "request is too large", or the gRPC client's "larger than max"), or the API server's
+    /// own body limit (413).
+    pub fn is_too_large(&self) -> bool {
+        match self {
+            Self::Kube(kube::Error::Api(status)) => {
+                status.code == 413
+                    || (status.code == 500
+                        && ["request is too large", "larger than max"].iter().any(|s| status.message.contains(s)))
+            }
+            _ => false,
+        }
+    }
+
     /// Event reason for a failed reconcile.
     pub fn reason(&self) -> String {
         match self {
@@ -299,6 +319,7 @@ impl Error {
             Self::ReleaseInProgress { .. } => "Releasing".into(),
             Self::Finalizer(_) => "FinalizerError".into(),
             Self::StaleCopy(_) => "StaleCopy".into(),
+            Self::StatusTooLarge { .. } => "StatusTooLarge".into(),
             Self::InjectedFault => "InjectedFault".into(),
         }
     }

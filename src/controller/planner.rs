@@ -9,8 +9,8 @@
 
 use crate::api::conditions::{self, Cond};
 use crate::api::{
-    Attempt, Blocked, Failure, MAX_FAILURES, Machine, MachineRequestSpec, MachineRequestStatus, MachineResult,
-    MachineTemplateSpec, Phase,
+    Attempt, Blocked, Failure, MAX_FAILURE_MESSAGE, MAX_FAILURES, MAX_MACHINE_MESSAGE, MAX_SETTLED_MACHINES, Machine,
+    MachineRequestSpec, MachineRequestStatus, MachineResult, MachineTemplateSpec, Phase,
 };
 use crate::provider::{
     InstanceState, LaunchFailure, MarketMix, ObservedMachine, ProviderError, ProvisionOutcome, market_split,
@@ -488,8 +488,28 @@ fn merge_machines(frame: &Frame<'_>, previous: &[Machine], observed: &[ObservedM
             .filter(|p| recently_launched(p, frame.now))
             .cloned(),
     );
+    keep_settled_within_bound(&mut machines);
     machines.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     machines
+}
+
+/// Lists at most `MAX_SETTLED_MACHINES` terminated machines, the most recently launched: the
+/// rest hold nothing and would only grow the status towards what etcd refuses. One dropped here
+/// and still reported by the cloud is dropped again on every pass (the choice is stable), so
+/// it never comes back as a new loss.
+fn keep_settled_within_bound(machines: &mut Vec<Machine>) {
+    let settled = |m: &Machine| state_of(m) == Some(InstanceState::Terminated);
+    let mut newest: Vec<(Option<Timestamp>, &str)> = machines
+        .iter()
+        .filter(|m| settled(m))
+        .map(|m| (m.launch_time.as_ref().map(|t| t.0), m.instance_id.as_str()))
+        .collect();
+    if newest.len() <= MAX_SETTLED_MACHINES {
+        return;
+    }
+    newest.sort_unstable_by(|a, b| b.cmp(a));
+    let keep: BTreeSet<String> = newest.iter().take(MAX_SETTLED_MACHINES).map(|(_, id)| id.to_string()).collect();
+    machines.retain(|m| !settled(m) || keep.contains(&m.instance_id));
 }
 
 /// A machine as observed now. Its weight and market are those recorded when it was first seen
@@ -521,13 +541,12 @@ fn machine_from(frame: &Frame<'_>, o: &ObservedMachine, prior: Option<&Machine>,
     let message = match (returning, o.state) {
         (true, InstanceState::Terminated) => message.map(|m| m.replacen("returning:", "returned:", 1)),
         _ => message,
-    };
-    let suffix = o.instance_id.strip_prefix("i-").unwrap_or(&o.instance_id);
+    }
+    .map(|m| crate::api::truncate(m, MAX_MACHINE_MESSAGE));
     let weight = prior
         .map(|p| p.weight)
         .unwrap_or_else(|| frame.template.weight_of(o.instance_type.as_deref().unwrap_or_default()) as i32);
     Machine {
-        name: format!("{}-{suffix}", frame.request_name),
         instance_id: o.instance_id.clone(),
         state: o.state.as_str().into(),
         result: Some(result),
@@ -555,12 +574,12 @@ fn add_failure(failures: &mut Vec<Failure>, f: &LaunchFailure, now: Timestamp) {
     match failures.iter_mut().find(|x| same(x)) {
         Some(existing) => {
             existing.count += 1;
-            existing.message = f.message.clone();
+            existing.message = stored_message(f);
             existing.last_seen = Some(Time(now));
         }
         None => failures.push(Failure {
             code: f.code.clone(),
-            message: f.message.clone(),
+            message: stored_message(f),
             instance_type: f.instance_type.clone(),
             zone: f.zone.clone(),
             count: 1,
@@ -575,12 +594,17 @@ fn add_failure(failures: &mut Vec<Failure>, f: &LaunchFailure, now: Timestamp) {
 /// Records a failure a fleet reports on every describe: once per distinct failure, not once
 /// per look (the count of `add_failure` is for launch calls).
 fn note_failure(failures: &mut Vec<Failure>, f: &LaunchFailure, now: Timestamp) {
-    let known = failures
-        .iter()
-        .any(|x| x.code == f.code && x.instance_type == f.instance_type && x.zone == f.zone && x.message == f.message);
+    let known = failures.iter().any(|x| {
+        x.code == f.code && x.instance_type == f.instance_type && x.zone == f.zone && x.message == stored_message(f)
+    });
     if !known {
         add_failure(failures, f, now);
     }
+}
+
+/// A failure's message as the status keeps it (AWS messages are free text of any length).
+fn stored_message(f: &LaunchFailure) -> String {
+    crate::api::truncate(f.message.clone(), MAX_FAILURE_MESSAGE)
 }
 
 /// Counters, phase and conditions from the machine list and the episode.
@@ -893,7 +917,6 @@ mod tests {
         assert_eq!(cond(&p.status, "Ready").status, "True");
         assert_eq!(cond(&p.status, "Degraded").status, "False");
         assert_eq!(p.requeue, Requeue::Idle);
-        assert_eq!(p.status.machines[0].name, "mr-1");
         assert_eq!(p.status.machines[1].result, Some(MachineResult::Succeed));
     }
 
@@ -1035,6 +1058,42 @@ mod tests {
         assert_eq!(lost.result, Some(MachineResult::Fail));
         assert!(lost.message.as_deref().unwrap().contains("SpotInstanceTermination"));
         assert_eq!(cond(&p.status, "Degraded").reason, "MachinesLost");
+    }
+
+    #[test]
+    fn a_free_text_state_reason_is_cut_to_the_bound_of_a_machine_message() {
+        let (s, t) = (spec(1), template());
+        let mut gone = obs("i-2", Terminated, "m5.large", 0);
+        gone.state_reason = Some(format!("Server.InternalError: {}", "é".repeat(400)));
+        let p =
+            plan(&frame(&s, &t, 100), &MachineRequestStatus::default(), &[obs("i-1", Running, "m5.large", 0), gone]);
+        let lost = p.status.machines.iter().find(|m| m.instance_id == "i-2").unwrap();
+        let message = lost.message.as_deref().unwrap();
+        assert!(message.starts_with("terminated outside the operator: Server.InternalError"), "{message}");
+        assert!(message.len() <= MAX_MACHINE_MESSAGE && message.len() > MAX_MACHINE_MESSAGE - 2, "{}", message.len());
+    }
+
+    #[test]
+    fn a_request_that_keeps_losing_machines_lists_only_the_newest_terminated_ones_and_drops_the_rest_for_good() {
+        let (s, t) = (spec(2), template());
+        // Two running, and 250 lost over time (one a second), every one still reported by EC2.
+        let mut observed = vec![obs("i-run-1", Running, "m5.large", 5000), obs("i-run-2", Running, "m5.large", 5000)];
+        observed.extend((0..250).map(|k| obs(&format!("i-gone-{k:03}"), Terminated, "m5.large", k)));
+        let p = plan(&frame(&s, &t, 6000), &MachineRequestStatus::default(), &observed);
+        let terminated: Vec<&str> =
+            p.status.machines.iter().filter(|m| m.state == "terminated").map(|m| m.instance_id.as_str()).collect();
+        assert_eq!(terminated.len(), MAX_SETTLED_MACHINES);
+        assert_eq!(terminated.first(), Some(&"i-gone-050"), "the 50 launched first are dropped");
+        assert_eq!(p.status.machines.len(), MAX_SETTLED_MACHINES + 2, "live machines are never dropped");
+        // The dropped ones are still reported: they stay dropped, and the status stays put.
+        let again = plan(&frame(&s, &t, 6030), &p.status, &observed);
+        assert_eq!(again.status, p.status);
+        // A new loss pushes out the oldest listed one, and is itself listed.
+        observed[0].state = Terminated;
+        let after = plan(&frame(&s, &t, 6060), &again.status, &observed);
+        let listed = |id: &str| after.status.machines.iter().any(|m| m.instance_id == id);
+        assert!(listed("i-run-1") && !listed("i-gone-050") && listed("i-gone-051"));
+        assert!(matches!(after.step, Step::Launch { units: 1, .. }), "{:?}", after.step);
     }
 
     #[test]

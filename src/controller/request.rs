@@ -112,12 +112,41 @@ impl StatusSink for KubeStatus<'_> {
 }
 
 /// Writes only when something changed: an unchanged status costs no API call.
+///
+/// A status the API server refuses for its size is not dropped in silence: `before` (which
+/// fitted) is written again with Ready=False `StatusTooLarge` saying so, and the pass fails, so
+/// nothing is launched or returned on a plan the status does not record.
 async fn write_if_changed(
     sink: &dyn StatusSink,
     before: &MachineRequestStatus,
     after: &MachineRequestStatus,
 ) -> Result<(), Error> {
-    if before != after { sink.write(after).await } else { Ok(()) }
+    if before == after {
+        return Ok(());
+    }
+    match sink.write(after).await {
+        Err(e) if e.is_too_large() => {
+            let Error::Kube(cause) = e else { return Err(e) };
+            let error = Error::StatusTooLarge {
+                machines: after.machines.len(),
+                bytes: serde_json::to_vec(after).map_or(0, |v| v.len()),
+                cause,
+            };
+            let mut held = before.clone();
+            let now = Time(jiff::Timestamp::now());
+            let generation = held.observed_generation;
+            for type_ in [conditions::READY, conditions::DEGRADED] {
+                let status = type_ == conditions::DEGRADED;
+                let cond = Cond::new(type_, status, "StatusTooLarge", error.to_string());
+                conditions::upsert(&mut held.conditions, cond, generation, &now);
+            }
+            if let Err(e) = sink.write(&held).await {
+                tracing::warn!(error = %e, "could not record that the status is too large");
+            }
+            Err(error)
+        }
+        other => other,
+    }
 }
 
 /// The owner of a request's machines, as tags name it.
@@ -547,22 +576,11 @@ async fn publish(ctx: &Context, mr: &MachineRequest, type_: EventType, reason: &
     let event = Event {
         type_,
         reason: reason.into(),
-        note: Some(truncate(note, 1000)),
+        note: Some(crate::api::truncate(note, 1000)),
         action: action.into(),
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &mr.object_ref(&())).await {
         tracing::warn!(%error, "could not publish event");
     }
-}
-
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
 }

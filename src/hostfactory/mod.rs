@@ -150,7 +150,7 @@ impl Plugin {
             .machines
             .iter()
             .filter(|m| !m.returning)
-            .map(|m| protocol::machine_json(m, protocol::machine_result(m), None))
+            .map(|m| protocol::machine_json(id, m, protocol::machine_result(m), None))
             .collect();
         let message =
             conditions::find(&status.conditions, conditions::READY).map(|c| c.message.clone()).unwrap_or_default();
@@ -187,12 +187,17 @@ impl Plugin {
                     Some(m) => {
                         let gone = m.state == "terminated";
                         done &= gone;
-                        machines.push(protocol::machine_json(m, if gone { "succeed" } else { "executing" }, None));
+                        machines.push(protocol::machine_json(
+                            &mr.name_any(),
+                            m,
+                            if gone { "succeed" } else { "executing" },
+                            None,
+                        ));
                     }
                     // The cloud no longer reports it: long gone.
                     None => machines.push(json!({
                         "machineId": instance_id,
-                        "name": format!("{}-{}", mr.name_any(), instance_id.trim_start_matches("i-")),
+                        "name": protocol::machine_name(&mr.name_any(), instance_id),
                         "result": "succeed", "status": "terminated",
                         "privateIpAddress": null, "publicIpAddress": null, "launchtime": 0,
                         "message": "", "cloudHostId": instance_id,
@@ -304,7 +309,8 @@ impl Plugin {
                 let leaving = m.returning && m.state != "terminated";
                 if lost || leaving {
                     out.push(json!({
-                        "machine": hf_name(&m.instance_id).unwrap_or_else(|| m.name.clone()),
+                        "machine": hf_name(&m.instance_id)
+                            .unwrap_or_else(|| protocol::machine_name(&mr.name_any(), &m.instance_id)),
                         "machineId": m.instance_id,
                         "gracePeriod": protocol::grace_period(m),
                     }));
@@ -337,7 +343,8 @@ fn owner_by_name(m: &MachineRef) -> Option<String> {
 fn instance_id_in(mr: &MachineRequest, m: &MachineRef) -> Option<String> {
     mr.status.iter().flat_map(|s| s.machines.iter()).find_map(|x| {
         let by_id = m.machine_id.as_deref() == Some(x.instance_id.as_str());
-        let by_name = m.machine_id.is_none() && m.name.as_deref() == Some(x.name.as_str());
+        let by_name = m.machine_id.is_none()
+            && m.name.as_deref() == Some(protocol::machine_name(&mr.name_any(), &x.instance_id).as_str());
         (by_id || by_name).then(|| x.instance_id.clone())
     })
 }

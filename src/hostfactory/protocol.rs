@@ -31,8 +31,11 @@ pub fn machines_wanted(input: &Value) -> Result<(String, i32), BadInput> {
         .as_i64()
         .or_else(|| count.as_str().and_then(|s| s.trim().parse().ok()))
         .ok_or_else(|| bad(format!("requestMachines: template.machineCount must be a whole number, not {count}")))?;
-    if !(1..=i64::from(i32::MAX)).contains(&count) {
-        return Err(bad(format!("requestMachines: template.machineCount must be at least 1, not {count}")));
+    let max = crate::api::MAX_CAPACITY;
+    if !(1..=i64::from(max)).contains(&count) {
+        return Err(bad(format!(
+            "requestMachines: template.machineCount must be from 1 to {max} (the most one MachineRequest holds), not {count}; ask for more in several requests"
+        )));
     }
     Ok((id.to_string(), count as i32))
 }
@@ -116,13 +119,20 @@ pub fn machine_result(m: &Machine) -> &'static str {
     }
 }
 
-/// One machine as HostFactory reads it. `result` is the acquire or return result.
-pub fn machine_json(m: &Machine, result: &str, message: Option<&str>) -> Value {
+/// The name HostFactory knows a machine of request `request` by: `<request>-<instance id
+/// without "i-">`. Derived, not stored: the status would repeat the request's name per machine.
+pub fn machine_name(request: &str, instance_id: &str) -> String {
+    format!("{request}-{}", instance_id.strip_prefix("i-").unwrap_or(instance_id))
+}
+
+/// One machine of request `request` as HostFactory reads it. `result` is the acquire or return
+/// result.
+pub fn machine_json(request: &str, m: &Machine, result: &str, message: Option<&str>) -> Value {
     let launch = m.launch_time.as_ref().map_or(0, |t| t.0.as_second());
     let message = message.or(m.message.as_deref()).unwrap_or_default();
     json!({
         "machineId": m.instance_id,
-        "name": m.name,
+        "name": machine_name(request, &m.instance_id),
         "result": result,
         "status": m.state,
         "privateIpAddress": m.private_ip,
@@ -167,7 +177,8 @@ mod tests {
             (json!({}), "templateId"),
             (json!({"template": {"templateId": 7, "machineCount": 1}}), "templateId"),
             (json!({"template": {"templateId": "w"}}), "machineCount is missing"),
-            (json!({"template": {"templateId": "w", "machineCount": 0}}), "at least 1"),
+            (json!({"template": {"templateId": "w", "machineCount": 0}}), "from 1 to 1000"),
+            (json!({"template": {"templateId": "w", "machineCount": 1001}}), "ask for more in several requests"),
             (json!({"template": {"templateId": "w", "machineCount": "many"}}), "whole number"),
             (json!({"template": {"templateId": "w", "machineCount": 1.5}}), "whole number"),
         ];

@@ -20,6 +20,8 @@ pub struct MemoryStatus {
     before_last: Mutex<Option<MachineRequestStatus>>,
     writes: AtomicUsize,
     drop_write: Mutex<Option<usize>>,
+    /// Writes of a status larger than this (JSON bytes) fail as etcd refuses them.
+    max_bytes: Mutex<Option<usize>>,
     memory: StatusMemory,
     /// Times the guard found the cache behind and read the API server's copy.
     pub fetches: AtomicUsize,
@@ -29,6 +31,11 @@ impl MemoryStatus {
     /// The `n`-th write from now (1 = the next) fails as if the operator crashed before it.
     pub fn drop_write(&self, n: usize) {
         *self.drop_write.lock().unwrap() = Some(self.writes.load(Ordering::SeqCst) + n);
+    }
+    /// From now on a status over `bytes` is refused the way a real API server refuses an
+    /// object etcd will not store.
+    pub fn refuse_larger_than(&self, bytes: usize) {
+        *self.max_bytes.lock().unwrap() = Some(bytes);
     }
     pub fn current(&self) -> Option<MachineRequestStatus> {
         self.current.lock().unwrap().clone()
@@ -49,6 +56,11 @@ impl StatusSink for MemoryStatus {
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         if *self.drop_write.lock().unwrap() == Some(n) {
             return Err(Error::InjectedFault);
+        }
+        let size = serde_json::to_vec(status).unwrap().len();
+        if self.max_bytes.lock().unwrap().is_some_and(|max| size > max) {
+            let refusal = kube::core::Status::failure("etcdserver: request is too large", "").with_code(500);
+            return Err(Error::Kube(kube::Error::Api(refusal.boxed())));
         }
         let before = self.current.lock().unwrap().replace(status.clone());
         *self.before_last.lock().unwrap() = before;
