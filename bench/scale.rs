@@ -27,7 +27,7 @@ use orb_operator::api::*;
 use orb_operator::controller::Timing;
 use orb_operator::controller::planner::Requeue;
 use orb_operator::controller::request::{Target, drive};
-use orb_operator::provider::aws::limits::CallClass;
+use orb_operator::provider::aws::calls::limits::CallClass;
 use orb_operator::provider::{Holdings, Provider, Released};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

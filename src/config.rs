@@ -188,9 +188,9 @@ fn duration_of(text: &str) -> Duration {
 
 impl AwsSettings {
     /// The client-side rate limits, defaults filled in.
-    pub fn rates(&self) -> crate::provider::aws::limits::Rates {
-        let d = crate::provider::aws::limits::Rates::default();
-        crate::provider::aws::limits::Rates {
+    pub fn rates(&self) -> crate::provider::aws::calls::limits::Rates {
+        let d = crate::provider::aws::calls::limits::Rates::default();
+        crate::provider::aws::calls::limits::Rates {
             describe_rate: self.describe_rate.unwrap_or(d.describe_rate),
             describe_burst: self.describe_burst.unwrap_or(d.describe_burst),
             mutate_rate: self.mutate_rate.unwrap_or(d.mutate_rate),

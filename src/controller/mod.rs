@@ -559,14 +559,14 @@ mod readiness_tests {
             max_attempts: Some(1),
             ..AwsSettings::default()
         };
-        let sdk = aws::client::sdk_config(&settings)
+        let sdk = aws::calls::client::sdk_config(&settings)
             .await
             .into_builder()
             .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
                 aws_sdk_ec2::config::Credentials::new("k", "s", None, None, "test"),
             ))
             .build();
-        let calls = aws::call_metrics::CallMetrics { provider: "prod".into(), metrics: Arc::default() };
+        let calls = aws::calls::call_metrics::CallMetrics { provider: "prod".into(), metrics: Arc::default() };
         let unreachable = AnyProvider::Aws(aws::AwsProvider::from_sdk(&sdk, &settings, "c", calls));
         let registry = Registry::with([("default".to_string(), sim()), ("prod".to_string(), unreachable)]);
         let error = providers_answer(&registry).await.unwrap_err();

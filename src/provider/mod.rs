@@ -532,7 +532,8 @@ impl Registry {
             let built = match provider {
                 ProviderConfig::Sim(settings) => AnyProvider::Sim(sim::SimProvider::new(settings.clone())),
                 ProviderConfig::Aws(settings) => {
-                    let calls = aws::call_metrics::CallMetrics { provider: name.clone(), metrics: metrics.clone() };
+                    let calls =
+                        aws::calls::call_metrics::CallMetrics { provider: name.clone(), metrics: metrics.clone() };
                     AnyProvider::Aws(aws::AwsProvider::new(settings, &config.cluster_id, calls).await)
                 }
             };

@@ -73,13 +73,15 @@ async fn build_provider_for(
     metrics: &std::sync::Arc<orb_operator::metrics::Metrics>,
     cluster_id: &str,
 ) -> AnyProvider {
-    let sdk = orb_operator::provider::aws::client::sdk_config(settings)
+    let sdk = orb_operator::provider::aws::calls::client::sdk_config(settings)
         .await
         .into_builder()
         .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(moto::credentials()))
         .build();
-    let calls =
-        orb_operator::provider::aws::call_metrics::CallMetrics { provider: "default".into(), metrics: metrics.clone() };
+    let calls = orb_operator::provider::aws::calls::call_metrics::CallMetrics {
+        provider: "default".into(),
+        metrics: metrics.clone(),
+    };
     AnyProvider::Aws(AwsProvider::from_sdk(&sdk, settings, cluster_id, calls))
 }
 

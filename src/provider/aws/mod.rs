@@ -1,23 +1,13 @@
 //! The AWS provider: one SDK configuration and one set of clients per configured provider,
 //! shared by the per-API handlers: RunInstances, EC2 Fleet, Spot Fleet and Auto Scaling groups.
 
-pub mod asg;
-pub mod call_metrics;
-pub mod capacity_memory;
-pub mod client;
-pub mod ec2_fleet;
-pub mod errors;
-pub mod fleet;
-pub mod fleet_state;
-pub mod gather;
-pub mod launch_template;
-pub mod limits;
-pub mod ops;
-pub mod poller;
-pub mod run_instances;
-pub mod spot_fleet;
-pub mod sweep;
-pub mod validate;
+pub mod calls;
+pub mod handlers;
+pub mod state;
+
+use calls::{call_metrics, capacity_memory, client, errors, gather, limits, ops};
+use handlers::{asg, ec2_fleet, run_instances, spot_fleet, validate};
+use state::{fleet_state, poller, sweep};
 
 use super::{
     FleetView, Holdings, ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome, ProvisionRequest, Released,

@@ -35,9 +35,9 @@ pub struct Ops {
     pub creating_templates: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Terminations, fleet deletions and spot fleet cancellations, each gathered across
     /// requests into shared calls (see `gather`).
-    pub terminations: std::sync::Arc<super::gather::Gathered>,
-    pub fleet_deletions: std::sync::Arc<super::gather::Gathered>,
-    pub spot_cancellations: std::sync::Arc<super::gather::Gathered>,
+    pub terminations: std::sync::Arc<super::gather::Gathered<Ops>>,
+    pub fleet_deletions: std::sync::Arc<super::gather::Gathered<Ops>>,
+    pub spot_cancellations: std::sync::Arc<super::gather::Gathered<Ops>>,
     /// Fleets and spot fleet requests this process has seen described: one EC2 no longer
     /// lists was there (deleted, cancelled), while one never seen may just not show yet.
     pub seen_fleets: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,

@@ -6,7 +6,6 @@
 //! again on their own: one request's resource the operator may not remove (an IAM condition,
 //! say) never holds back the others' releases.
 
-use super::ops::Ops;
 use crate::provider::ProviderError;
 use futures::future::BoxFuture;
 use std::sync::{Arc, Mutex};
@@ -19,7 +18,7 @@ const GATHER: Duration = Duration::from_millis(50);
 const GATHER_AT_MOST: Duration = Duration::from_millis(500);
 
 /// The call that removes a batch of ids (in as many AWS calls as its limit needs).
-pub type Send = fn(Ops, Vec<String>) -> BoxFuture<'static, Result<(), ProviderError>>;
+pub type Send<C> = fn(C, Vec<String>) -> BoxFuture<'static, Result<(), ProviderError>>;
 
 /// What a batch's call came to, for its callers.
 #[derive(Clone, Debug)]
@@ -37,18 +36,18 @@ struct Batch {
 }
 
 /// One kind of removal, and the batch of it being gathered, if any.
-pub struct Gathered {
-    send: Send,
+pub struct Gathered<C> {
+    send: Send<C>,
     open: Mutex<Option<Batch>>,
 }
 
-impl Gathered {
-    pub fn new(send: Send) -> Arc<Self> {
+impl<C: Clone + std::marker::Send + Sync + 'static> Gathered<C> {
+    pub fn new(send: Send<C>) -> Arc<Self> {
         Arc::new(Self { send, open: Mutex::default() })
     }
 
     /// Removes `ids` together with whatever other callers ask meanwhile.
-    pub async fn call(self: &Arc<Self>, ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
+    pub async fn call(self: &Arc<Self>, ops: &C, ids: &[String]) -> Result<(), ProviderError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -80,7 +79,7 @@ impl Gathered {
 
 /// Waits until nobody joined the open batch for `GATHER` (at most `GATHER_AT_MOST`), then
 /// sends it and tells its callers how it went.
-async fn send_batch(gathered: Arc<Gathered>, ops: Ops) {
+async fn send_batch<C: Clone + std::marker::Send + Sync + 'static>(gathered: Arc<Gathered<C>>, ops: C) {
     let opened = tokio::time::Instant::now();
     let joined =
         || gathered.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|b| b.parts.len());

@@ -2,7 +2,8 @@
 //! offerings a template allows — one per (instance type, subnet), with the type's weight and
 //! priority — the allocation strategies in each API's spelling, the fleet type a template asks
 //! for, how much of a fleet's target is still on its way, and how a failure in an EC2 or Spot
-//! Fleet's history is reported.
+//! Fleet's history is reported, and `Described`: what one describe says of a fleet, spot fleet
+//! request or group (the handlers make it, `state::fleet_state` keeps it).
 
 use crate::api::{Api, FleetType, MachineTemplateSpec, PriceType};
 use crate::provider::LaunchFailure;
@@ -138,6 +139,25 @@ pub fn history_failure(
         instance_type: None,
         zone: None,
     }
+}
+
+/// What one describe says of a fleet, spot fleet request or group, reduced to what a view needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Described {
+    pub id: String,
+    /// Over (deleted, cancelled, failed): it launches nothing more and is not described again.
+    pub finished: bool,
+    /// Active and holding members worth listing (instant fleets: their instances carry the
+    /// request's tags).
+    pub working: bool,
+    /// Capacity units it is still working to launch.
+    pub outstanding: u32,
+    /// Whether its errors are worth reading (short of its target, or reporting errors).
+    pub troubled: bool,
+    /// What, unchanged, means its members and errors are unchanged too.
+    pub signature: String,
+    /// Members the describe itself names (groups); fleets' members take a call of their own.
+    pub members: Option<Vec<String>>,
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //! when what it reports has changed, or a member it named is gone. A fleet that holds steady
 //! costs no call of its own; a reconcile reads its request's view from memory.
 
-use super::ops::Ops;
-use super::{asg, ec2_fleet, spot_fleet};
+use crate::provider::aws::calls::ops::Ops;
+use crate::provider::aws::handlers::fleet::Described;
+use crate::provider::aws::handlers::{asg, ec2_fleet, spot_fleet};
 use crate::provider::{FleetView, LaunchFailure, ProviderError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -26,25 +27,6 @@ pub enum Kind {
     Ec2Fleet,
     SpotFleet,
     Group,
-}
-
-/// What one describe says of a fleet, spot fleet request or group, reduced to what a view needs.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Described {
-    pub id: String,
-    /// Over (deleted, cancelled, failed): it launches nothing more and is not described again.
-    pub finished: bool,
-    /// Active and holding members worth listing (instant fleets: their instances carry the
-    /// request's tags).
-    pub working: bool,
-    /// Capacity units it is still working to launch.
-    pub outstanding: u32,
-    /// Whether its errors are worth reading (short of its target, or reporting errors).
-    pub troubled: bool,
-    /// What, unchanged, means its members and errors are unchanged too.
-    pub signature: String,
-    /// Members the describe itself names (groups); fleets' members take a call of their own.
-    pub members: Option<Vec<String>>,
 }
 
 /// The fleets, spot fleet requests and group one request holds.

@@ -13,12 +13,12 @@
 //!
 //! Release deletes the fleets with their instances (DeleteFleets, TerminateInstances=true).
 
-use super::errors::{classify, classify_code};
+use super::fleet::Described;
 use super::fleet::{self, Offering, OfferingKey};
-use super::fleet_state::Described;
 use super::launch_template::LaunchTemplate;
-use super::ops::{self, Ops};
 use crate::api::{FleetType, MachineTemplateSpec};
+use crate::provider::aws::calls::errors::{self, classify, classify_code};
+use crate::provider::aws::calls::ops::{self, Ops};
 use crate::provider::{
     InstanceState, LaunchFailure, MarketMix, ObservedMachine, Owner, ProviderError, ProvisionOutcome, ProvisionRequest,
     market_split, target_of,
@@ -662,7 +662,7 @@ pub async fn delete_now(ops: &Ops, live: &[String]) -> Result<(), ProviderError>
             .map_err(|e| classify("DeleteFleets", e))?;
         if let Some(failed) = out.unsuccessful_fleet_deletions().first() {
             let error = failed.error();
-            return Err(super::errors::not_removed(
+            return Err(errors::not_removed(
                 "DeleteFleets",
                 &format!("fleet {} was not deleted", failed.fleet_id().unwrap_or_default()),
                 error.and_then(|e| e.code()).map(|c| c.as_str()),
@@ -679,7 +679,7 @@ mod tests {
     use super::*;
     use crate::api::{InstanceTypeSpec, PriceType};
 
-    use crate::provider::aws::client::offline as client;
+    use crate::provider::aws::calls::client::offline as client;
 
     fn template(price_type: PriceType, fleet_type: FleetType) -> MachineTemplateSpec {
         MachineTemplateSpec {

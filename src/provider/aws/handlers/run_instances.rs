@@ -5,9 +5,9 @@
 //! failure. Spot and the spot part of heterogeneous templates use InstanceMarketOptions. A given
 //! launch template is used as-is with the template's fields as overrides.
 
-use super::errors::classify;
-use super::ops::{self, Ops};
 use crate::api::MachineTemplateSpec;
+use crate::provider::aws::calls::errors::classify;
+use crate::provider::aws::calls::ops::{self, Ops};
 use crate::provider::{
     LaunchFailure, ProviderError, ProvisionOutcome, ProvisionRequest, machines_for, spot_after_on_demand,
 };
@@ -294,7 +294,7 @@ mod tests {
     use super::*;
     use crate::api::{InstanceTypeSpec, LaunchTemplateRef, PriceType, RootVolume};
 
-    use crate::provider::aws::client::offline as client;
+    use crate::provider::aws::calls::client::offline as client;
 
     fn template() -> MachineTemplateSpec {
         MachineTemplateSpec {

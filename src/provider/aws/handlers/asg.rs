@@ -15,12 +15,12 @@
 //! works to launch is outstanding; failed scaling activities land in `status.failures`.
 //! Release force-deletes the group (its instances with it) and terminates whatever is left.
 
-use super::errors::classify;
 use super::fleet;
-use super::fleet_state::Described;
+use super::fleet::Described;
 use super::launch_template::LaunchTemplate;
-use super::ops::Ops;
 use crate::api::{MachineTemplateSpec, PriceType};
+use crate::provider::aws::calls::errors::classify;
+use crate::provider::aws::calls::ops::{self, Ops};
 use crate::provider::{LaunchFailure, Owner, ProviderError, ProvisionOutcome, ProvisionRequest, target_of};
 use aws_sdk_autoscaling::operation::create_auto_scaling_group::builders::CreateAutoScalingGroupFluentBuilder;
 use aws_sdk_autoscaling::types::{
@@ -159,7 +159,7 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
     }
     let lt = ops.launch_template(request.owner, template).await?;
     outcome.resources.launch_template_id = lt.id.clone().filter(|_| lt.managed);
-    let tags = super::ops::resource_tags(request.owner, &ops.cluster_id, &template.tags);
+    let tags = ops::resource_tags(request.owner, &ops.cluster_id, &template.tags);
     let created = create_call(ops.autoscaling.create_auto_scaling_group(), &name, template, &lt, &tags, target)
         .send()
         .await

@@ -13,7 +13,7 @@
 //! members, outstanding units or errors, wakes only the request that owns it.
 
 use super::fleet_state::{self, Held};
-use super::ops::{self, Ops};
+use crate::provider::aws::calls::ops::{self, Ops};
 use crate::provider::{FleetView, InstanceState, ObservedMachine, Owner, ProviderError, RequestKey, tags};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

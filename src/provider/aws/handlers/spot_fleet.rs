@@ -9,12 +9,12 @@
 //! absolute target, the fleet never choosing victims). Release cancels every active request of
 //! the request with its instances, including one still provisioning.
 
-use super::errors::classify;
 use super::fleet;
-use super::fleet_state::Described;
+use super::fleet::Described;
 use super::launch_template::LaunchTemplate;
-use super::ops::{self, Ops};
 use crate::api::{FleetType, MachineTemplateSpec};
+use crate::provider::aws::calls::errors::{self, classify};
+use crate::provider::aws::calls::ops::{self, Ops};
 use crate::provider::{
     LaunchFailure, MarketMix, Owner, ProviderError, ProvisionOutcome, ProvisionRequest, market_split, target_of,
 };
@@ -433,7 +433,7 @@ pub async fn cancel_now(ops: &Ops, live: &[String]) -> Result<(), ProviderError>
             .map_err(|e| classify("CancelSpotFleetRequests", e))?;
         if let Some(failed) = out.unsuccessful_fleet_requests().first() {
             let error = failed.error();
-            return Err(super::errors::not_removed(
+            return Err(errors::not_removed(
                 "CancelSpotFleetRequests",
                 &format!("{} was not cancelled", failed.spot_fleet_request_id().unwrap_or_default()),
                 error.and_then(|e| e.code()).map(|c| c.as_str()),
@@ -543,7 +543,7 @@ mod tests {
 
     #[test]
     fn a_maintain_spot_fleet_is_scaled_to_an_absolute_target() {
-        let client = crate::provider::aws::client::offline();
+        let client = crate::provider::aws::calls::client::offline();
         let t = template(PriceType::Heterogeneous, FleetType::Maintain);
         let built = modify_call(client.modify_spot_fleet_request(), "sfr-1", &t, 10);
         let input = built.as_input();

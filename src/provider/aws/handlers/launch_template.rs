@@ -10,9 +10,9 @@
 //! `maintain` tag their instances only through it, so those instances are found through their
 //! fleet (`FleetView::members`). Instant fleets tag their instances per request at launch.
 
-use super::errors::classify;
-use super::ops::{self, Ops};
 use crate::api::MachineTemplateSpec;
+use crate::provider::aws::calls::errors::classify;
+use crate::provider::aws::calls::ops::{self, Ops};
 use crate::provider::{Owner, ProviderError, tags};
 use aws_sdk_ec2::types::{
     Filter, LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,

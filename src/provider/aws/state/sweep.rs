@@ -9,8 +9,10 @@
 //!
 //! Every leak is logged and counted; the caller also publishes an Event for each.
 
-use super::errors::classify;
-use super::ops::{self, Ops};
+use crate::provider::aws::calls::call_metrics::CallMetrics;
+use crate::provider::aws::calls::errors::classify;
+use crate::provider::aws::calls::ops::{self, Ops};
+use crate::provider::aws::handlers::{asg, ec2_fleet, launch_template, spot_fleet};
 use crate::provider::{Leak, Live, ProviderError, tags};
 use aws_sdk_ec2::types::Filter;
 use std::collections::HashMap;
@@ -65,7 +67,7 @@ impl Sweeper {
         ops: &Ops,
         live: &Live,
         now: Instant,
-        metrics: &super::call_metrics::CallMetrics,
+        metrics: &CallMetrics,
     ) -> Result<Vec<Leak>, ProviderError> {
         if !self.due(now) {
             return Ok(vec![]);
@@ -117,9 +119,9 @@ impl Sweeper {
 async fn remove(ops: &Ops, f: &Found) -> Result<(), ProviderError> {
     match f.kind {
         "instance" => ops.terminate(std::slice::from_ref(&f.id)).await,
-        "fleet" => super::ec2_fleet::delete(ops, std::slice::from_ref(&f.id)).await,
-        "spot-fleet-request" => super::spot_fleet::cancel(ops, std::slice::from_ref(&f.id)).await,
-        "auto-scaling-group" => super::asg::delete(ops, Some(&f.id)).await,
+        "fleet" => ec2_fleet::delete(ops, std::slice::from_ref(&f.id)).await,
+        "spot-fleet-request" => spot_fleet::cancel(ops, std::slice::from_ref(&f.id)).await,
+        "auto-scaling-group" => asg::delete(ops, Some(&f.id)).await,
         _ => {
             // Nothing may launch from the deleted template: forget it (a new one is made).
             ops.forget_launch_template(&f.id);
@@ -194,7 +196,7 @@ async fn fleets(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| classify("DescribeFleets", e))?;
         for f in page.fleets() {
-            if f.fleet_state().is_some_and(super::ec2_fleet::is_active) {
+            if f.fleet_state().is_some_and(ec2_fleet::is_active) {
                 let tags: Vec<_> = f.tags().iter().map(|t| (t.key(), t.value())).collect();
                 out.extend(found(ops, "fleet", f.fleet_id(), &tags));
             }
@@ -210,7 +212,7 @@ async fn spot_fleet_requests(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| classify("DescribeSpotFleetRequests", e))?;
         for r in page.spot_fleet_request_configs() {
-            if r.spot_fleet_request_state().is_some_and(super::spot_fleet::is_active) {
+            if r.spot_fleet_request_state().is_some_and(spot_fleet::is_active) {
                 let tags: Vec<_> = r.tags().iter().map(|t| (t.key(), t.value())).collect();
                 out.extend(found(ops, "spot-fleet-request", r.spot_fleet_request_id(), &tags));
             }
@@ -250,7 +252,7 @@ async fn launch_templates(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
             let tags: Vec<_> = lt.tags().iter().map(|t| (t.key(), t.value())).collect();
             // Shared by a template's requests: no request uid; named after its template.
             let Some(mut f) = found(ops, "launch-template", lt.launch_template_id(), &tags) else { continue };
-            f.namespace = tag(tags.iter().copied(), super::launch_template::NAMESPACE_TAG);
+            f.namespace = tag(tags.iter().copied(), launch_template::NAMESPACE_TAG);
             f.request = tag(tags.iter().copied(), tags::TEMPLATE)
                 .map(|t| format!("template {}/{t}", f.namespace.clone().unwrap_or_default()));
             out.push(f);

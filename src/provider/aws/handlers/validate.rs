@@ -4,10 +4,10 @@
 //! profile. `Ready=True` means all of them were found. Each failure names the field, down to
 //! the list index (`spec.subnetIds[1]`), with the AWS code and message.
 
-use super::errors::classify;
-use super::ops::Ops;
 use crate::api::{Api, InstanceTypeFacts, MachineTemplateSpec};
 use crate::provider::ProviderError;
+use crate::provider::aws::calls::errors::classify;
+use crate::provider::aws::calls::ops::Ops;
 
 /// When a check of a whole list fails, checks its values one at a time and names the first
 /// that fails (`field[i]`): error messages cannot be trusted to name the right one (moto names
