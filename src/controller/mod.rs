@@ -295,20 +295,6 @@ impl Error {
         self.is_gone() || matches!(self, Self::StaleCopy(_))
     }
 
-    /// The API server refused a write for the object's size: etcd's request limit (500
-    /// "request is too large", or the gRPC client's "larger than max"), or the API server's
-    /// own body limit (413).
-    pub fn is_too_large(&self) -> bool {
-        match self {
-            Self::Kube(kube::Error::Api(status)) => {
-                status.code == 413
-                    || (status.code == 500
-                        && ["request is too large", "larger than max"].iter().any(|s| status.message.contains(s)))
-            }
-            _ => false,
-        }
-    }
-
     /// Event reason for a failed reconcile.
     pub fn reason(&self) -> String {
         match self {
@@ -333,6 +319,20 @@ impl Error {
             Self::ReleaseInProgress { .. } => timing.poll,
             _ => jitter(timing.error),
         }
+    }
+}
+
+/// The API server refused a write for the object's size: etcd's request limit (500
+/// "request is too large", or the gRPC client's "larger than max"), or the API server's own
+/// body limit (413).
+pub(crate) fn too_large(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => {
+            status.code == 413
+                || (status.code == 500
+                    && ["request is too large", "larger than max"].iter().any(|s| status.message.contains(s)))
+        }
+        _ => false,
     }
 }
 

@@ -125,8 +125,7 @@ async fn write_if_changed(
         return Ok(());
     }
     match sink.write(after).await {
-        Err(e) if e.is_too_large() => {
-            let Error::Kube(cause) = e else { return Err(e) };
+        Err(Error::Kube(cause)) if super::too_large(&cause) => {
             let error = Error::StatusTooLarge {
                 machines: after.machines.len(),
                 bytes: serde_json::to_vec(after).map_or(0, |v| v.len()),
