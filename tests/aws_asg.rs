@@ -13,7 +13,7 @@ mod support;
 
 use orb_operator::api::*;
 use orb_operator::provider::{Holdings, Provider};
-use support::aws::{Aws, CLUSTER, aws};
+use support::aws::{Aws, CLUSTER, aws, aws_sweeping_at_once};
 use support::driver::{MemoryStatus, converge, edited, pass, quiet_passes, ready, request};
 use support::fault_proxy::Fault;
 
@@ -205,4 +205,53 @@ async fn failed_scaling_activities_are_reported_and_the_shortfall_is_pending() {
     assert_eq!(status.phase, Some(Phase::Provisioning));
     assert_eq!(aws.proxy.calls("UpdateAutoScalingGroup").len(), 0, "nothing more asked while the group works");
     release(&aws, &mr, &sink).await;
+}
+
+#[tokio::test]
+async fn an_orphaned_group_marks_what_it_launches_later_and_keeps_its_launch_template() {
+    let test = "an_orphaned_group_marks_what_it_launches_later_and_keeps_its_launch_template";
+    let Some(aws) = aws_sweeping_at_once(test).await else { return };
+    let client = autoscaling(&aws).await;
+    let template = asg_template(&aws, PriceType::OnDemand);
+    let (mut kept, kept_sink) = (request("kept", 1), MemoryStatus::default());
+    converge(&mut kept, &template, &aws.provider, &kept_sink, 6).await;
+    let status = kept_sink.current().unwrap();
+    let (group, lt) =
+        (status.resources.asg_name.clone().unwrap(), status.resources.launch_template_id.clone().unwrap());
+    let known = live_ids(&status);
+    let holdings =
+        Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[], last_attempt: None };
+    aws.provider.orphan(&orb_operator::controller::request::owner_of(&kept).unwrap(), holdings).await.unwrap();
+    // The user scales the group they kept: what it launches now is theirs as well.
+    client.set_desired_capacity().auto_scaling_group_name(&group).desired_capacity(2).send().await.unwrap();
+    let instances = aws.live_of(&kept).await;
+    assert_eq!(instances.len(), 2);
+    for i in &instances {
+        assert!(i.tags().iter().any(|t| t.key() == Some("orb.dev/orphaned")), "not marked: {:?}", i.instance_id());
+    }
+    // Another request of the template comes and goes, released by a restarted operator (nothing
+    // in memory, nothing of the deleted request in the cache): the launch template the kept
+    // group launches from stays.
+    let (mut other, other_sink) = (request("other", 1), MemoryStatus::default());
+    converge(&mut other, &template, &aws.provider, &other_sink, 6).await;
+    let other_status = other_sink.current().unwrap();
+    assert_eq!(other_status.resources.launch_template_id.as_ref(), Some(&lt), "one launch template per template");
+    let other_known = live_ids(&other_status);
+    let holdings = Holdings {
+        known: &other_known,
+        resources: &other_status.resources,
+        launch_templates_in_use: &[],
+        last_attempt: None,
+    };
+    let owner = orb_operator::controller::request::owner_of(&other).unwrap();
+    assert_eq!(aws.restarted().await.release(&owner, holdings).await.unwrap(), orb_operator::provider::Released::Done);
+    let found = aws.ec2.describe_launch_templates().launch_template_ids(&lt).send().await.unwrap();
+    assert_eq!(found.launch_templates().len(), 1, "the kept group's launch template was deleted");
+    // The sweep takes none of it for a leak.
+    let leaks = aws.provider.sweep(&orb_operator::provider::Live::default(), std::time::Instant::now()).await.unwrap();
+    assert!(
+        leaks.iter().all(|l| l.id != lt && !instances.iter().any(|i| i.instance_id() == Some(l.id.as_str()))),
+        "{leaks:?}"
+    );
+    assert_eq!(aws.live_of(&kept).await.len(), 2);
 }

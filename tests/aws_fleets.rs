@@ -11,7 +11,7 @@
 mod support;
 
 use orb_operator::api::*;
-use orb_operator::provider::{Holdings, Provider};
+use orb_operator::provider::{AnyProvider, Holdings, Provider};
 use support::aws::{Aws, aws};
 use support::driver::{MemoryStatus, converge, edited, quiet_passes, ready, request};
 use support::fault_proxy::Fault;
@@ -34,6 +34,11 @@ fn live_ids(status: &MachineRequestStatus) -> Vec<String> {
 
 /// Releases the request as the controller's finalizer does.
 async fn release(aws: &Aws, mr: &MachineRequest, sink: &MemoryStatus, in_use: &[String]) {
+    release_by(&aws.provider, mr, sink, in_use).await;
+}
+
+/// `release` by `provider` (a restarted operator, say).
+async fn release_by(provider: &AnyProvider, mr: &MachineRequest, sink: &MemoryStatus, in_use: &[String]) {
     let status = sink.current().unwrap();
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
     let holdings = Holdings {
@@ -42,7 +47,7 @@ async fn release(aws: &Aws, mr: &MachineRequest, sink: &MemoryStatus, in_use: &[
         launch_templates_in_use: in_use,
         last_attempt: status.attempt.as_ref(),
     };
-    let released = aws.provider.release(&owner_of(mr), holdings).await.unwrap();
+    let released = provider.release(&owner_of(mr), holdings).await.unwrap();
     assert_eq!(released, orb_operator::provider::Released::Done);
 }
 
@@ -54,13 +59,36 @@ async fn assert_nothing_left(aws: &Aws, mr: &MachineRequest, status: &MachineReq
     let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
     assert!(left.is_empty(), "left behind: {left:?}");
     let lt = status.resources.launch_template_id.clone().expect("the operator made a launch template");
+    assert!(!launch_template_exists(aws, &lt).await, "launch template {lt} still exists");
+}
+
+async fn launch_template_exists(aws: &Aws, id: &str) -> bool {
     // EC2 answers NotFound for a deleted id; moto answers an empty list.
-    let found = aws.ec2.describe_launch_templates().launch_template_ids(&lt).send().await;
-    let gone = match found {
-        Ok(out) => out.launch_templates().is_empty(),
-        Err(e) => format!("{e:?}").contains("NotFound"),
-    };
-    assert!(gone, "launch template {lt} still exists");
+    match aws.ec2.describe_launch_templates().launch_template_ids(id).send().await {
+        Ok(out) => !out.launch_templates().is_empty(),
+        Err(e) => !format!("{e:?}").contains("NotFound"),
+    }
+}
+
+#[tokio::test]
+async fn a_launch_template_an_active_fleet_uses_is_kept_whatever_the_cache_says() {
+    let test = "a_launch_template_an_active_fleet_uses_is_kept_whatever_the_cache_says";
+    let Some(aws) = aws(test).await else { return };
+    // Two maintain fleets of one template share its launch template. The first request is
+    // released by a restarted operator whose cache does not show the second request's status
+    // yet: AWS's listing shows its fleet, and the launch template stays. Released last, it goes.
+    let template = fleet_template(&aws, Api::Ec2Fleet, FleetType::Maintain, &[("m5.large", 1)]);
+    let (mut first, first_sink) = (request("first", 1), MemoryStatus::default());
+    let (mut second, second_sink) = (request("second", 1), MemoryStatus::default());
+    converge(&mut first, &template, &aws.provider, &first_sink, 6).await;
+    converge(&mut second, &template, &aws.provider, &second_sink, 6).await;
+    let lt = first_sink.current().unwrap().resources.launch_template_id.unwrap();
+    assert_eq!(second_sink.current().unwrap().resources.launch_template_id.as_ref(), Some(&lt));
+    let restarted = aws.restarted().await;
+    release_by(&restarted, &first, &first_sink, &[]).await;
+    assert!(launch_template_exists(&aws, &lt).await, "deleted under the second request's active fleet");
+    release_by(&restarted, &second, &second_sink, &[]).await;
+    assert!(!launch_template_exists(&aws, &lt).await, "nothing launches from it any more");
 }
 
 #[tokio::test]
@@ -368,6 +396,7 @@ async fn a_lost_create_is_adopted_on_replay_and_released(test: &str, api: Api, f
         resources: &nothing,
         target_units: 2,
         replay,
+        left_out: &[],
     };
     let first = aws.provider.provision(&launch(false)).await.unwrap();
     let made = [first.resources.fleet_ids.clone(), first.resources.spot_fleet_request_ids.clone()].concat();
@@ -439,6 +468,7 @@ async fn an_auto_scaling_group_whose_create_answer_was_lost_is_released() {
         resources: &nothing,
         target_units: 2,
         replay: false,
+        left_out: &[],
     };
     let made = aws.provider.provision(&launch).await.unwrap();
     assert!(made.resources.asg_name.is_some(), "{made:?}");

@@ -327,6 +327,7 @@ async fn throttling_is_retried_and_surfaces_when_it_persists() {
         resources: &NO_RESOURCES,
         target_units: 1,
         replay: false,
+        left_out: &[],
     };
 
     aws.proxy.inject("RunInstances", None, 2, Fault::throttle());
@@ -389,9 +390,6 @@ async fn a_crash_between_launch_and_status_write_never_duplicates() {
     assert_eq!(status.machines.len(), 3);
 }
 
-/// A DescribeInstances answer listing nothing: the tag listing lagging behind a launch.
-const EMPTY_LISTING: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>lag</requestId><reservationSet/></DescribeInstancesResponse>";
-
 #[tokio::test]
 async fn a_lost_answer_a_lagging_listing_and_a_stale_cache_never_launch_twice() {
     let Some(aws) = aws("a_lost_answer_a_lagging_listing_and_a_stale_cache_never_launch_twice").await else { return };
@@ -402,7 +400,7 @@ async fn a_lost_answer_a_lagging_listing_and_a_stale_cache_never_launch_twice() 
     // answer to it is lost (the SDK's retries included); the tag listing shows nothing for a
     // while; and every pass starts from a cache one write behind.
     aws.proxy.inject("RunInstances", Some(&aws.subnets[1]), 3, Fault::Lost);
-    aws.proxy.inject("DescribeInstances", Some("tag%3Aorb.dev"), 6, Fault::Reply(EMPTY_LISTING.into()));
+    aws.proxy.inject("DescribeInstances", Some("tag%3Aorb.dev"), 6, Fault::empty_listing());
     let start = jiff::Timestamp::now();
     for round in 0..8 {
         let now = start + jiff::SignedDuration::from_secs(15 * round);
@@ -578,8 +576,7 @@ async fn release_terminates_machines_the_tag_lookup_does_not_list_yet() {
     let (mut mr, sink) = (request("fresh", 2), MemoryStatus::default());
     converge(&mut mr, &template, &aws.provider, &sink, 5).await;
     // EC2's listing is eventually consistent: the tag-filtered describe shows nothing yet.
-    let empty = r#"<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>lag</requestId><reservationSet/></DescribeInstancesResponse>"#;
-    aws.proxy.inject("DescribeInstances", Some("tag%3Aorb.dev%2Frequest-uid"), 1, Fault::Reply(empty.into()));
+    aws.proxy.inject("DescribeInstances", Some("tag%3Aorb.dev%2Frequest-uid"), 1, Fault::empty_listing());
     let known: Vec<String> = sink.current().unwrap().machines.iter().map(|m| m.instance_id.clone()).collect();
     assert_eq!(known.len(), 2);
     aws.provider.release(&owner_of(&mr), holdings(&known)).await.unwrap();
@@ -692,8 +689,7 @@ async fn a_release_moments_after_a_launch_waits_for_ec2_to_show_its_machines() {
     // Before, the release took that for "gone", reported done, and the finalizer went while
     // the machines ran on.
     let restarted = aws.restarted().await;
-    let empty = r#"<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>lag</requestId><reservationSet/></DescribeInstancesResponse>"#;
-    aws.proxy.inject("DescribeInstances", None, usize::MAX, Fault::Reply(empty.into()));
+    aws.proxy.inject("DescribeInstances", None, usize::MAX, Fault::empty_listing());
     let holdings = || Holdings {
         known: &known,
         resources: &status.resources,

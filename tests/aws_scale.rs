@@ -11,8 +11,8 @@ use orb_operator::controller::request::{Target, drive_capped};
 use orb_operator::provider::{Holdings, Live, Provider, ProviderError, Released};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
-use support::aws::{Aws, CLUSTER, aws, aws_with};
-use support::driver::{MemoryStatus, converge, ready, request};
+use support::aws::{Aws, CLUSTER, aws, aws_sweeping_at_once, aws_with};
+use support::driver::{MemoryStatus, converge, pass, ready, request};
 use support::fault_proxy::Fault;
 
 fn one_subnet(aws: &Aws, types: &[(&str, i32)]) -> MachineTemplate {
@@ -491,6 +491,76 @@ async fn a_crash_between_two_launch_calls_ends_with_exactly_the_capacity() {
     assert_eq!(aws.live_of(&mr).await.len(), 4, "no duplicate of either half");
 }
 
+/// RunInstances calls that asked for `instance_type`.
+fn asked_for(aws: &Aws, instance_type: &str) -> usize {
+    let needle = format!("InstanceType={instance_type}&");
+    aws.proxy.calls("RunInstances").iter().filter(|b| b.contains(&needle)).count()
+}
+
+#[tokio::test]
+async fn a_replay_never_asks_again_for_an_offering_its_first_try_was_refused() {
+    let test = "a_replay_never_asks_again_for_an_offering_its_first_try_was_refused";
+    let Some(aws) = aws(test).await else { return };
+    aws.proxy.honour_client_tokens();
+    // m5.large is refused for capacity, so its 2 machines go to m5.xlarge, whose answer is
+    // lost (the SDK's retries included). EC2 keeps no refusal under a token: a replay that asks
+    // m5.large again may get 2 machines there, beside the 2 m5.xlarge already running.
+    let template = one_subnet(&aws, &[("m5.large", 1), ("m5.xlarge", 1)]);
+    aws.proxy.inject("RunInstances", Some("InstanceType=m5.large&"), 1, Fault::capacity());
+    aws.proxy.inject("RunInstances", Some("InstanceType=m5.xlarge&"), 3, Fault::Lost);
+    let (mut mr, sink) = (request("refused", 2), MemoryStatus::default());
+    let _ = converge(&mut mr, &template, &aws.provider, &sink, 1).await;
+    let attempt = sink.current().unwrap().attempt.unwrap();
+    assert!(!attempt.completed, "the lost answer keeps the attempt open");
+    assert_eq!(
+        attempt.left_out.iter().map(|l| (l.instance_type.as_deref(), l.code.as_str())).collect::<Vec<_>>(),
+        [(Some("m5.large"), "InsufficientInstanceCapacity")],
+        "the refusal is recorded with the attempt"
+    );
+    // EC2's listing lags behind the launch: after the backoff, the attempt is replayed.
+    aws.proxy.inject("DescribeInstances", Some("tag%3Aorb.dev"), 1, Fault::empty_listing());
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60);
+    pass(&mut mr, &template, &aws.provider, &sink, later, false).await.unwrap();
+    let (status, error) = converge(&mut mr, &template, &aws.provider, &sink, 8).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!((status.phase, live(&status)), (Some(Phase::Fulfilled), 2));
+    assert_eq!(asked_for(&aws, "m5.xlarge"), 4, "three lost tries and one replay");
+    assert_eq!(asked_for(&aws, "m5.large"), 1, "the replay asked for the refused offering again");
+    assert_eq!(aws.instances_of(&mr).await.len(), 2, "exactly two machines were ever launched");
+}
+
+#[tokio::test]
+async fn a_replay_after_a_restart_leaves_out_what_the_first_try_left_out() {
+    let test = "a_replay_after_a_restart_leaves_out_what_the_first_try_left_out";
+    let Some(aws) = aws(test).await else { return };
+    aws.proxy.honour_client_tokens();
+    let template = one_subnet(&aws, &[("m5.large", 1), ("m5.xlarge", 1)]);
+    // A first request teaches the capacity memory that m5.large has no capacity.
+    aws.proxy.inject("RunInstances", Some("InstanceType=m5.large&"), 1, Fault::capacity());
+    let (mut warm, warm_sink) = (request("warm", 1), MemoryStatus::default());
+    converge(&mut warm, &template, &aws.provider, &warm_sink, 6).await;
+    assert_eq!(asked_for(&aws, "m5.large"), 1);
+    // The second request's attempt leaves m5.large out and launches on m5.xlarge; the write
+    // after the launch is lost and the operator restarts, forgetting the memory.
+    let (mut mr, sink) = (request("restarted", 2), MemoryStatus::default());
+    sink.drop_write(2);
+    let (_, error) = converge(&mut mr, &template, &aws.provider, &sink, 1).await;
+    assert!(error.is_some(), "the pass died after the launch");
+    let attempt = sink.current().unwrap().attempt.unwrap();
+    assert_eq!(attempt.left_out.len(), 1, "written before the first call: {attempt:?}");
+    // EC2's listing lags behind the launch: the restarted operator replays the attempt.
+    aws.proxy.inject("DescribeInstances", Some("tag%3Aorb.dev"), 1, Fault::empty_listing());
+    let restarted = aws.restarted().await;
+    let (status, error) = converge(&mut mr, &template, &restarted, &sink, 8).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!((status.phase, live(&status)), (Some(Phase::Fulfilled), 2));
+    assert_eq!(asked_for(&aws, "m5.xlarge"), 3, "the first request's, the launch and its replay");
+    assert_eq!(asked_for(&aws, "m5.large"), 1, "the replay sent an offering the first try had left out");
+    assert_eq!(aws.instances_of(&mr).await.len(), 2, "exactly two machines were ever launched");
+    let skipped = status.failures.iter().find(|f| f.code == "InsufficientInstanceCapacity").expect("reported");
+    assert!(skipped.message.contains("on-demand m5.large in"), "{}", skipped.message);
+}
+
 #[tokio::test]
 async fn a_crash_during_release_leaves_nothing_behind() {
     let Some(aws) = aws("a_crash_during_release_leaves_nothing_behind").await else { return };
@@ -537,11 +607,8 @@ async fn every_sdk_call_waits_on_the_providers_budget() {
 
 #[tokio::test]
 async fn what_a_request_deleted_with_deletion_policy_orphan_leaves_is_never_swept() {
-    let Some(aws) = aws_with("what_a_request_deleted_with_deletion_policy_orphan_leaves_is_never_swept", |s| {
-        s.sweep_interval = "1m".into();
-        s.sweep_grace = "0s".into();
-    })
-    .await
+    let Some(aws) =
+        aws_sweeping_at_once("what_a_request_deleted_with_deletion_policy_orphan_leaves_is_never_swept").await
     else {
         return;
     };
@@ -566,14 +633,7 @@ async fn what_a_request_deleted_with_deletion_policy_orphan_leaves_is_never_swep
 #[tokio::test]
 async fn two_clusters_with_the_default_cluster_id_never_sweep_each_other() {
     let test = "two_clusters_with_the_default_cluster_id_never_sweep_each_other";
-    let Some(aws) = aws_with(test, |s| {
-        s.sweep_interval = "1m".into();
-        s.sweep_grace = "0s".into();
-    })
-    .await
-    else {
-        return;
-    };
+    let Some(aws) = aws_sweeping_at_once(test).await else { return };
     // Two clusters, each with an operator left at the default clusterId, in one account and
     // region. Each sees only its own requests: the other's uids look dead to it.
     let default = orb_operator::config::DEFAULT_CLUSTER_ID;

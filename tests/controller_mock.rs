@@ -49,6 +49,7 @@ async fn launch_in(ctx: &Context, name: &str, units: u32) -> Vec<orb_operator::p
         resources: &Default::default(),
         target_units: units,
         replay: false,
+        left_out: &[],
     };
     orb_operator::provider::Provider::provision(sim_named(ctx, name), &launch).await.unwrap().launched
 }

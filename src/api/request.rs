@@ -242,6 +242,55 @@ pub struct Attempt {
     /// No new launch before this time (backoff after a failed attempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<Time>,
+    /// Offerings this attempt does not send, fixed so that every try of it sends the same calls:
+    /// those the provider's capacity-error memory held out when the attempt opened (written
+    /// before the first call, so a restart that forgets the memory does not change the replay),
+    /// and those a RunInstances call of it was refused for capacity (EC2 keeps no refusal under a
+    /// token, so asking again could launch with a token whose count was given to another
+    /// offering).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_LEFT_OUT))]
+    pub left_out: Vec<LeftOut>,
+}
+
+/// At most this many offerings left out of one attempt (a bound on the status size). The memory
+/// fills at most half when the attempt opens (it is advice: an offering beyond that is tried);
+/// a RunInstances try stops at a refusal it has no room to record, so that its replay never
+/// sends a call after one it could not record.
+pub const MAX_LEFT_OUT: usize = 64;
+
+/// An offering (instance type, subnet, market) an attempt does not send, and why.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LeftOut {
+    /// Absent when a given launch template chooses the type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// Absent for the launch template's (or the default VPC's) subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spot: bool,
+    /// The capacity error that put it out, e.g. `InsufficientInstanceCapacity`.
+    pub code: String,
+}
+
+impl LeftOut {
+    /// Whether this names `instance_type` in `subnet` in the spot (`true`) or on-demand market.
+    pub fn is(&self, instance_type: Option<&str>, subnet: Option<&str>, spot: bool) -> bool {
+        self.instance_type.as_deref() == instance_type && self.subnet.as_deref() == subnet && self.spot == spot
+    }
+
+    /// A sentence for the status: what was not tried and why.
+    pub fn message(&self) -> String {
+        format!(
+            "{} {} in {} not tried by this attempt: it failed for capacity ({})",
+            if self.spot { "spot" } else { "on-demand" },
+            self.instance_type.as_deref().unwrap_or("the launch template's type"),
+            self.subnet.as_deref().unwrap_or("the default subnet"),
+            self.code
+        )
+    }
 }
 
 impl MachineRequestStatus {
@@ -379,6 +428,20 @@ mod tests {
                     fleet_ids: (0..20).map(|k| format!("fleet-{k:08x}-0000-0000-0000-000000000000")).collect(),
                     ..Default::default()
                 },
+                attempt: Some(Attempt {
+                    client_token: "orb-99999-0123456789abcdef0123456789abcdef".into(),
+                    left_out: (0..MAX_LEFT_OUT)
+                        .map(|k| LeftOut {
+                            instance_type: Some(format!("u7in-32tb.{k:03}xlarge")),
+                            subnet: Some(format!("subnet-{k:017x}")),
+                            spot: true,
+                            code: "InsufficientInstanceCapacity".into(),
+                        })
+                        .collect(),
+                    started_at: Some(Time(jiff::Timestamp::now())),
+                    retry_after: Some(Time(jiff::Timestamp::now())),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
         };

@@ -260,6 +260,9 @@ pub fn record_launch(
         Err(_) => 0,
     };
     if let Some(attempt) = status.attempt.as_mut() {
+        if let Ok(outcome) = result {
+            attempt.left_out.extend(outcome.refused.iter().cloned());
+        }
         // Without an answer the cloud may have launched: keep the token for the replay. Any
         // other answer ends the attempt (a token conflict too: that token is spent).
         attempt.completed = match result {
@@ -350,6 +353,8 @@ fn next_attempt(frame: &Frame<'_>, status: &MachineRequestStatus, units: u32) ->
                 completed: false,
                 failed_streak: previous.map_or(0, |a| a.failed_streak),
                 retry_after: None,
+                // Filled by the controller from the provider before the attempt is written.
+                left_out: vec![],
             }
         }
     }

@@ -208,11 +208,18 @@ pub async fn drive(
         // A fleet member is known by its fleet, not "lost by its tags".
         m.untagged &= !fleets.members.contains(&m.instance_id);
     }
-    let plan = planner::plan(&frame, &previous, &observed);
+    let mut plan = planner::plan(&frame, &previous, &observed);
     let mut status = plan.status;
     status.provider = Some(provider_name.to_string());
     let replays = matches!(&plan.step, Step::Launch { attempt, .. }
         if previous.attempt.as_ref().is_some_and(|open| open.number == attempt.number));
+    if let Step::Launch { attempt, .. } = &mut plan.step
+        && !replays
+    {
+        // Decided once, written with the attempt before its first call: every try sends the same.
+        attempt.left_out = provider.left_out(&template.spec, planner::attempt_mix(attempt)).await?;
+        status.attempt = Some(attempt.clone());
+    }
     let still_open = status.attempt.as_ref().zip(previous.attempt.as_ref()).is_some_and(|(now, before)| now == before);
     // (RunInstances makes nothing but tagged instances, which the tag listing finds.)
     let makes_fleets = template.spec.api != crate::api::Api::RunInstances;
@@ -252,7 +259,8 @@ pub async fn drive(
                 client_token: &attempt.client_token,
                 resources: &previous.resources,
                 target_units: attempt.target_units.max(0).unsigned_abs(),
-                replay: previous.attempt.as_ref().is_some_and(|open| open.number == attempt.number),
+                replay: replays,
+                left_out: &attempt.left_out,
             };
             let result = provider.provision(&request).await;
             let before = status.clone();

@@ -7,7 +7,7 @@
 pub mod aws;
 pub mod sim;
 
-use crate::api::{InstanceTypeFacts, MachineTemplateSpec, Resources};
+use crate::api::{InstanceTypeFacts, LeftOut, MachineTemplateSpec, Resources};
 use crate::config::{Config, ProviderConfig};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -184,9 +184,12 @@ pub struct ProvisionRequest<'a> {
     /// fleets are still launching, plus `mix`): a `maintain` fleet's target is set to it, an
     /// absolute value so that a replay changes nothing.
     pub target_units: u32,
-    /// This attempt was sent before (its outcome is unknown): it is sent again exactly as
-    /// then, so no offering is left out for a capacity error learnt since.
+    /// This attempt was sent before (its outcome is unknown): what that try made is looked for
+    /// before it is sent again.
     pub replay: bool,
+    /// Offerings every try of this attempt leaves out (`Attempt::left_out`): a replay sends the
+    /// calls the first try sent, whatever the capacity memory has learnt since.
+    pub left_out: &'a [LeftOut],
 }
 
 /// The absolute target a `maintain` fleet is set to for `request`: never below what the attempt
@@ -271,6 +274,9 @@ pub struct ProvisionOutcome {
     /// Capacity units an asynchronous fleet (`request`, `maintain`) accepted and launches later:
     /// the attempt asked for them and got them, though no machine exists yet.
     pub accepted_units: u32,
+    /// Offerings refused for capacity by a call EC2 does not answer again under its token
+    /// (RunInstances): added to the attempt's `left_out`, so a replay does not ask again.
+    pub refused: Vec<LeftOut>,
 }
 
 /// What is alive on the Kubernetes side, for the leak sweep.
@@ -389,6 +395,14 @@ pub trait Provider: Send + Sync {
         &self,
         template: &MachineTemplateSpec,
     ) -> impl Future<Output = Result<Vec<InstanceTypeFacts>, ProviderError>> + Send;
+    /// The offerings a new attempt leaves out (those that failed for capacity lately), at most
+    /// `MAX_LEFT_OUT / 2`: recorded in the attempt before its first call, so every try of it
+    /// sends the same calls.
+    fn left_out(
+        &self,
+        template: &MachineTemplateSpec,
+        mix: MarketMix,
+    ) -> impl Future<Output = Result<Vec<LeftOut>, ProviderError>> + Send;
     /// Launches up to `units` capacity units. Partial success is `Ok` with failures listed.
     fn provision(
         &self,
@@ -465,6 +479,12 @@ impl Provider for AnyProvider {
         match self {
             Self::Sim(p) => p.validate(template).await,
             Self::Aws(p) => p.validate(template).await,
+        }
+    }
+    async fn left_out(&self, template: &MachineTemplateSpec, mix: MarketMix) -> Result<Vec<LeftOut>, ProviderError> {
+        match self {
+            Self::Sim(p) => p.left_out(template, mix).await,
+            Self::Aws(p) => p.left_out(template, mix).await,
         }
     }
     async fn provision(&self, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {

@@ -7,10 +7,10 @@
 //! Its state lives in the operator's memory: a restart forgets every simulated machine.
 
 use super::{
-    FleetView, Holdings, InstanceState, LaunchFailure, ObservedMachine, Owner, Provider, ProviderError,
+    FleetView, Holdings, InstanceState, LaunchFailure, MarketMix, ObservedMachine, Owner, Provider, ProviderError,
     ProvisionOutcome, ProvisionRequest, Released, ReturnRequest, machines_for, spot_after_on_demand,
 };
-use crate::api::{InstanceTypeFacts, MachineTemplateSpec, Resources};
+use crate::api::{InstanceTypeFacts, LeftOut, MachineTemplateSpec, Resources};
 use crate::config::SimSettings;
 use jiff::{SignedDuration, Timestamp};
 use rand::Rng;
@@ -202,6 +202,11 @@ impl Provider for SimProvider {
         crate::api::shape::check(template)
             .map_err(|e| ProviderError::invalid(e.field, "InvalidParameterValue", e.message))?;
         Ok(template.instance_types.iter().map(|t| simulated_facts(&t.type_)).collect())
+    }
+
+    /// The simulated cloud never runs out of capacity: nothing to leave out.
+    async fn left_out(&self, _: &MachineTemplateSpec, _: MarketMix) -> Result<Vec<LeftOut>, ProviderError> {
+        Ok(vec![])
     }
 
     async fn provision(&self, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {

@@ -35,6 +35,15 @@ pub async fn aws(test: &str) -> Option<Aws> {
     aws_with(test, |_| {}).await
 }
 
+/// `aws(test)` with a leak sweep due every minute that removes a leak as soon as it sees one.
+pub async fn aws_sweeping_at_once(test: &str) -> Option<Aws> {
+    aws_with(test, |s| {
+        s.sweep_interval = "1m".into();
+        s.sweep_grace = "0s".into();
+    })
+    .await
+}
+
 /// The harness with settings of the test's own (`configure` edits the defaults below).
 pub async fn aws_with(test: &str, configure: impl FnOnce(&mut AwsSettings)) -> Option<Aws> {
     let moto = moto::server(test)?;

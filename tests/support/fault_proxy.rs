@@ -41,6 +41,13 @@ impl Fault {
             message: "Request limit exceeded (injected).".into(),
         }
     }
+    /// A DescribeInstances answer listing nothing: EC2's eventually consistent listing lagging
+    /// behind a launch.
+    pub fn empty_listing() -> Self {
+        Self::Reply(
+            r#"<?xml version="1.0" encoding="UTF-8"?><DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>lag</requestId><reservationSet/></DescribeInstancesResponse>"#.into(),
+        )
+    }
     pub fn server_error() -> Self {
         Self::Error {
             status: 500,

@@ -6,14 +6,14 @@ pub mod handlers;
 pub mod state;
 
 use calls::{call_metrics, capacity_memory, client, errors, gather, limits, ops};
-use handlers::{asg, ec2_fleet, run_instances, spot_fleet, validate};
+use handlers::{asg, ec2_fleet, fleet, run_instances, spot_fleet, validate};
 use state::{fleet_state, poller, sweep};
 
 use super::{
-    FleetView, Holdings, ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome, ProvisionRequest, Released,
-    ReturnRequest, tags,
+    FleetView, Holdings, MarketMix, ObservedMachine, Owner, Provider, ProviderError, ProvisionOutcome,
+    ProvisionRequest, Released, ReturnRequest, tags,
 };
-use crate::api::{Api, InstanceTypeFacts, MachineTemplateSpec, Resources};
+use crate::api::{Api, InstanceTypeFacts, LeftOut, MachineTemplateSpec, Resources};
 use crate::config::AwsSettings;
 use errors::classify;
 use ops::Ops;
@@ -67,6 +67,7 @@ impl AwsProvider {
             cluster_id: cluster_id.to_string(),
             zones: Default::default(),
             managed_templates: Default::default(),
+            launch_template_uses: Default::default(),
             instant_fleets: Default::default(),
             spot_fleet_roles: Default::default(),
             capacity: std::sync::Arc::new(capacity_memory::CapacityMemory::new(
@@ -104,6 +105,27 @@ impl AwsProvider {
     /// Requests whose machines the poller saw change.
     pub fn changes(&self) -> tokio::sync::broadcast::Receiver<super::RequestKey> {
         self.poller.changes()
+    }
+
+    /// Deletes the operator-made launch templates of `owner`'s template that nothing launches
+    /// from: no other request by the cache or by this process's recent launches, and no active
+    /// fleet, spot fleet request or group by AWS's own listings (an orphaned group or fleet keeps
+    /// its launch template; so does a fleet whose request's status has not reached the cache).
+    /// The listings are made only when there is a launch template to delete.
+    async fn delete_unused_launch_templates(&self, owner: &Owner, in_use: &[String]) -> Result<(), ProviderError> {
+        let candidates = self.ops.unused_launch_templates(owner, in_use).await?;
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let referenced = sweep::launch_templates_in_use(&self.ops).await?;
+        for (id, name) in candidates {
+            if referenced.contains(&id) || name.is_some_and(|n| referenced.contains(&n)) {
+                tracing::info!(launch_template = %id, "kept: an active fleet or group launches from it");
+                continue;
+            }
+            self.ops.delete_launch_template(&id).await?;
+        }
+        Ok(())
     }
 
     /// Those of `ids` that still exist and are the owner's: tagged with its uid, or carrying no
@@ -243,6 +265,10 @@ impl Provider for AwsProvider {
         validate::template(&self.ops, template).await
     }
 
+    async fn left_out(&self, template: &MachineTemplateSpec, mix: MarketMix) -> Result<Vec<LeftOut>, ProviderError> {
+        Ok(fleet::left_out(&self.ops, template, mix).await)
+    }
+
     async fn provision(&self, request: &ProvisionRequest<'_>) -> Result<ProvisionOutcome, ProviderError> {
         let outcome = match request.template.api {
             Api::RunInstances => run_instances::provision(&self.ops, request).await,
@@ -308,6 +334,7 @@ impl Provider for AwsProvider {
     }
 
     async fn release(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<Released, ProviderError> {
+        self.ops.forget_launch_template_uses(&owner.uid);
         let outcome_unknown = holdings.outcome_unknown();
         let recent = holdings.launched_within(VISIBILITY_WINDOW, jiff::Timestamp::now());
         let Holdings { known, resources, launch_templates_in_use, .. } = holdings;
@@ -348,13 +375,14 @@ impl Provider for AwsProvider {
             )));
         }
         if made_launch_template {
-            self.ops.delete_unused_launch_templates(owner, launch_templates_in_use).await?;
+            self.delete_unused_launch_templates(owner, launch_templates_in_use).await?;
         }
         self.poller.forget(owner);
         Ok(Released::Done)
     }
 
     async fn orphan(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<(), ProviderError> {
+        self.ops.forget_launch_template_uses(&owner.uid);
         let Holdings { known, resources, .. } = holdings;
         let mut ids: Vec<String> = self.poller.relist(owner, known).await?.into_iter().map(|m| m.instance_id).collect();
         ids.extend(resources.fleet_ids.iter().cloned());
@@ -378,7 +406,9 @@ impl Provider for AwsProvider {
                 .resource_type("auto-scaling-group")
                 .key(tags::ORPHANED)
                 .value("true")
-                .propagate_at_launch(false)
+                // What the user's group launches later is theirs too: the sweep must not take
+                // it for a leak of the deleted request (whose uid it carries).
+                .propagate_at_launch(true)
                 .build();
             self.ops
                 .autoscaling

@@ -24,6 +24,9 @@ pub struct Ops {
     pub zones: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
     /// Operator-made launch templates: name -> id (see `launch_template`).
     pub managed_templates: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    /// (managed launch template id, request uid) -> when that request last launched from it.
+    pub launch_template_uses:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), tokio::time::Instant>>>,
     /// Spot Fleet role name -> ARN, as GetRole answered.
     pub spot_fleet_roles: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
     /// Fleets known to be of type `instant`: done once created (their instances carry the

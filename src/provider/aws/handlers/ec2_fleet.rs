@@ -14,7 +14,7 @@
 //! Release deletes the fleets with their instances (DeleteFleets, TerminateInstances=true).
 
 use super::fleet::Described;
-use super::fleet::{self, Offering, OfferingKey};
+use super::fleet::{self, Offering, OfferingKey, left_out_failure};
 use super::launch_template::LaunchTemplate;
 use crate::api::{FleetType, MachineTemplateSpec};
 use crate::provider::aws::calls::errors::{self, classify, classify_code};
@@ -335,32 +335,24 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
 
     let mut excluded = BTreeSet::new();
     let mut left = request.mix;
-    // Offerings that failed for capacity lately (for every market this attempt launches in)
-    // are left out, each skip reported.
     let markets: Vec<bool> = [(false, left.on_demand), (true, left.spot)]
         .into_iter()
         .filter(|(_, units)| *units > 0)
         .map(|(spot, _)| spot)
         .collect();
-    // A replay sends what the first try sent: no offering left out for what was learnt since.
-    for o in all.iter().filter(|_| !request.replay) {
-        let mut skips = vec![];
-        for &spot in &markets {
-            if let Some(key) = ops.offering(o.instance_type.as_deref(), o.subnet.as_deref(), spot).await
-                && let Some(skip) = ops.capacity.skip(&key)
-            {
-                skips.push((skip, key.1));
-            }
-        }
-        if !skips.is_empty() && skips.len() == markets.len() {
-            ops.capacity.skipped(1);
+    // The offerings the attempt leaves out (failed for capacity lately, in every market it
+    // launches in), fixed when it opened: every try sends the same overrides.
+    for o in &all {
+        let out: Vec<_> = request
+            .left_out
+            .iter()
+            .filter(|l| markets.iter().any(|&spot| l.is(o.instance_type.as_deref(), o.subnet.as_deref(), spot)))
+            .collect();
+        if !out.is_empty() && out.len() == markets.len() {
             excluded.insert(o.key());
-            outcome.failures.extend(skips.into_iter().map(|(skip, zone)| LaunchFailure {
-                code: skip.code,
-                message: skip.message,
-                instance_type: o.instance_type.clone(),
-                zone: Some(zone),
-            }));
+            for l in out {
+                outcome.failures.push(left_out_failure(ops, l).await);
+            }
         }
     }
     // A capacity error is remembered for the market it happened in, when the attempt had one.

@@ -5,8 +5,9 @@
 //! Fleet's history is reported, and `Described`: what one describe says of a fleet, spot fleet
 //! request or group (the handlers make it, `state::fleet_state` keeps it).
 
-use crate::api::{Api, FleetType, MachineTemplateSpec, PriceType};
-use crate::provider::LaunchFailure;
+use crate::api::{Api, FleetType, LeftOut, MAX_LEFT_OUT, MachineTemplateSpec, PriceType};
+use crate::provider::aws::calls::ops::Ops;
+use crate::provider::{LaunchFailure, MarketMix};
 
 /// One (instance type, subnet) a fleet may launch into.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +31,44 @@ impl Offering {
     pub fn key(&self) -> OfferingKey {
         (self.instance_type.clone(), self.subnet.clone())
     }
+}
+
+/// The offerings (per market the attempt launches in) that failed for capacity lately, for a
+/// new attempt of `template` to leave out: at most half of `MAX_LEFT_OUT` (the memory is advice;
+/// the rest is tried), each counted as a skip. Only for the APIs that pick offerings call by
+/// call — RunInstances and instant EC2 Fleets; the others hand the whole list to AWS.
+pub async fn left_out(ops: &Ops, template: &MachineTemplateSpec, mix: MarketMix) -> Vec<LeftOut> {
+    let picks_offerings = match template.api {
+        Api::RunInstances => true,
+        Api::Ec2Fleet => fleet_type(template) == FleetType::Instant,
+        Api::SpotFleet | Api::Asg => false,
+    };
+    if !picks_offerings {
+        return vec![];
+    }
+    let markets = [(false, mix.on_demand), (true, mix.spot)].into_iter().filter(|(_, units)| *units > 0);
+    let mut out = vec![];
+    for (spot, _) in markets {
+        for o in offerings(template) {
+            if let Some(key) = ops.offering(o.instance_type.as_deref(), o.subnet.as_deref(), spot).await
+                && let Some(skip) = ops.capacity.skip(&key)
+                && out.len() < MAX_LEFT_OUT / 2
+            {
+                out.push(LeftOut { instance_type: o.instance_type, subnet: o.subnet, spot, code: skip.code });
+            }
+        }
+    }
+    ops.capacity.skipped(out.len());
+    out
+}
+
+/// How an offering the attempt left out is reported among its launch failures.
+pub async fn left_out_failure(ops: &Ops, l: &LeftOut) -> LaunchFailure {
+    let zone = match &l.subnet {
+        Some(subnet) => ops.zone_of(subnet).await,
+        None => None,
+    };
+    LaunchFailure { code: l.code.clone(), message: l.message(), instance_type: l.instance_type.clone(), zone }
 }
 
 /// Every offering of `template`: instance types in list order times subnets.

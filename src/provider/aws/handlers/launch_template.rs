@@ -4,7 +4,8 @@
 //! security groups, and the tags every instance gets — named after the template and a hash of
 //! those fields, so one launch template serves every request of a template generation and a
 //! change of launch fields makes a new one. It is created once (with a ClientToken, found by
-//! name after a restart), remembered, and deleted when the last request using it is released.
+//! name after a restart), remembered, and deleted when the last request using it is released
+//! and no active fleet or group AWS lists launches from it.
 //!
 //! The shared launch template cannot carry a request's uid: fleets of type `request` and
 //! `maintain` tag their instances only through it, so those instances are found through their
@@ -22,6 +23,10 @@ use aws_sdk_ec2::types::{
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+
+/// How long a managed launch template another request launched from is kept by a release: AWS
+/// may not list that request's fleet yet, nor the cache show its status.
+const RECENT_USE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Tag on an operator-made launch template naming its template's namespace (the template's
 /// name is in `orb.dev/template`).
@@ -180,7 +185,30 @@ impl Ops {
                 id
             }
         };
+        self.launch_template_used(&id, &owner.uid);
         Ok(LaunchTemplate { id: Some(id), name: None, version: "1".into(), managed: true })
+    }
+
+    /// Records that request `uid` launches from managed launch template `id` now, and forgets
+    /// uses older than `RECENT_USE`.
+    fn launch_template_used(&self, id: &str, uid: &str) {
+        let mut uses = self.launch_template_uses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        uses.retain(|_, at| at.elapsed() < RECENT_USE);
+        uses.insert((id.to_string(), uid.to_string()), tokio::time::Instant::now());
+    }
+
+    /// Forgets the launches of request `uid`: it is being released (or orphaned) and keeps no
+    /// launch template of its own any more.
+    pub fn forget_launch_template_uses(&self, uid: &str) {
+        let mut uses = self.launch_template_uses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        uses.retain(|(_, user), _| user != uid);
+    }
+
+    /// Whether a request other than `uid` launched from launch template `id` within
+    /// `RECENT_USE`: what it made may not be listed by AWS yet, nor its status be in the cache.
+    fn used_lately_by_another(&self, id: &str, uid: &str) -> bool {
+        let uses = self.launch_template_uses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        uses.iter().any(|((lt, user), at)| lt == id && user != uid && at.elapsed() < RECENT_USE)
     }
 
     /// Creates the launch template `name`, or finds it when it already exists (a restart, or
@@ -250,14 +278,15 @@ impl Ops {
         self.managed_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|_, v| v != id);
     }
 
-    /// Deletes the operator-made launch templates of `owner`'s template that are not in
-    /// `in_use`: every generation, so that an edit of the template leaves nothing behind once
-    /// its last request is gone. Returns the ids deleted.
-    pub async fn delete_unused_launch_templates(
+    /// The operator-made launch templates of `owner`'s template that no other request uses by
+    /// what this process knows: not recorded by another request in the cache (`in_use`), not
+    /// launched from by another request lately. Every generation, so that an edit of the template
+    /// leaves nothing behind once its last request is gone. Their (id, name).
+    pub async fn unused_launch_templates(
         &self,
         owner: &Owner,
         in_use: &[String],
-    ) -> Result<Vec<String>, ProviderError> {
+    ) -> Result<Vec<(String, Option<String>)>, ProviderError> {
         let filters = [
             (tags::CLUSTER, self.cluster_id.clone()),
             (tags::TEMPLATE, ops::fit_tag_value(&owner.template)),
@@ -267,25 +296,33 @@ impl Ops {
         .map(|(key, value)| Filter::builder().name(format!("tag:{key}")).values(value).build())
         .collect();
         let mut pages = self.ec2.describe_launch_templates().set_filters(Some(filters)).into_paginator().send();
-        let mut ids = vec![];
+        let mut found = vec![];
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify("DescribeLaunchTemplates", e))?;
-            ids.extend(page.launch_templates().iter().filter_map(|lt| lt.launch_template_id()).map(str::to_string));
-        }
-        ids.retain(|id| !in_use.contains(id));
-        for id in &ids {
-            self.forget_launch_template(id);
-            match self.ec2.delete_launch_template().launch_template_id(id).send().await {
-                Ok(_) => tracing::info!(launch_template = %id, "deleted the operator's launch template"),
-                Err(error) => {
-                    let error = classify("DeleteLaunchTemplate", error);
-                    if !matches!(error, ProviderError::NotFound { .. }) && !error.code().contains("NotFound") {
-                        return Err(error);
-                    }
+            for lt in page.launch_templates() {
+                if let Some(id) = lt.launch_template_id() {
+                    found.push((id.to_string(), lt.launch_template_name().map(str::to_string)));
                 }
             }
         }
-        Ok(ids)
+        found.retain(|(id, _)| !in_use.contains(id) && !self.used_lately_by_another(id, &owner.uid));
+        Ok(found)
+    }
+
+    /// Deletes launch template `id` (one already gone is fine) and forgets it: nothing may
+    /// launch from it any more (a new one is made).
+    pub async fn delete_launch_template(&self, id: &str) -> Result<(), ProviderError> {
+        self.forget_launch_template(id);
+        match self.ec2.delete_launch_template().launch_template_id(id).send().await {
+            Ok(_) => {
+                tracing::info!(launch_template = %id, "deleted the operator's launch template");
+                Ok(())
+            }
+            Err(error) => match classify("DeleteLaunchTemplate", error) {
+                e if matches!(e, ProviderError::NotFound { .. }) || e.code().contains("NotFound") => Ok(()),
+                e => Err(e),
+            },
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! failure. Spot and the spot part of heterogeneous templates use InstanceMarketOptions. A given
 //! launch template is used as-is with the template's fields as overrides.
 
-use crate::api::MachineTemplateSpec;
+use super::fleet::left_out_failure;
+use crate::api::{LeftOut, MAX_LEFT_OUT, MachineTemplateSpec};
 use crate::provider::aws::calls::errors::classify;
 use crate::provider::aws::calls::ops::{self, Ops};
 use crate::provider::{
@@ -117,8 +118,9 @@ pub fn configure(call: RunInstancesFluentBuilder, shared: &Shared<'_>, launch: &
 /// Runs the launches of one provision call, falling back across subnets and types.
 struct Runner<'a> {
     ops: &'a Ops,
-    /// A replay sends every offering the first try sent: the capacity memory is not consulted.
-    replay: bool,
+    /// Offerings the attempt leaves out: fixed when it opened, grown by each refusal, so that
+    /// every try sends the same calls with the same counts under the same tokens.
+    left_out: Vec<LeftOut>,
     shared: Shared<'a>,
     token: &'a str,
     calls: u32,
@@ -148,15 +150,10 @@ impl Runner<'_> {
                     continue;
                 }
                 let offering = self.ops.offering(instance_type.as_deref(), subnet.as_deref(), spot).await;
-                let skip = offering.as_ref().filter(|_| !self.replay).and_then(|o| self.ops.capacity.skip(o));
-                if let Some(skip) = skip {
-                    self.ops.capacity.skipped(1);
-                    self.outcome.failures.push(LaunchFailure {
-                        code: skip.code,
-                        message: skip.message,
-                        instance_type: instance_type.clone(),
-                        zone: offering.map(|o| o.1),
-                    });
+                if let Some(out) =
+                    self.left_out.iter().find(|l| l.is(instance_type.as_deref(), subnet.as_deref(), spot))
+                {
+                    self.outcome.failures.push(left_out_failure(self.ops, out).await);
                     carried = count;
                     continue;
                 }
@@ -167,7 +164,7 @@ impl Runner<'_> {
                     count,
                     spot,
                     // One token per offering, not per call: a replay that skips an offering
-                    // (capacity memory) still sends each offering its first token.
+                    // (refused by an earlier try) still sends each offering its first token.
                     client_token: format!("{}-{}{type_index}-{subnet_index}", self.token, if spot { 's' } else { 'o' }),
                 };
                 match self.run(&launch).await {
@@ -185,11 +182,31 @@ impl Runner<'_> {
                             None => message,
                         };
                         self.outcome.failures.push(LaunchFailure {
-                            code,
+                            code: code.clone(),
                             message,
                             instance_type: launch.instance_type.clone(),
                             zone: offering.map(|o| o.1),
                         });
+                        // EC2 keeps no refusal under a token: a replay must not ask this
+                        // offering again and hand the count it carries on to another. A
+                        // refusal with no room in the record ends the try here, so that no call
+                        // follows one a replay would send differently.
+                        if self.left_out.len() >= MAX_LEFT_OUT {
+                            return Err(ProviderError::Capacity {
+                                code,
+                                message: format!(
+                                    "{MAX_LEFT_OUT} offerings of this attempt failed for capacity; the next attempt tries the rest"
+                                ),
+                            });
+                        }
+                        let refused = LeftOut {
+                            instance_type: launch.instance_type.clone(),
+                            subnet: launch.subnet.clone(),
+                            spot,
+                            code,
+                        };
+                        self.left_out.push(refused.clone());
+                        self.outcome.refused.push(refused);
                         carried = count;
                     }
                     Err(other) => return Err(other),
@@ -232,7 +249,7 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
     };
     let mut runner = Runner {
         ops,
-        replay: request.replay,
+        left_out: request.left_out.to_vec(),
         shared,
         token: request.client_token,
         calls: 0,
@@ -258,8 +275,10 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
                     },
                     other => other,
                 };
-                // Keep what launched: it is in the cloud and must be recorded.
-                if runner.outcome.launched.is_empty() {
+                // Keep what launched: it is in the cloud and must be recorded. So must the
+                // refusals before a call whose answer was lost: its replay skips them.
+                let to_record = !runner.outcome.refused.is_empty() && error.is_ambiguous();
+                if runner.outcome.launched.is_empty() && !to_record {
                     return Err(error);
                 }
                 runner.outcome.ambiguous = error.is_ambiguous();

@@ -7,6 +7,10 @@
 //! request was deleted with `deletionPolicy: Orphan`) and (when the operator watches one
 //! namespace) other namespaces' resources are never touched. In dry-run mode leaks are only reported.
 //!
+//! A launch template that an active fleet, spot fleet request or group launches from is in use,
+//! whoever owns that (an orphaned group, a fleet whose request is not in the cache yet): the
+//! sweep and releases ask AWS (`launch_templates_in_use`), never the cache alone.
+//!
 //! Every leak is logged and counted; the caller also publishes an Event for each.
 
 use crate::provider::aws::calls::call_metrics::CallMetrics;
@@ -15,7 +19,7 @@ use crate::provider::aws::calls::ops::{self, Ops};
 use crate::provider::aws::handlers::{asg, ec2_fleet, launch_template, spot_fleet};
 use crate::provider::{Leak, Live, ProviderError, tags};
 use aws_sdk_ec2::types::Filter;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -72,11 +76,12 @@ impl Sweeper {
         if !self.due(now) {
             return Ok(vec![]);
         }
+        let mut in_use = BTreeSet::new();
         let mut found = instances(ops).await?;
-        found.extend(fleets(ops).await?);
-        found.extend(spot_fleet_requests(ops).await?);
-        found.extend(groups(ops).await?);
-        found.extend(launch_templates(ops).await?);
+        found.extend(fleets(ops, &mut in_use).await?);
+        found.extend(spot_fleet_requests(ops, &mut in_use).await?);
+        found.extend(groups(ops, &mut in_use).await?);
+        found.extend(launch_templates(ops, &in_use).await?);
         let in_scope = |f: &Found| match &live.namespace {
             None => true,
             Some(ns) => f.namespace.as_deref() == Some(ns.as_str()),
@@ -122,17 +127,7 @@ async fn remove(ops: &Ops, f: &Found) -> Result<(), ProviderError> {
         "fleet" => ec2_fleet::delete(ops, std::slice::from_ref(&f.id)).await,
         "spot-fleet-request" => spot_fleet::cancel(ops, std::slice::from_ref(&f.id)).await,
         "auto-scaling-group" => asg::delete(ops, Some(&f.id)).await,
-        _ => {
-            // Nothing may launch from the deleted template: forget it (a new one is made).
-            ops.forget_launch_template(&f.id);
-            match ops.ec2.delete_launch_template().launch_template_id(&f.id).send().await {
-                Ok(_) => Ok(()),
-                Err(e) => match classify("DeleteLaunchTemplate", e) {
-                    e if e.code().contains("NotFound") => Ok(()),
-                    e => Err(e),
-                },
-            }
-        }
+        _ => ops.delete_launch_template(&f.id).await,
     }
 }
 
@@ -188,15 +183,37 @@ async fn instances(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
     Ok(out)
 }
 
+/// Launch templates (ids and names) that an active EC2 fleet (of type request or maintain),
+/// spot fleet request or this cluster's Auto Scaling group launches from: three paged listings.
+pub async fn launch_templates_in_use(ops: &Ops) -> Result<BTreeSet<String>, ProviderError> {
+    let mut in_use = BTreeSet::new();
+    fleets(ops, &mut in_use).await?;
+    spot_fleet_requests(ops, &mut in_use).await?;
+    groups(ops, &mut in_use).await?;
+    Ok(in_use)
+}
+
+/// Adds a launch template reference (its id and name, whichever it names) to `in_use`.
+fn uses(in_use: &mut BTreeSet<String>, id: Option<&str>, name: Option<&str>) {
+    in_use.extend([id, name].into_iter().flatten().map(str::to_string));
+}
+
 /// This cluster's EC2 fleets (of type request or maintain: instant fleets are listed only by
-/// id, and their instances carry the request's tags) that still launch or hold instances.
-async fn fleets(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
+/// id, and their instances carry the request's tags) that still launch or hold instances; the
+/// launch templates of every active fleet go to `in_use`.
+async fn fleets(ops: &Ops, in_use: &mut BTreeSet<String>) -> Result<Vec<Found>, ProviderError> {
     let mut pages = ops.ec2.describe_fleets().into_paginator().send();
     let mut out = vec![];
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| classify("DescribeFleets", e))?;
         for f in page.fleets() {
             if f.fleet_state().is_some_and(ec2_fleet::is_active) {
+                // An instant fleet launched once, at its creation: it needs its template no more.
+                let launches_later = f.r#type() != Some(&aws_sdk_ec2::types::FleetType::Instant);
+                let configs = if launches_later { f.launch_template_configs() } else { &[] };
+                for spec in configs.iter().filter_map(|c| c.launch_template_specification()) {
+                    uses(in_use, spec.launch_template_id(), spec.launch_template_name());
+                }
                 let tags: Vec<_> = f.tags().iter().map(|t| (t.key(), t.value())).collect();
                 out.extend(found(ops, "fleet", f.fleet_id(), &tags));
             }
@@ -205,14 +222,19 @@ async fn fleets(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
     Ok(out)
 }
 
-/// This cluster's spot fleet requests that are not cancelled.
-async fn spot_fleet_requests(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
+/// This cluster's spot fleet requests that are not cancelled; the launch templates of every
+/// active one go to `in_use`.
+async fn spot_fleet_requests(ops: &Ops, in_use: &mut BTreeSet<String>) -> Result<Vec<Found>, ProviderError> {
     let mut pages = ops.ec2.describe_spot_fleet_requests().into_paginator().send();
     let mut out = vec![];
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| classify("DescribeSpotFleetRequests", e))?;
         for r in page.spot_fleet_request_configs() {
             if r.spot_fleet_request_state().is_some_and(spot_fleet::is_active) {
+                let configs = r.spot_fleet_request_config().map(|c| c.launch_template_configs()).unwrap_or_default();
+                for spec in configs.iter().filter_map(|c| c.launch_template_specification()) {
+                    uses(in_use, spec.launch_template_id(), spec.launch_template_name());
+                }
                 let tags: Vec<_> = r.tags().iter().map(|t| (t.key(), t.value())).collect();
                 out.extend(found(ops, "spot-fleet-request", r.spot_fleet_request_id(), &tags));
             }
@@ -221,8 +243,9 @@ async fn spot_fleet_requests(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
     Ok(out)
 }
 
-/// This cluster's Auto Scaling groups.
-async fn groups(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
+/// This cluster's Auto Scaling groups; the launch templates of those not being deleted go to
+/// `in_use`.
+async fn groups(ops: &Ops, in_use: &mut BTreeSet<String>) -> Result<Vec<Found>, ProviderError> {
     let filter = aws_sdk_autoscaling::types::Filter::builder()
         .name(format!("tag:{}", tags::CLUSTER))
         .values(&ops.cluster_id)
@@ -234,6 +257,11 @@ async fn groups(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
         for g in page.auto_scaling_groups() {
             // A group being deleted is on its way out already.
             if g.status().is_none() {
+                let mixed = g.mixed_instances_policy().and_then(|p| p.launch_template());
+                let specs = [g.launch_template(), mixed.and_then(|lt| lt.launch_template_specification())];
+                for spec in specs.into_iter().flatten() {
+                    uses(in_use, spec.launch_template_id(), spec.launch_template_name());
+                }
                 let tags: Vec<_> = g.tags().iter().map(|t| (t.key(), t.value())).collect();
                 out.extend(found(ops, "auto-scaling-group", g.auto_scaling_group_name(), &tags));
             }
@@ -242,13 +270,16 @@ async fn groups(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
     Ok(out)
 }
 
-/// This cluster's operator-made launch templates.
-async fn launch_templates(ops: &Ops) -> Result<Vec<Found>, ProviderError> {
+/// This cluster's operator-made launch templates that nothing in `in_use` launches from.
+async fn launch_templates(ops: &Ops, in_use: &BTreeSet<String>) -> Result<Vec<Found>, ProviderError> {
     let mut pages = ops.ec2.describe_launch_templates().filters(cluster_filter(ops)).into_paginator().send();
     let mut out = vec![];
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| classify("DescribeLaunchTemplates", e))?;
         for lt in page.launch_templates() {
+            if [lt.launch_template_id(), lt.launch_template_name()].into_iter().flatten().any(|r| in_use.contains(r)) {
+                continue;
+            }
             let tags: Vec<_> = lt.tags().iter().map(|t| (t.key(), t.value())).collect();
             // Shared by a template's requests: no request uid; named after its template.
             let Some(mut f) = found(ops, "launch-template", lt.launch_template_id(), &tags) else { continue };
