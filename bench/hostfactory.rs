@@ -22,14 +22,14 @@ fn request(i: usize) -> Value {
     let machines: Vec<Value> = (0..5)
         .map(|m| {
             let id = format!("i-{i:08x}{m:09x}");
-            json!({"name": format!("{name}-{}", &id[2..]), "instanceId": id, "state": "running", "result": "succeed",
+            json!({"privateDnsName": format!("ip-{}.ec2.internal", &id[2..]), "instanceId": id, "state": "running", "result": "succeed",
                    "instanceType": "m5.large", "capacityType": "on-demand", "weight": 1, "zone": "us-east-1a",
                    "privateIp": "10.0.0.1", "launchTime": "2026-11-26T10:00:00Z"})
         })
         .collect();
     json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineRequest",
         "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{i}"), "resourceVersion": "1", "generation": 1,
-                     "labels": {"orb.dev/created-by": "hostfactory"}},
+                     "labels": {"orb.dev/created-by": "hostfactory", "hostfactory.orb.dev/provider": "default"}},
         "spec": {"templateRef": {"name": "workers"}, "capacity": 5, "fulfilmentTimeout": "15m"},
         "status": {"phase": "Fulfilled", "requestedCapacity": 5, "fulfilledCapacity": 5, "machines": machines, "conditions": []}})
 }
@@ -67,7 +67,12 @@ fn scripted(n: usize) -> Plugin {
             send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap());
         }
     });
-    Plugin { client: kube::Client::new(service, NS), namespace: NS.into(), template_selector: None }
+    Plugin {
+        client: kube::Client::new(service, NS),
+        namespace: NS.into(),
+        template_selector: None,
+        provider: "default".into(),
+    }
 }
 
 fn inputs() -> Vec<(Verb, Value)> {
@@ -79,7 +84,7 @@ fn inputs() -> Vec<(Verb, Value)> {
         (Verb::GetRequestStatus, json!({"requests": [{"requestId": first["metadata"]["name"]}]})),
         (
             Verb::RequestReturnMachines,
-            json!({"machines": [{"name": machine["name"], "machineId": machine["instanceId"]}]}),
+            json!({"machines": [{"name": machine["privateDnsName"], "machineId": machine["instanceId"]}]}),
         ),
         (Verb::GetReturnRequests, json!({"machines": []})),
     ]

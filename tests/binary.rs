@@ -256,3 +256,60 @@ async fn log_format_json_writes_json_lines() {
     let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     assert_eq!(parsed["fields"]["message"], "configuration loaded", "{parsed}");
 }
+
+#[tokio::test]
+async fn a_hostfactory_call_uses_ibms_directory_defaults_and_its_own_config_over_the_shared_namespace() {
+    // HF_PROVIDER_CONFDIR and HF_PROVIDER_LOGDIR unset: $HF_CONFDIR/providers/<name>/ and
+    // $HF_LOGDIR, as IBM documents. The instance's config names the namespace (it wins over
+    // ORB_HF_NAMESPACE, shared by every instance) and has a key this version does not know.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf/providers/grid-a");
+    let logs = dir.path().join("log");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(conf.join("orb-operator.json"), r#"{"namespace": "from-file", "someFutureKey": 1}"#).unwrap();
+    let (url, _) = https_api_server().await;
+    let kubeconfig = kubeconfig(&url, &conf);
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, r#"{"requests": [{"requestId": "req-x"}]}"#).unwrap();
+    let confdir = dir.path().join("conf");
+    let env = [
+        ("HF_PROVIDER_NAME", "grid-a"),
+        ("HF_CONFDIR", confdir.to_str().unwrap()),
+        ("HF_LOGDIR", logs.to_str().unwrap()),
+        ("ORB_HF_NAMESPACE", "shared"),
+    ];
+    let output = finish(hostfactory_script("getRequestStatus", &input, &env), 30).await;
+    assert!(!output.status.success(), "the test API server knows no CRDs");
+    let message = json_answer(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("namespace from-file") && message.contains(&url), "{message}");
+    assert!(message.contains(kubeconfig.to_str().unwrap()), "names the kubeconfig used: {message}");
+    let log = std::fs::read_to_string(logs.join("orb-operator-hostfactory.log")).unwrap();
+    assert!(log.contains("someFutureKey") && log.contains("ignored"), "an unknown key is a warning: {log}");
+}
+
+#[tokio::test]
+async fn a_hostfactory_call_to_an_api_server_that_never_answers_ends_in_time_naming_it() {
+    // Accepts connections and never answers: the call must end well inside HostFactory's script
+    // timeout, saying which API server did not answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kubeconfig(&url, dir.path());
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, "{}").unwrap();
+    let env = [("KUBECONFIG", kubeconfig.to_str().unwrap()), ("ORB_HF_NAMESPACE", "grid")];
+    let started = std::time::Instant::now();
+    let output = finish(hostfactory_script("getAvailableTemplates", &input, &env), 60).await;
+    let took = started.elapsed();
+    assert!(!output.status.success());
+    let message = json_answer(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains(&url) && message.contains("namespace grid"), "{message}");
+    assert!(took < std::time::Duration::from_secs(35), "took {took:?}");
+}

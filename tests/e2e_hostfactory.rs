@@ -1,23 +1,36 @@
 //! End to end against a real Kubernetes API server (`ORB_E2E_KUBECONFIG`): the five HostFactory
-//! provider scripts, run as HostFactory runs them, against the operator binary with its simulated
-//! provider — templates -> request 3 -> status until complete -> return one -> status of the
-//! return until complete -> the MachineRequest shows capacity 2. Waits watch the objects; the
-//! scripts are then asked what HostFactory would see. Skips with a message when no cluster is
-//! given.
+//! provider scripts, run as HostFactory runs them (`HF_PROVIDER_NAME`, `HF_CONFDIR` and
+//! `HF_LOGDIR` set, the plugin config found under `$HF_CONFDIR/providers/<name>/`), against the
+//! operator binary with its aws provider on moto — templates -> request 3 -> status until complete
+//! (machines named by host name) -> return one -> status of the return until complete -> the
+//! MachineRequest shows capacity 2 -> a machine terminated outside the operator is listed once by
+//! getReturnRequests, not replaced, and gone from the answer once returned. Another provider
+//! instance in the same namespace sees none of it. Waits watch the objects. Skips with a message
+//! when no cluster is given.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 mod support;
 
 use kube::Api;
 use kube::api::PostParams;
-use orb_operator::api::{MachineRequest, MachineTemplate, Phase};
+use orb_operator::api::{MachineRequest, MachineResult, MachineTemplate, Phase};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
 use support::cluster::{self, Operator, TestNamespace};
 
-/// Runs `<verb>.sh -f <input>` as HostFactory would and returns its JSON answer.
-fn call(verb: &str, input: Value, kubeconfig: &str, namespace: &str, dir: &Path) -> Value {
+/// HostFactory's directories for provider instance `provider` under `dir`, with its plugin
+/// config naming `namespace`, as IBM lays them out.
+fn hostfactory_home(dir: &Path, provider: &str, namespace: &str) {
+    let conf = dir.join("conf/providers").join(provider);
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(conf.join("orb-operator.json"), json!({"namespace": namespace}).to_string()).unwrap();
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+}
+
+/// Runs `<verb>.sh -f <input>` as HostFactory would, as provider instance `provider`, and
+/// returns its JSON answer.
+fn call(verb: &str, input: Value, kubeconfig: &str, provider: &str, dir: &Path) -> Value {
     let file = dir.join(format!("{verb}.json"));
     std::fs::write(&file, input.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hostfactory/scripts").join(format!("{verb}.sh"));
@@ -27,8 +40,10 @@ fn call(verb: &str, input: Value, kubeconfig: &str, namespace: &str, dir: &Path)
         .arg(&file)
         .env("ORB_OPERATOR_BIN", env!("CARGO_BIN_EXE_orb-operator"))
         .env("KUBECONFIG", kubeconfig)
-        .env("ORB_HF_NAMESPACE", namespace)
-        .env("HF_PROVIDER_LOGDIR", dir)
+        .env("HF_PROVIDER_NAME", provider)
+        .env("HF_CONFDIR", dir.join("conf"))
+        .env("HF_LOGDIR", dir.join("log"))
+        .env_remove("ORB_HF_NAMESPACE")
         .output()
         .unwrap();
     eprintln!("{verb} answered in {:?}", started.elapsed());
@@ -43,13 +58,19 @@ async fn hostfactory_scripts_drive_a_request_and_a_return_against_a_real_cluster
     else {
         return;
     };
+    let (moto, region, ec2, network) =
+        support::moto::e2e_cloud("hostfactory_scripts_drive_a_request_and_a_return_against_a_real_cluster").await;
     let client = cluster::client(&path).await;
     cluster::apply_crds(&client).await;
     let ns = TestNamespace::create(&client, &path, "orb-e2e-hf").await;
-    let _operator = Operator::start(&path, &ns.name, &[]);
+    let _operator = Operator::start(&path, &ns.name, &support::moto::operator_env(moto, region, "orb-e2e-hf"));
     let dir = tempfile::tempdir().unwrap();
+    let (home, other) = (dir.path().join("grid"), dir.path().join("other"));
+    hostfactory_home(&home, "aws-grid", &ns.name);
+    hostfactory_home(&other, "aws-other", &ns.name);
+    let call = |verb: &str, input: Value, _: &str, _: &str, _: &Path| call(verb, input, &path, "aws-grid", &home);
 
-    let template: MachineTemplate = cluster::example("sim/template.yaml");
+    let template = support::moto::example_template("aws/run-instances-on-demand.yaml", &network);
     let template_id = template.metadata.name.clone().unwrap();
     let templates: Api<MachineTemplate> = Api::namespaced(client.clone(), &ns.name);
     templates.create(&PostParams::default(), &template).await.unwrap();
@@ -85,6 +106,10 @@ async fn hostfactory_scripts_drive_a_request_and_a_return_against_a_real_cluster
     let machines = answer["machines"].as_array().unwrap();
     assert_eq!(machines.len(), 3, "{status}");
     assert!(machines.iter().all(|m| m["result"] == "succeed"), "{status}");
+    for m in machines {
+        let name = m["name"].as_str().unwrap();
+        assert!(name.starts_with("ip-") && name.ends_with(".internal"), "named by host name: {m}");
+    }
 
     let victim = machines[0].clone();
     let returned = call(
@@ -111,4 +136,50 @@ async fn hostfactory_scripts_drive_a_request_and_a_return_against_a_real_cluster
     assert_eq!(status["requests"][0]["machines"].as_array().unwrap().len(), 2, "{status}");
     let returns = call("getReturnRequests", json!({"machines": []}), &path, &ns.name, dir.path());
     assert_eq!(returns["requests"], json!([]), "nothing lost, nothing pending: {returns}");
+
+    // Another provider instance sharing the namespace sees none of it.
+    let foreign = self::call("getRequestStatus", json!({"requestId": request_id}), &path, "aws-other", &other);
+    assert_eq!(foreign["requests"][0]["status"], "complete_with_error", "{foreign}");
+    let listed = status["requests"][0]["machines"].as_array().unwrap().clone();
+    let known: Vec<Value> = listed.iter().map(|m| json!({"name": m["name"], "machineId": m["machineId"]})).collect();
+    let foreign_returns = self::call("getReturnRequests", json!({"machines": []}), &path, "aws-other", &other);
+    assert_eq!(foreign_returns["requests"], json!([]), "{foreign_returns}");
+
+    // A machine terminated outside the operator (a spot reclaim, the console): listed once by
+    // getReturnRequests, never replaced, gone from the answer once HostFactory returned it.
+    let lost = listed[0].clone();
+    let lost_id = lost["machineId"].as_str().unwrap().to_string();
+    ec2.terminate_instances().instance_ids(&lost_id).send().await.unwrap();
+    let seen_lost = {
+        let lost_id = lost_id.clone();
+        move |mr: Option<&MachineRequest>| {
+            mr.and_then(|mr| mr.status.as_ref()).is_some_and(|s| {
+                s.machines.iter().any(|m| m.instance_id == lost_id && m.result == Some(MachineResult::Fail))
+            })
+        }
+    };
+    let mr = cluster::wait(&requests, &request_id, seen_lost, 90).await.unwrap();
+    assert_eq!(mr.status.as_ref().unwrap().phase, Some(Phase::Partial), "reported, not replaced");
+    let returns = call("getReturnRequests", json!({"machines": known}), &path, &ns.name, dir.path());
+    let reclaimed: Vec<&Value> = returns["requests"].as_array().unwrap().iter().collect();
+    assert_eq!(reclaimed.len(), 1, "{returns}");
+    assert_eq!((&reclaimed[0]["machine"], &reclaimed[0]["machineId"]), (&lost["name"], &lost["machineId"]));
+    let live = support::moto::live_tagged(&ec2, mr.metadata.uid.as_deref().unwrap()).await;
+    assert_eq!(live, 1, "no replacement was launched");
+    call(
+        "requestReturnMachines",
+        json!({"machines": [{"name": lost["name"], "machineId": lost["machineId"]}]}),
+        &path,
+        &ns.name,
+        dir.path(),
+    );
+    let settled = |mr: Option<&MachineRequest>| {
+        mr.is_some_and(|mr| mr.spec.capacity == 1)
+            && mr.and_then(|mr| mr.status.as_ref()).is_some_and(|s| s.phase == Some(Phase::Fulfilled))
+    };
+    cluster::wait(&requests, &request_id, settled, 90).await.unwrap();
+    let returns = call("getReturnRequests", json!({"machines": known}), &path, &ns.name, dir.path());
+    let still: Vec<&Value> =
+        returns["requests"].as_array().unwrap().iter().filter(|r| r["machineId"] == lost["machineId"]).collect();
+    assert!(still.is_empty(), "returned: no longer listed: {returns}");
 }

@@ -50,10 +50,15 @@ fn templates() -> Value {
     ]})
 }
 
+/// The host name of machine `id` in these fixtures.
+fn host(id: &str) -> String {
+    format!("ip-10-0-0-{}.ec2.internal", u8::from_str_radix(&id[id.len() - 2..], 16).unwrap())
+}
+
 fn machine(id: &str, state: &str, result: &str, extra: Value) -> Value {
     let mut m = json!({"instanceId": id, "state": state,
         "result": result, "instanceType": "m5.large", "capacityType": "on-demand", "weight": 1, "zone": "us-east-1a",
-        "privateIp": "10.0.0.7", "publicIp": null, "launchTime": "2026-11-26T10:01:40Z"});
+        "privateIp": "10.0.0.7", "privateDnsName": host(id), "publicIp": null, "launchTime": "2026-11-26T10:01:40Z"});
     for (k, v) in extra.as_object().unwrap() {
         m[k] = v.clone();
     }
@@ -69,7 +74,7 @@ fn request(
     returning: Vec<&str>,
 ) -> Value {
     let mut meta = json!({"name": name, "namespace": NS, "generation": 1, "uid": format!("uid-{name}"), "resourceVersion": "7",
-        "labels": {"orb.dev/created-by": "hostfactory"}});
+        "labels": {"orb.dev/created-by": "hostfactory", "hostfactory.orb.dev/provider": "default"}});
     for (k, v) in extra_meta.as_object().unwrap() {
         for (k2, v2) in v.as_object().unwrap() {
             meta[k][k2] = v2.clone();
@@ -86,6 +91,11 @@ const A: &str = "req-0a0e0f00-0000-4000-8000-00000000000a";
 const B: &str = "req-0b0e0f00-0000-4000-8000-00000000000b";
 const C: &str = "req-0c0e0f00-0000-4000-8000-00000000000c";
 const D: &str = "req-0d0e0f00-0000-4000-8000-00000000000d";
+/// Another HostFactory provider instance's request, in the same namespace.
+const E: &str = "req-0e0e0f00-0000-4000-8000-00000000000e";
+/// A request whose return has been under way for far longer than `RETURN_TTL`.
+const F: &str = "req-0f0e0f00-0000-4000-8000-00000000000f";
+const RET_F: &str = "ret-0f0e0f00-0000-4000-8000-00000000000f";
 
 fn requests() -> Vec<Value> {
     vec![
@@ -134,6 +144,7 @@ fn requests() -> Vec<Value> {
             json!({}),
             vec![],
         ),
+        // (C: made by this plugin, so a lost machine is reported, not replaced.)
         // A return under way: one machine shutting down, one already gone from the cloud.
         request(
             D,
@@ -152,7 +163,43 @@ fn requests() -> Vec<Value> {
                   "annotations": {format!("hostfactory.orb.dev/{RET}"): "i-0d00000000000002d,i-0d00000000000003d"}}),
             vec!["i-0d00000000000002d", "i-0d00000000000003d"],
         ),
+        request(
+            E,
+            1,
+            "Partial",
+            vec![machine("i-0e00000000000001e", "terminated", "fail", json!({"message": "terminated outside the operator"}))],
+            json!({"labels": {"hostfactory.orb.dev/provider": "other"}}),
+            vec![],
+        ),
+        request(
+            F,
+            1,
+            "Fulfilled",
+            vec![
+                machine("i-0f00000000000001f", "running", "succeed", json!({})),
+                machine(
+                    "i-0f00000000000002f",
+                    "running",
+                    "executing",
+                    json!({"returning": true, "message": "returning: named in spec.returnMachines"}),
+                ),
+            ],
+            json!({"labels": {format!("hostfactory.orb.dev/{RET_F}"): "return"},
+                  "annotations": {format!("hostfactory.orb.dev/{RET_F}"): "1700000000;i-0f00000000000002f"}}),
+            vec!["i-0f00000000000002f"],
+        ),
     ]
+    .into_iter()
+    .map(|mut r| {
+        if r["metadata"]["name"] == C {
+            r["spec"]["lostMachines"] = json!("Report");
+        }
+        if r["metadata"]["name"] == F {
+            r["status"]["failures"] = json!([{"code": "UnauthorizedOperation", "message": "not allowed to terminate i-0f00000000000002f", "count": 3, "lastSeen": "2026-11-26T10:30:00Z"}]);
+        }
+        r
+    })
+    .collect()
 }
 
 fn list(items: Vec<Value>) -> Value {
@@ -168,6 +215,13 @@ struct Seen {
 
 /// A plugin whose client talks to a scripted API server holding the namespace above.
 fn plugin() -> (Plugin, Arc<Mutex<Seen>>) {
+    plugin_with(route)
+}
+
+/// A plugin of provider instance `default` whose API server answers with `route`.
+fn plugin_with(
+    route: impl Fn(&Method, &str, &str, &Value) -> (u16, Value) + Send + 'static,
+) -> (Plugin, Arc<Mutex<Seen>>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let record = seen.clone();
@@ -185,7 +239,13 @@ fn plugin() -> (Plugin, Arc<Mutex<Seen>>) {
             );
         }
     });
-    (Plugin { client: Client::new(service, NS), namespace: NS.into(), template_selector: None }, seen)
+    let plugin = Plugin {
+        client: Client::new(service, NS),
+        namespace: NS.into(),
+        template_selector: None,
+        provider: "default".into(),
+    };
+    (plugin, seen)
 }
 
 fn not_found(kind: &str, name: &str) -> (u16, Value) {
@@ -217,14 +277,14 @@ fn route(method: &Method, path: &str, query: &str, body: &Value) -> (u16, Value)
                 .into_iter()
                 .filter(|r| {
                     let labels = &r["metadata"]["labels"];
-                    match query.split('&').find_map(|kv| kv.strip_prefix("labelSelector=")) {
-                        Some(selector) if selector.contains('=') => {
-                            let (k, v) = selector.split_once('=').unwrap();
-                            labels[k] == v
-                        }
-                        Some(selector) => !labels[selector].is_null(),
-                        None => panic!("an unselected list of every request: {query}"),
-                    }
+                    let selector = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("labelSelector="))
+                        .unwrap_or_else(|| panic!("an unselected list of every request: {query}"));
+                    selector.split(',').all(|term| match term.split_once('=') {
+                        Some((k, v)) => labels[k] == v,
+                        None => !labels[term].is_null(),
+                    })
                 })
                 .collect();
             (200, list(selected))
@@ -239,6 +299,15 @@ fn route(method: &Method, path: &str, query: &str, body: &Value) -> (u16, Value)
             created["metadata"]["resourceVersion"] = json!("1");
             (201, created)
         }
+        ("PATCH", Some(("machinerequests", name))) if body.get("spec").is_none() => {
+            // Annotations only (`asked`): no optimistic concurrency needed.
+            let mut current = requests().into_iter().find(|r| r["metadata"]["name"] == name).unwrap();
+            for (k, v) in body["metadata"]["annotations"].as_object().unwrap() {
+                current["metadata"]["annotations"][k] = v.clone();
+            }
+            (200, current)
+        }
+        ("DELETE", Some(("machinerequests", _))) => (200, json!({"kind": "Status", "status": "Success"})),
         ("PATCH", Some(("machinerequests", name))) => {
             let mut current = requests().into_iter().find(|r| r["metadata"]["name"] == name).unwrap();
             assert_eq!(
@@ -329,8 +398,50 @@ async fn request_machines_creates_one_labelled_request_in_capacity_units() {
     assert_eq!(created.len(), 2, "one per call");
     assert_eq!(created[0]["spec"]["capacity"], 3);
     assert_eq!(created[0]["spec"]["templateRef"]["name"], "workers");
+    assert_eq!(created[0]["spec"]["lostMachines"], "Report", "HostFactory replaces lost hosts itself");
     assert_eq!(created[0]["metadata"]["labels"]["orb.dev/created-by"], "hostfactory");
+    assert_eq!(created[0]["metadata"]["labels"]["hostfactory.orb.dev/provider"], "default");
     assert!(created[0]["metadata"]["name"].as_str().unwrap().starts_with("req-"));
+}
+
+#[tokio::test]
+async fn a_retried_create_whose_first_answer_was_lost_yields_one_request_and_its_id() {
+    // The API server makes the object but the answer is lost (a 504 from a proxy); the read-back
+    // finds it. Then: a create answered 409 because the object already exists (its first answer
+    // was lost too) finds its own object.
+    for lost_with in [504u16, 409] {
+        let made: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let store = made.clone();
+        let (plugin, seen) = plugin_with(move |method, path, query, body| {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            match method.as_str() {
+                "POST" => {
+                    let mut created = body.clone();
+                    created["metadata"]["uid"] = json!("uid-new");
+                    store.lock().unwrap().push(created);
+                    let status = if lost_with == 409 { "AlreadyExists" } else { "Timeout" };
+                    (
+                        lost_with,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": status, "code": lost_with, "message": "the answer was lost"}),
+                    )
+                }
+                "GET" if path.contains("/machinerequests/") => {
+                    match store.lock().unwrap().iter().find(|r| r["metadata"]["name"] == name) {
+                        Some(r) => (200, r.clone()),
+                        None => not_found("machinerequests", name),
+                    }
+                }
+                _ => route(method, path, query, body),
+            }
+        });
+        let answer =
+            plugin.answer(Verb::RequestMachines, &json!({"templateId": "workers", "machineCount": 2})).await.unwrap();
+        let made = made.lock().unwrap();
+        assert_eq!(made.len(), 1, "{lost_with}: one MachineRequest");
+        assert_eq!(answer["requestId"], made[0]["metadata"]["name"], "{lost_with}: the id of the one made");
+        let posts = seen.lock().unwrap().calls.iter().filter(|c| c.starts_with("POST")).count();
+        assert_eq!(posts, 1, "{lost_with}: found by reading back, not created again");
+    }
 }
 
 #[tokio::test]
@@ -349,14 +460,15 @@ async fn bad_input_names_the_problem_and_creates_nothing() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("not Ready") && error.to_string().contains("InvalidAMIID"), "{error}");
-    let error = plugin
+    // A machine no request of this provider lists: gone already, nothing to return.
+    let answer = plugin
         .answer(
             Verb::RequestReturnMachines,
-            &json!({"machines": [{"name": "host", "machineId": "i-0999999999999999f"}]}),
+            &json!({"machines": [{"name": "host", "machineId": "i-0999999999999999f"}, {"machineId": "i-0e00000000000001e"}]}),
         )
         .await
-        .unwrap_err();
-    assert!(error.to_string().contains("belongs to no MachineRequest"), "{error}");
+        .unwrap();
+    assert!(answer["message"].as_str().unwrap().contains("2 no longer exist"), "{answer}");
     let seen = seen.lock().unwrap();
     assert!(seen.calls.iter().all(|c| c.starts_with("GET")), "nothing created or changed: {:?}", seen.calls);
 }
@@ -371,20 +483,68 @@ async fn get_request_status_maps_phases_machines_returns_and_unknown_ids() {
     let statuses: Vec<&str> =
         answer["requests"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["complete", "running", "complete_with_error", "running", "complete_with_error"]);
+    let names: Vec<&str> =
+        answer["requests"][0]["machines"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [host("i-0a00000000000001a"), host("i-0a00000000000002a")], "machines are named by host name");
     // The single-object form answers the same.
     let one = plugin.answer(Verb::GetRequestStatus, &json!({"requests": {"requestId": A}})).await.unwrap();
     assert_eq!(one["requests"][0], answer["requests"][0]);
-    let calls = seen.lock().unwrap().calls.clone();
-    assert!(calls.iter().any(|c| c.contains(&format!("labelSelector=hostfactory.orb.dev%2F{RET}"))), "{calls:?}");
+    let seen = seen.lock().unwrap();
+    assert!(seen.calls.iter().any(|c| c.contains(&format!("hostfactory.orb.dev%2F{RET}"))), "{:?}", seen.calls);
+    // Asked about: each request is marked once, so it is never taken for one HostFactory lost.
+    let asked: Vec<&String> = seen.calls.iter().filter(|c| c.starts_with("PATCH")).collect();
+    assert_eq!(asked.len(), 4, "A, B, C, and A again (the fixture never keeps it): {asked:?}");
+    assert!(seen.bodies.iter().any(|b| b["metadata"]["annotations"]["hostfactory.orb.dev/asked"].is_string()));
+}
+
+#[tokio::test]
+async fn one_malformed_or_foreign_id_affects_only_its_own_entry() {
+    let (plugin, _) = plugin();
+    let input = json!({"requests": [{"requestId": 7}, {"id": "x"}, {"requestId": E}, {"requestId": A}]});
+    let answer = plugin.answer(Verb::GetRequestStatus, &input).await.unwrap();
+    shaped("getRequestStatus", &answer);
+    let entries = answer["requests"].as_array().unwrap();
+    assert_eq!(entries.len(), 4);
+    assert!(entries[0]["message"].as_str().unwrap().contains("must be a string"), "{answer}");
+    assert!(entries[1]["message"].as_str().unwrap().contains("requests[1].requestId is missing"), "{answer}");
+    assert_eq!(entries[2]["status"], "complete_with_error", "another provider instance's request is not ours");
+    assert_eq!((entries[3]["requestId"].as_str(), entries[3]["status"].as_str()), (Some(A), Some("complete")));
+}
+
+#[tokio::test]
+async fn a_wrong_namespace_fails_the_call_instead_of_failing_every_request() {
+    let (plugin, seen) = plugin_with(|method, path, _, _| match (method.as_str(), path.rsplit('/').next().unwrap()) {
+        ("GET", "machinetemplates") => {
+            (200, json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineTemplateList", "metadata": {}, "items": []}))
+        }
+        (_, name) => not_found("machinerequests", name),
+    });
+    let error = plugin.answer(Verb::GetRequestStatus, &json!({"requests": [{"requestId": A}, {"requestId": B}]})).await;
+    let error = error.unwrap_err().to_string();
+    assert!(error.contains("namespace grid holds no MachineTemplate"), "{error}");
+    assert_eq!(seen.lock().unwrap().calls.iter().filter(|c| c.contains("machinetemplates")).count(), 1, "checked once");
+}
+
+#[tokio::test]
+async fn a_return_that_does_not_finish_is_reported_failed_with_the_reason() {
+    let (plugin, _) = plugin();
+    let answer = plugin.answer(Verb::GetRequestStatus, &json!({"requestId": RET_F})).await.unwrap();
+    shaped("getRequestStatus", &answer);
+    let entry = &answer["requests"][0];
+    assert_eq!(entry["status"], "complete_with_error", "{answer}");
+    assert_eq!(entry["machines"][0]["result"], "fail");
+    let message = entry["machines"][0]["message"].as_str().unwrap();
+    assert!(message.contains("UnauthorizedOperation") && message.contains("15 min"), "{message}");
 }
 
 #[tokio::test]
 async fn request_return_machines_lowers_capacity_and_records_the_return_in_the_cluster() {
     let (plugin, seen) = plugin();
-    // One machine named as HostFactory knows it, one by id only.
+    // One machine named by its host name and id, one by id only, one by host name only.
     let input = json!({"machines": [
-        {"name": format!("{A}-0a00000000000002a"), "machineId": "i-0a00000000000002a"},
+        {"name": host("i-0a00000000000002a"), "machineId": "i-0a00000000000002a"},
         {"machineId": "i-0b00000000000001b"},
+        {"name": host("i-0d00000000000001d")},
     ]});
     let answer = plugin.answer(Verb::RequestReturnMachines, &input).await.unwrap();
     shaped("requestReturnMachines", &answer);
@@ -392,39 +552,74 @@ async fn request_return_machines_lowers_capacity_and_records_the_return_in_the_c
     let ret = answer["requestId"].as_str().unwrap();
     let seen = seen.lock().unwrap();
     let patches: Vec<&Value> = seen.bodies.iter().filter(|b| b.get("spec").is_some()).collect();
-    assert_eq!(patches.len(), 2, "one patch per owning request");
+    assert_eq!(patches.len(), 3, "one patch per owning request");
     let a = patches.iter().find(|p| p["spec"]["returnMachines"] == json!(["i-0a00000000000002a"])).expect("A's patch");
     assert_eq!(a["spec"]["capacity"], 1, "capacity lowered by the machine's weight");
     assert_eq!(a["metadata"]["labels"][format!("hostfactory.orb.dev/{ret}")], "return");
-    assert_eq!(a["metadata"]["annotations"][format!("hostfactory.orb.dev/{ret}")], "i-0a00000000000002a");
+    let recorded = a["metadata"]["annotations"][format!("hostfactory.orb.dev/{ret}")].as_str().unwrap();
+    assert!(recorded.ends_with(";i-0a00000000000002a"), "the time of the return and the ids: {recorded}");
     assert_eq!(a["metadata"]["resourceVersion"], "7", "optimistic concurrency");
-    // The owner by name was a get; the one by id only needed the label-selected list.
-    assert!(seen.calls.iter().any(|c| c.contains(&format!("machinerequests/{A}"))));
     assert!(
-        seen.calls.iter().any(|c| c.contains("labelSelector=orb.dev%2Fcreated-by%3Dhostfactory")),
+        patches.iter().any(|p| p["spec"]["returnMachines"].as_array().unwrap().contains(&json!("i-0d00000000000001d")))
+    );
+    // Owners found in one list of this provider instance's requests.
+    assert!(
+        seen.calls.iter().any(|c| c
+            .contains("labelSelector=orb.dev%2Fcreated-by%3Dhostfactory%2Chostfactory.orb.dev%2Fprovider%3Ddefault")),
         "{:?}",
         seen.calls
     );
 }
 
 #[tokio::test]
-async fn get_return_requests_reports_machines_aws_took_back_and_returns_under_way() {
-    let (plugin, _) = plugin();
-    let input = json!({"machines": [{"name": "hf-host-7", "machineId": "i-0c00000000000002c"}]});
+async fn get_return_requests_lists_what_the_provider_reclaims_and_not_hostfactorys_own_returns() {
+    let (plugin, seen) = plugin();
+    // HostFactory knows C's reclaimed host, and one no request lists any more.
+    let input = json!({"machines": [
+        {"name": host("i-0c00000000000002c"), "machineId": "i-0c00000000000002c"},
+        {"name": "ip-10-9-9-9.ec2.internal", "machineId": "i-0999999999999999f"},
+    ]});
     let answer = plugin.answer(Verb::GetReturnRequests, &input).await.unwrap();
     shaped("getReturnRequests", &answer);
     golden("getReturnRequests", &answer);
-    let listed: Vec<(&str, i64)> = answer["requests"]
+    let listed: Vec<(&str, &str, i64)> = answer["requests"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["machine"].as_str().unwrap(), r["gracePeriod"].as_i64().unwrap()))
+        .map(|r| (r["machine"].as_str().unwrap(), r["machineId"].as_str().unwrap(), r["gracePeriod"].as_i64().unwrap()))
         .collect();
-    assert!(listed.contains(&("hf-host-7", 0)), "the reclaimed machine, by HostFactory's own name: {listed:?}");
-    assert!(listed.iter().any(|(name, grace)| name.ends_with("0d00000000000002d") && *grace == 300), "{listed:?}");
-    assert_eq!(listed.len(), 2);
+    let reclaimed = host("i-0c00000000000002c");
+    assert_eq!(
+        listed,
+        [(reclaimed.as_str(), "i-0c00000000000002c", 0), ("ip-10-9-9-9.ec2.internal", "i-0999999999999999f", 0)],
+        "the lost host and the vanished one; not D's or F's returns (HostFactory's own), not E's (another provider's)"
+    );
     let empty = plugin.answer(Verb::GetReturnRequests, &json!({})).await.unwrap();
     shaped("getReturnRequests", &empty);
+    assert!(seen.lock().unwrap().calls.iter().all(|c| !c.starts_with("DELETE")), "no request was left unasked long");
+}
+
+#[tokio::test]
+async fn a_request_hostfactory_never_asked_about_is_deleted_after_a_while() {
+    let (plugin, seen) = plugin_with(|method, path, query, body| {
+        let (status, mut answer) = route(method, path, query, body);
+        if method == Method::GET && path.ends_with("/machinerequests") {
+            for item in answer["items"].as_array_mut().unwrap() {
+                let old = item["metadata"]["name"] == B;
+                item["metadata"]["creationTimestamp"] =
+                    json!(if old { "2026-01-01T00:00:00Z" } else { "2099-01-01T00:00:00Z" });
+                if item["metadata"]["name"] == A {
+                    item["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+                    item["metadata"]["annotations"] = json!({"hostfactory.orb.dev/asked": "2026-01-01T00:00:05Z"});
+                }
+            }
+        }
+        (status, answer)
+    });
+    plugin.answer(Verb::GetReturnRequests, &json!({})).await.unwrap();
+    let deleted: Vec<String> = seen.lock().unwrap().calls.iter().filter(|c| c.starts_with("DELETE")).cloned().collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert!(deleted[0].contains(B), "B was never asked about; A was: {deleted:?}");
 }
 
 #[test]
@@ -446,13 +641,13 @@ fn the_shapes_refuse_what_hostfactory_would_refuse() {
 #[tokio::test]
 async fn returning_a_machine_twice_or_one_already_leaving_lowers_capacity_once_at_most() {
     let (plugin, seen) = plugin();
-    // A's machine named twice (by name, by id); D's machine already being returned; C's machine
-    // that AWS reclaimed (the operator replaces it: giving it back acknowledges, lowers nothing).
+    // A's machine named twice (by host name, by id); D's machine already being returned; C's
+    // machine that AWS reclaimed (not replaced: giving it back lowers capacity for it, once).
     let input = json!({"machines": [
-        {"name": format!("{A}-0a00000000000001a")},
+        {"name": host("i-0a00000000000001a")},
         {"machineId": "i-0a00000000000001a"},
-        {"name": format!("{D}-0d00000000000002d"), "machineId": "i-0d00000000000002d"},
-        {"name": format!("{C}-0c00000000000002c"), "machineId": "i-0c00000000000002c"},
+        {"name": host("i-0d00000000000002d"), "machineId": "i-0d00000000000002d"},
+        {"name": host("i-0c00000000000002c"), "machineId": "i-0c00000000000002c"},
     ]});
     let answer = plugin.answer(Verb::RequestReturnMachines, &input).await.unwrap();
     assert!(answer["message"].as_str().unwrap().starts_with("3 machine(s)"), "{answer}");
@@ -464,7 +659,7 @@ async fn returning_a_machine_twice_or_one_already_leaving_lowers_capacity_once_a
     };
     assert_eq!(capacity(A), 1, "2 - the one machine's weight, once");
     assert_eq!(capacity(D), 1, "already leaving: not counted again");
-    assert_eq!(capacity(C), 2, "lost and replaced: acknowledged, not counted");
+    assert_eq!(capacity(C), 1, "lost and not replaced: the return lowers capacity for it");
 }
 
 #[tokio::test]

@@ -7,11 +7,28 @@
 #   HF_PROVIDER_LOGDIR   where orb-operator-hostfactory.log is written
 #   HF_LOGLEVEL          DEBUG or TRACE (LOG_DEBUG, LOG_TRACE as Symphony sets them) also logs
 #                        each input; logging never fails the call
+# Unset, the three directories default as IBM documents: $HF_CONFDIR/providers/$HF_PROVIDER_NAME,
+# $HF_WORKDIR/providers/$HF_PROVIDER_NAME and $HF_LOGDIR. HF_PROVIDER_NAME (always set by
+# HostFactory) also keeps this provider instance's requests apart from other instances'.
 # ORB_OPERATOR_BIN names the binary (default: orb-operator on PATH).
 set -eu
 verb="$1"
 shift
 bin="${ORB_OPERATOR_BIN:-orb-operator}"
+if [ -n "${HF_PROVIDER_NAME:-}" ]; then
+    if [ -z "${HF_PROVIDER_CONFDIR:-}" ] && [ -n "${HF_CONFDIR:-}" ]; then
+        HF_PROVIDER_CONFDIR="$HF_CONFDIR/providers/$HF_PROVIDER_NAME"
+        export HF_PROVIDER_CONFDIR
+    fi
+    if [ -z "${HF_PROVIDER_WORKDIR:-}" ] && [ -n "${HF_WORKDIR:-}" ]; then
+        HF_PROVIDER_WORKDIR="$HF_WORKDIR/providers/$HF_PROVIDER_NAME"
+        export HF_PROVIDER_WORKDIR
+    fi
+fi
+if [ -z "${HF_PROVIDER_LOGDIR:-}" ] && [ -n "${HF_LOGDIR:-}" ]; then
+    HF_PROVIDER_LOGDIR="$HF_LOGDIR"
+    export HF_PROVIDER_LOGDIR
+fi
 if [ -z "${KUBECONFIG:-}" ] && [ -n "${HF_PROVIDER_CONFDIR:-}" ] && [ -f "$HF_PROVIDER_CONFDIR/kubeconfig" ]; then
     KUBECONFIG="$HF_PROVIDER_CONFDIR/kubeconfig"
     export KUBECONFIG

@@ -26,8 +26,11 @@ pub const MAX_CAPACITY: i32 = 1000;
 /// weeks would list each one until EC2 forgets it.
 pub const MAX_SETTLED_MACHINES: usize = 200;
 
-/// A machine's message is cut to this many bytes (EC2's state reasons are free text).
-pub const MAX_MACHINE_MESSAGE: usize = 160;
+/// A machine's message is cut to this many bytes (EC2's state reasons are free text; the longest
+/// the operator writes, "terminated outside the operator: " and EC2's reason, fit in it). 100, not
+/// more: with every machine's host name, the largest request must still fit in etcd.
+pub const MAX_MACHINE_MESSAGE: usize = 100;
+
 /// A failure's message is cut to this many bytes.
 pub const MAX_FAILURE_MESSAGE: usize = 512;
 
@@ -46,6 +49,19 @@ pub enum DeletionPolicy {
     Delete,
     /// Leave everything running in AWS; only the Kubernetes object goes.
     Orphan,
+}
+
+/// What the operator does about a machine stopped or terminated outside it (a spot reclaim, the
+/// console, a scheduled retirement).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum LostMachines {
+    /// Launch a replacement, so the request holds its capacity.
+    #[default]
+    Replace,
+    /// Report it (`result: fail`, `Degraded=True MachinesLost`) and replace nothing: its capacity
+    /// stays held until it is named in `returnMachines` (which lowers `capacity` for it) or
+    /// `capacity` is lowered. For a client that replaces machines itself, as HostFactory does.
+    Report,
 }
 
 /// How many machines (in capacity units) a template should provide.
@@ -90,6 +106,13 @@ pub struct MachineRequestSpec {
     pub fulfilment_timeout: String,
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// `Replace` (the default) or `Report` a machine lost outside the operator.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub lost_machines: LostMachines,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_fulfilment_timeout() -> String {
@@ -144,6 +167,9 @@ pub struct Machine {
     pub subnet_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_ip: Option<String>,
+    /// The host name in its VPC (EC2's private DNS name): the name HostFactory knows it by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_dns_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -380,6 +406,8 @@ mod tests {
             zone: Some("ap-northeast-1-wl1-nrt-wlz-1a".into()),
             subnet_id: Some("subnet-0123456789abcdef0".into()),
             private_ip: Some("100.100.100.100".into()),
+            // Resource-based names in the longest region, with room to spare: 64 characters.
+            private_dns_name: Some(format!("{:.<64}", "i-0123456789abcdef0.ap-southeast-2.compute.internal")),
             public_ip: Some("100.100.100.100".into()),
             launch_time: Some(Time(jiff::Timestamp::from_second(1_800_000_000).unwrap())),
             message: Some("m".repeat(MAX_MACHINE_MESSAGE)),
@@ -419,6 +447,7 @@ mod tests {
                 return_machines: (0..MAX_RETURN_MACHINES).map(|k| format!("i-{k:017x}")).collect(),
                 fulfilment_timeout: "1h30m".into(),
                 deletion_policy: DeletionPolicy::Delete,
+                lost_machines: LostMachines::Report,
             },
             status: Some(MachineRequestStatus {
                 machines,

@@ -9,8 +9,8 @@
 
 use crate::api::conditions::{self, Cond};
 use crate::api::{
-    Attempt, Blocked, Failure, MAX_FAILURE_MESSAGE, MAX_FAILURES, MAX_MACHINE_MESSAGE, MAX_SETTLED_MACHINES, Machine,
-    MachineRequestSpec, MachineRequestStatus, MachineResult, MachineTemplateSpec, Phase,
+    Attempt, Blocked, Failure, LostMachines, MAX_FAILURE_MESSAGE, MAX_FAILURES, MAX_MACHINE_MESSAGE,
+    MAX_SETTLED_MACHINES, Machine, MachineRequestSpec, MachineRequestStatus, MachineResult, MachineTemplateSpec, Phase,
 };
 use crate::provider::{
     InstanceState, LaunchFailure, MarketMix, ObservedMachine, ProviderError, ProvisionOutcome, market_split,
@@ -144,7 +144,8 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
     let finished = |id: &String| frame.finished_fleets.contains(id);
     status.resources.fleet_ids.retain(|id| !finished(id));
     status.resources.spot_fleet_request_ids.retain(|id| !finished(id));
-    let deficit = capacity.saturating_sub(live_units(&status.machines) + frame.outstanding);
+    let deficit =
+        capacity.saturating_sub(live_units(&status.machines) + frame.outstanding + held_by_lost(frame, &status));
     let shortfall = deficit > 0 || pending_units(&status.machines) + frame.outstanding > 0;
     if deficit == 0
         && let Some(a) = status.attempt.as_mut()
@@ -424,6 +425,22 @@ fn units_where(machines: &[Machine], state: Option<InstanceState>) -> u32 {
         .sum()
 }
 
+/// Capacity units that machines lost outside the operator still hold under `lostMachines:
+/// Report`: nothing replaces them until they are named in `returnMachines` (which lowers
+/// `capacity` for them) or `capacity` is lowered.
+fn held_by_lost(frame: &Frame<'_>, status: &MachineRequestStatus) -> u32 {
+    if frame.spec.lost_machines != LostMachines::Report {
+        return 0;
+    }
+    let named: BTreeSet<&str> = frame.spec.return_machines.iter().map(String::as_str).collect();
+    status
+        .machines
+        .iter()
+        .filter(|m| m.result == Some(MachineResult::Fail) && !m.returning && !named.contains(m.instance_id.as_str()))
+        .map(|m| m.weight.max(0).unsigned_abs())
+        .sum()
+}
+
 fn live_units(machines: &[Machine]) -> u32 {
     units_where(machines, None)
 }
@@ -561,6 +578,8 @@ fn machine_from(frame: &Frame<'_>, o: &ObservedMachine, prior: Option<&Machine>,
         zone: o.zone.clone(),
         subnet_id: o.subnet_id.clone(),
         private_ip: o.private_ip.clone(),
+        // Kept once the cloud forgets it: HostFactory knows a lost host by this name.
+        private_dns_name: o.private_dns_name.clone().or_else(|| prior.and_then(|p| p.private_dns_name.clone())),
         public_ip: o.public_ip.clone(),
         // Whole seconds, as the API server stores them: anything finer would differ on every read.
         launch_time: o.launch_time.and_then(|t| Timestamp::from_second(t.as_second()).ok()).map(Time),
@@ -630,8 +649,14 @@ fn summarise(frame: &Frame<'_>, status: &mut MachineRequestStatus, acting: bool,
     let expired = timed_out(frame, status);
     let progress = format!("{running}/{capacity} capacity units running, {pending} pending");
 
+    let held = held_by_lost(frame, status);
     let (phase, ready_reason, ready_message) = if running >= capacity {
         (Phase::Fulfilled, "Fulfilled".to_string(), progress.clone())
+    } else if held > 0 && running + held >= capacity {
+        let message = format!(
+            "{progress}; {held} unit(s) held by machines lost outside the operator and not replaced (spec.lostMachines: Report): name them in spec.returnMachines or lower spec.capacity"
+        );
+        (Phase::Partial, "MachinesLost".to_string(), message)
     } else if let Some(b) = &status.blocked {
         let phase = if running > 0 { Phase::Partial } else { Phase::Failed };
         (
@@ -1427,6 +1452,34 @@ mod tests {
         let reclaimed = [two[0].clone(), obs("i-2", Terminated, "m5.large", 0)];
         let p = plan(&frame(&s, &t, 1000), &settled.status, &reclaimed);
         assert!(matches!(p.step, Step::Launch { .. }), "the lost machine is replaced: {:?}", p.step);
+    }
+
+    #[test]
+    fn a_machine_lost_under_lost_machines_report_is_reported_not_replaced_until_returned() {
+        let (mut s, t) = (spec(2), template());
+        s.lost_machines = LostMachines::Report;
+        let two = [obs("i-1", Running, "m5.large", 0), obs("i-2", Running, "m5.large", 0)];
+        let fulfilled = plan(&frame(&s, &t, 10), &MachineRequestStatus::default(), &two).status;
+        assert_eq!(fulfilled.phase, Some(Phase::Fulfilled));
+        let reclaimed = [two[0].clone(), obs("i-2", Terminated, "m5.large", 0)];
+        let p = plan(&frame(&s, &t, 20), &fulfilled, &reclaimed);
+        assert_eq!(p.step, Step::Wait, "nothing replaces it");
+        assert_eq!(p.status.phase, Some(Phase::Partial));
+        let ready = cond(&p.status, "Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "MachinesLost"));
+        assert!(ready.message.contains("spec.lostMachines: Report"), "{}", ready.message);
+        assert_eq!(cond(&p.status, "Degraded").reason, "MachinesLost");
+        let again = plan(&frame(&s, &t, 30), &p.status, &reclaimed);
+        assert_eq!(again.step, Step::Wait, "nor on a later pass");
+        // Returned (named, capacity lowered for it): settled at the smaller capacity.
+        s.return_machines = vec!["i-2".into()];
+        s.capacity = 1;
+        let returned = plan(&frame(&s, &t, 40), &again.status, &reclaimed);
+        assert_eq!((returned.step, returned.status.phase), (Step::Wait, Some(Phase::Fulfilled)));
+        // Named without lowering capacity: the machine is replaced, as returnMachines says.
+        s.capacity = 2;
+        let replaced = plan(&frame(&s, &t, 50), &again.status, &reclaimed);
+        assert!(matches!(replaced.step, Step::Launch { units: 1, .. }), "{:?}", replaced.step);
     }
 
     #[test]

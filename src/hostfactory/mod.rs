@@ -4,18 +4,27 @@
 //! the cluster, so any HostFactory host can answer any later call:
 //!
 //! - a request HostFactory made is a MachineRequest named `req-<uuid>`, labelled
-//!   `orb.dev/created-by: hostfactory`;
+//!   `orb.dev/created-by: hostfactory` and `hostfactory.orb.dev/provider: <HF_PROVIDER_NAME>`
+//!   (so provider instances sharing a namespace never see each other's), with
+//!   `lostMachines: Report` (HostFactory replaces lost hosts itself) and, once `getRequestStatus`
+//!   has asked about it, the annotation `hostfactory.orb.dev/asked` (a request HostFactory never
+//!   asked about — the script was killed before it printed the id — is deleted after
+//!   `UNASKED_TTL`);
 //! - a return request `ret-<uuid>` is a label `hostfactory.orb.dev/ret-<uuid>` on each
-//!   MachineRequest it returned machines from, with an annotation of the same key listing those
-//!   instance ids; the machines are named in the request's `spec.returnMachines` and its
-//!   `capacity` is lowered by their weights.
+//!   MachineRequest it returned machines from, with an annotation of the same key holding the
+//!   time of the return and those instance ids; the machines are named in the request's
+//!   `spec.returnMachines` and its `capacity` is lowered by their weights.
+//!
+//! Machines are named by their host names (`Machine::private_dns_name`), as they join the grid.
 //!
 //! Calls use gets by name and label-selected lists, never a list of everything.
 
 pub mod cli;
 pub mod protocol;
 
-use crate::api::{MachineRequest, MachineRequestSpec, MachineTemplate, TemplateRef, conditions};
+use crate::api::{
+    LostMachines, MachineRequest, MachineRequestSpec, MachineResult, MachineTemplate, TemplateRef, conditions,
+};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use protocol::{BadInput, MachineRef};
@@ -27,6 +36,15 @@ pub const CREATED_BY: &str = "orb.dev/created-by";
 pub const CREATED_BY_HOSTFACTORY: &str = "hostfactory";
 /// Prefix of the label and annotation keys that record a return request.
 pub const RETURN_PREFIX: &str = "hostfactory.orb.dev/";
+/// Label naming the HostFactory provider instance (`HF_PROVIDER_NAME`) that made a request.
+pub const PROVIDER_LABEL: &str = "hostfactory.orb.dev/provider";
+/// Annotation set the first time `getRequestStatus` asks about a request.
+pub const ASKED: &str = "hostfactory.orb.dev/asked";
+/// A request `getRequestStatus` never asked about this long after its creation was never
+/// learnt of by HostFactory (killed after the create, before it printed): it is deleted.
+pub const UNASKED_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// A returned machine not gone this long after the return is reported `fail`, with the reason.
+pub const RETURN_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// The five calls HostFactory makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -61,6 +79,23 @@ pub struct Plugin {
     pub namespace: String,
     /// Label selector for the templates HostFactory may use (all when `None`).
     pub template_selector: Option<String>,
+    /// This provider instance (`HF_PROVIDER_NAME`) as a label value: only its own requests are
+    /// seen, listed and returned from.
+    pub provider: String,
+}
+
+/// `HF_PROVIDER_NAME` as a label value: itself when it is one, else `p-` and a digest.
+pub fn provider_label_value(name: &str) -> String {
+    let valid = name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
+        && name.chars().last().is_none_or(|c| c.is_ascii_alphanumeric());
+    if valid {
+        return name.to_string();
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    format!("p-{}", digest.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 impl Plugin {
@@ -69,6 +104,28 @@ impl Plugin {
     }
     fn requests(&self) -> Api<MachineRequest> {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Label selector of this provider instance's requests.
+    fn own_selector(&self) -> String {
+        format!("{CREATED_BY}={CREATED_BY_HOSTFACTORY},{PROVIDER_LABEL}={}", self.provider)
+    }
+
+    /// Whether this provider instance made `mr`.
+    fn is_own(&self, mr: &MachineRequest) -> bool {
+        let labels = mr.labels();
+        labels.get(CREATED_BY).map(String::as_str) == Some(CREATED_BY_HOSTFACTORY)
+            && labels.get(PROVIDER_LABEL) == Some(&self.provider)
+    }
+
+    /// This provider instance's request `name`, if it exists.
+    async fn own(&self, name: &str) -> Result<Option<MachineRequest>, kube::Error> {
+        Ok(self.requests().get_opt(name).await?.filter(|mr| self.is_own(mr)))
+    }
+
+    /// Every request of this provider instance (one label-selected list).
+    async fn all_own(&self) -> Result<Vec<MachineRequest>, kube::Error> {
+        Ok(self.requests().list(&ListParams::default().labels(&self.own_selector())).await?.items)
     }
 
     /// Answers one call.
@@ -115,89 +172,179 @@ impl Plugin {
                 template_ref: TemplateRef { name: template_id.clone() },
                 capacity: count,
                 fulfilment_timeout: "15m".into(),
+                // HostFactory returns a lost host and asks for a new one itself.
+                lost_machines: LostMachines::Report,
                 ..Default::default()
             },
         );
-        request.metadata.labels = Some(BTreeMap::from([(CREATED_BY.into(), CREATED_BY_HOSTFACTORY.into())]));
-        self.requests().create(&PostParams::default(), &request).await?;
+        request.metadata.labels = Some(BTreeMap::from([
+            (CREATED_BY.into(), CREATED_BY_HOSTFACTORY.into()),
+            (PROVIDER_LABEL.into(), self.provider.clone()),
+        ]));
+        self.create_once(&request).await?;
         Ok(
             json!({"requestId": id, "message": format!("MachineRequest {id} created for {count} capacity unit(s) of {template_id}")}),
         )
     }
 
+    /// Creates `request`, safe to retry: an answer lost to a timeout or a 5xx (the object may
+    /// exist) is settled by reading it back, and a retry answered 409 finds its own object —
+    /// one MachineRequest, one id, whatever happened to the answers.
+    async fn create_once(&self, request: &MachineRequest) -> Result<(), HfError> {
+        let name = request.name_any();
+        let mine = |found: &MachineRequest| self.is_own(found) && found.spec == request.spec;
+        let mut last = None;
+        for _ in 0..3 {
+            match self.requests().create(&PostParams::default(), request).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    return match self.requests().get_opt(&name).await? {
+                        Some(found) if mine(&found) => Ok(()),
+                        _ => Err(HfError::NotFound(format!("requestMachines: {name} exists and is not this request"))),
+                    };
+                }
+                // A refusal with a reason (bad spec, no permission): the object was not made.
+                Err(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 429 => {
+                    return Err(kube::Error::Api(e).into());
+                }
+                Err(unclear) => {
+                    tracing::debug!(request = %name, error = %unclear, "create answer unclear; reading it back");
+                    if let Ok(Some(found)) = self.requests().get_opt(&name).await
+                        && mine(&found)
+                    {
+                        return Ok(());
+                    }
+                    last = Some(unclear);
+                }
+            }
+        }
+        Err(last.map_or_else(|| HfError::NotFound(format!("requestMachines: {name} not created")), HfError::from))
+    }
+
     async fn request_status(&self, input: &Value) -> Result<Value, HfError> {
-        let ids = protocol::request_ids(input)?;
+        let entries = protocol::request_entries(input)?;
         let mut out = vec![];
-        for id in ids {
-            out.push(if id.starts_with("ret-") {
-                self.return_status(&id).await?
-            } else {
-                self.acquire_status(&id).await?
-            });
+        let mut namespace_checked = false;
+        for entry in entries {
+            let id = match entry {
+                Ok(id) => id,
+                // A malformed entry answers for itself only.
+                Err((raw, problem)) => {
+                    out.push(unknown(&raw, &problem));
+                    continue;
+                }
+            };
+            let answer =
+                if id.starts_with("ret-") { self.return_status(&id).await } else { self.acquire_status(&id).await };
+            let answer = match answer {
+                Ok(Some(answer)) => answer,
+                Ok(None) => {
+                    // Not found: a wrong namespace would make every request look failed. Say so.
+                    if !namespace_checked {
+                        self.namespace_holds_templates().await?;
+                        namespace_checked = true;
+                    }
+                    unknown(
+                        &id,
+                        &format!("no request {id} of provider {} in namespace {}", self.provider, self.namespace),
+                    )
+                }
+                // An id the API server refuses (not a valid name) concerns that id only.
+                Err(HfError::Kube(kube::Error::Api(e))) if matches!(e.code, 400 | 404 | 422) => {
+                    unknown(&id, &format!("request {id}: {}", e.message))
+                }
+                Err(other) => return Err(other),
+            };
+            out.push(answer);
         }
         Ok(json!({"requests": out, "message": ""}))
     }
 
-    async fn acquire_status(&self, id: &str) -> Result<Value, HfError> {
-        let Some(mr) = self.requests().get_opt(id).await? else {
-            return Ok(
-                json!({"requestId": id, "status": "complete_with_error", "message": format!("no MachineRequest {id} in namespace {}", self.namespace), "machines": []}),
-            );
-        };
+    /// Fails the call when the namespace holds no MachineTemplate at all: the namespace (or the
+    /// cluster) is not the one HostFactory's requests were made in.
+    async fn namespace_holds_templates(&self) -> Result<(), HfError> {
+        let any = self.templates().list(&ListParams::default().limit(1)).await?;
+        if any.items.is_empty() {
+            return Err(HfError::NotFound(format!(
+                "namespace {} holds no MachineTemplate: check the namespace (--namespace, the plugin config's \"namespace\", ORB_HF_NAMESPACE) and the cluster KUBECONFIG points at",
+                self.namespace
+            )));
+        }
+        Ok(())
+    }
+
+    async fn acquire_status(&self, id: &str) -> Result<Option<Value>, HfError> {
+        let Some(mr) = self.own(id).await? else { return Ok(None) };
+        if !mr.annotations().contains_key(ASKED) {
+            // HostFactory knows of it: it is not an orphan of a killed requestMachines.
+            let patch = json!({"metadata": {"annotations": {ASKED: jiff::Timestamp::now().to_string()}}});
+            self.requests().patch(id, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        }
         let status = mr.status.clone().unwrap_or_default();
         // Machines returned through a return request are reported there, not here.
         let machines: Vec<Value> = status
             .machines
             .iter()
             .filter(|m| !m.returning)
-            .map(|m| protocol::machine_json(id, m, protocol::machine_result(m), None))
+            .map(|m| protocol::machine_json(m, protocol::machine_result(m), None))
             .collect();
         let message =
             conditions::find(&status.conditions, conditions::READY).map(|c| c.message.clone()).unwrap_or_default();
-        Ok(json!({
+        Ok(Some(json!({
             "requestId": id,
             "status": protocol::request_status(status.phase),
             "message": message,
             "machines": machines,
-        }))
+        })))
     }
 
-    async fn return_status(&self, id: &str) -> Result<Value, HfError> {
+    async fn return_status(&self, id: &str) -> Result<Option<Value>, HfError> {
         // Only ids this plugin made can be label keys; anything else is simply unknown.
         let made_here = id.len() == 40 && id[4..].chars().all(|c| c.is_ascii_hexdigit() || c == '-');
         if !made_here {
-            return Ok(
-                json!({"requestId": id, "status": "complete_with_error", "message": format!("no return request {id} in namespace {}", self.namespace), "machines": []}),
-            );
+            return Ok(Some(unknown(id, &format!("{id} is not a return request id this plugin makes"))));
         }
         let key = format!("{RETURN_PREFIX}{id}");
-        let owners = self.requests().list(&ListParams::default().labels(&key)).await?.items;
+        let selector = format!("{},{key}", self.own_selector());
+        let owners = self.requests().list(&ListParams::default().labels(&selector)).await?.items;
         if owners.is_empty() {
-            return Ok(
-                json!({"requestId": id, "status": "complete_with_error", "message": format!("no return request {id} in namespace {}", self.namespace), "machines": []}),
-            );
+            // Every machine it named was already gone: nothing was left to do.
+            return Ok(Some(json!({"requestId": id, "status": "complete", "message": "", "machines": []})));
         }
         let mut machines = vec![];
-        let mut done = true;
+        let (mut done, mut failed) = (true, false);
+        let now = jiff::Timestamp::now();
         for mr in &owners {
-            let listed = mr.annotations().get(&key).cloned().unwrap_or_default();
+            let (since, listed) = parse_return(mr.annotations().get(&key).map(String::as_str).unwrap_or_default());
+            let overdue = since.is_some_and(|t| older_than(now, t, RETURN_TTL));
             let status = mr.status.clone().unwrap_or_default();
-            for instance_id in listed.split(',').filter(|s| !s.is_empty()) {
+            for instance_id in listed {
                 match status.machines.iter().find(|m| m.instance_id == instance_id) {
+                    Some(m) if m.state == "terminated" => machines.push(protocol::machine_json(m, "succeed", None)),
+                    Some(m) if overdue => {
+                        // Bounded: say why it is still there instead of "executing" forever.
+                        failed = true;
+                        let why = status.failures.iter().max_by(|a, b| a.last_seen.cmp(&b.last_seen));
+                        let message = match why {
+                            Some(f) => format!(
+                                "still {} {} min after the return: {} ({})",
+                                m.state,
+                                RETURN_TTL.as_secs() / 60,
+                                f.message,
+                                f.code
+                            ),
+                            None => format!("still {} {} min after the return", m.state, RETURN_TTL.as_secs() / 60),
+                        };
+                        machines.push(protocol::machine_json(m, "fail", Some(&message)));
+                    }
                     Some(m) => {
-                        let gone = m.state == "terminated";
-                        done &= gone;
-                        machines.push(protocol::machine_json(
-                            &mr.name_any(),
-                            m,
-                            if gone { "succeed" } else { "executing" },
-                            None,
-                        ));
+                        done = false;
+                        machines.push(protocol::machine_json(m, "executing", None));
                     }
                     // The cloud no longer reports it: long gone.
                     None => machines.push(json!({
                         "machineId": instance_id,
-                        "name": protocol::machine_name(&mr.name_any(), instance_id),
+                        "name": instance_id,
                         "result": "succeed", "status": "terminated",
                         "privateIpAddress": null, "publicIpAddress": null, "launchtime": 0,
                         "message": "", "cloudHostId": instance_id,
@@ -205,40 +352,28 @@ impl Plugin {
                 }
             }
         }
-        let status = if done { "complete" } else { "running" };
-        Ok(json!({"requestId": id, "status": status, "message": "", "machines": machines}))
+        let status = match (done, failed) {
+            (false, _) => "running",
+            (true, true) => "complete_with_error",
+            (true, false) => "complete",
+        };
+        Ok(Some(json!({"requestId": id, "status": status, "message": "", "machines": machines})))
     }
 
     async fn request_return_machines(&self, input: &Value) -> Result<Value, HfError> {
         let wanted = protocol::machines("requestReturnMachines", input, true)?;
-        // Owner of each machine: the request its name names (`<request>-<id>`), else found among
-        // the requests HostFactory made. Nothing changes unless every machine has an owner.
+        // The owner of each machine among this provider instance's requests, by instance id or
+        // host name. A machine no request lists any more is gone already: nothing to return.
         // (A set: the same machine named twice, by id and by name, is one return.)
+        let all = self.all_own().await?;
         let mut owners: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut unplaced = vec![];
+        let mut gone = vec![];
         for m in &wanted {
-            let owner = match owner_by_name(m) {
-                Some(name) => self.requests().get_opt(&name).await?.filter(|mr| holds(mr, m)).map(|_| name),
-                None => None,
-            };
-            match owner {
-                Some(name) => owners.entry(name).or_default().extend(instance_id(m)),
-                None => unplaced.push(m.clone()),
-            }
-        }
-        if !unplaced.is_empty() {
-            let made = ListParams::default().labels(&format!("{CREATED_BY}={CREATED_BY_HOSTFACTORY}"));
-            let all = self.requests().list(&made).await?.items;
-            for m in unplaced {
-                let mr = all.iter().find(|mr| holds(mr, &m)).ok_or_else(|| {
-                    HfError::NotFound(format!(
-                        "requestReturnMachines: machine {} belongs to no MachineRequest in namespace {}; nothing was returned",
-                        m.machine_id.as_deref().or(m.name.as_deref()).unwrap_or_default(),
-                        self.namespace
-                    ))
-                })?;
-                let id = instance_id_in(mr, &m).unwrap_or_default();
-                owners.entry(mr.name_any()).or_default().insert(id);
+            match all.iter().find_map(|mr| instance_id_in(mr, m).map(|id| (mr.name_any(), id))) {
+                Some((owner, id)) => {
+                    owners.entry(owner).or_default().insert(id);
+                }
+                None => gone.push(m.machine_id.clone().or_else(|| m.name.clone()).unwrap_or_default()),
             }
         }
         let id = format!("ret-{}", uuid::Uuid::new_v4());
@@ -246,7 +381,11 @@ impl Plugin {
             self.return_from(name, &ids.iter().cloned().collect::<Vec<_>>(), &id).await?;
         }
         let count: usize = owners.values().map(BTreeSet::len).sum();
-        Ok(json!({"requestId": id, "message": format!("{count} machine(s) being returned")}))
+        let mut message = format!("{count} machine(s) being returned");
+        if !gone.is_empty() {
+            message.push_str(&format!("; {} no longer exist(s): {}", gone.len(), gone.join(", ")));
+        }
+        Ok(json!({"requestId": id, "message": message}))
     }
 
     /// Names `ids` in the request's `returnMachines`, lowers its capacity by their weights and
@@ -258,15 +397,16 @@ impl Plugin {
             let status = mr.status.clone().unwrap_or_default();
             let known: BTreeSet<&str> = status.machines.iter().map(|m| m.instance_id.as_str()).collect();
             let already: BTreeSet<&str> = mr.spec.return_machines.iter().map(String::as_str).collect();
-            // Only a machine that still holds capacity lowers it: one already leaving (a
-            // scale-down victim) or lost (replaced by the operator) is acknowledged, never
-            // counted twice — else every return of such a machine would shrink the request again.
+            // Only a machine that still holds capacity lowers it: a live one, or one lost and
+            // not replaced (`lostMachines: Report`, as this plugin asks). One already leaving (a
+            // scale-down victim) is acknowledged, never counted twice — else every return of such
+            // a machine would shrink the request again.
+            let reported = mr.spec.lost_machines == LostMachines::Report;
+            let holds_capacity = |m: &crate::api::Machine| {
+                m.counts_as_live() || (reported && m.result == Some(MachineResult::Fail) && !m.returning)
+            };
             let weight = |id: &str| {
-                status
-                    .machines
-                    .iter()
-                    .find(|m| m.instance_id == id && m.counts_as_live())
-                    .map_or(0, |m| m.weight.max(0))
+                status.machines.iter().find(|m| m.instance_id == id && holds_capacity(m)).map_or(0, |m| m.weight.max(0))
             };
             let newly: BTreeSet<&String> = ids.iter().filter(|id| !already.contains(id.as_str())).collect();
             let lowered = newly.iter().map(|id| weight(id)).sum::<i32>();
@@ -281,7 +421,7 @@ impl Plugin {
                 "metadata": {
                     "resourceVersion": mr.resource_version(),
                     "labels": {key.clone(): "return"},
-                    "annotations": {key: ids.join(",")},
+                    "annotations": {key: format!("{};{}", jiff::Timestamp::now().as_second(), ids.join(","))},
                 },
                 "spec": {"capacity": (mr.spec.capacity - lowered).max(0), "returnMachines": list},
             });
@@ -294,63 +434,84 @@ impl Plugin {
         Err(HfError::NotFound(format!("requestReturnMachines: MachineRequest {name} kept changing; try again")))
     }
 
+    /// The hosts the provider reclaimed or will reclaim: machines lost outside the operator (a
+    /// spot reclaim, the console) or returned by it on its own (capacity lowered in the cluster),
+    /// until HostFactory returns them; and machines HostFactory knows (its input) that no request
+    /// lists any more (the request deleted, the instance forgotten by EC2). HostFactory's own
+    /// returns are not listed. Also deletes requests HostFactory never learnt of.
     async fn return_requests(&self, input: &Value) -> Result<Value, HfError> {
         let known = protocol::machines("getReturnRequests", input, false)?;
-        let hf_name =
-            |id: &str| known.iter().find(|m| m.machine_id.as_deref() == Some(id)).and_then(|m| m.name.clone());
-        let made = ListParams::default().labels(&format!("{CREATED_BY}={CREATED_BY_HOSTFACTORY}"));
+        let all = self.all_own().await?;
+        self.delete_unasked(&all).await?;
         let mut out = vec![];
-        for mr in self.requests().list(&made).await?.items {
+        for mr in &all {
             let named: BTreeSet<&str> = mr.spec.return_machines.iter().map(String::as_str).collect();
             for m in mr.status.iter().flat_map(|s| s.machines.iter()) {
-                // Lost outside the operator (spot reclaim, console) and not yet given back by
-                // HostFactory; or being returned by the operator and not yet gone.
-                let lost = m.result == Some(crate::api::MachineResult::Fail) && !named.contains(m.instance_id.as_str());
-                let leaving = m.returning && m.state != "terminated";
-                if lost || leaving {
-                    out.push(json!({
-                        "machine": hf_name(&m.instance_id)
-                            .unwrap_or_else(|| protocol::machine_name(&mr.name_any(), &m.instance_id)),
-                        "machineId": m.instance_id,
-                        "gracePeriod": protocol::grace_period(m),
-                    }));
+                let lost = m.result == Some(MachineResult::Fail);
+                if (lost || m.returning) && !named.contains(m.instance_id.as_str()) {
+                    out.push(json!({"machine": protocol::host_name(m), "machineId": m.instance_id, "gracePeriod": 0}));
                 }
+            }
+        }
+        for m in &known {
+            if !all.iter().any(|mr| instance_id_in(mr, m).is_some()) {
+                let id = m.machine_id.clone().or_else(|| m.name.clone()).unwrap_or_default();
+                out.push(
+                    json!({"machine": m.name.clone().unwrap_or_else(|| id.clone()), "machineId": id, "gracePeriod": 0}),
+                );
             }
         }
         let message = format!("{} machine(s) to return", out.len());
         Ok(json!({"status": "complete", "message": message, "requests": out}))
     }
+
+    /// Deletes this provider instance's requests that `getRequestStatus` never asked about
+    /// within `UNASKED_TTL` of their creation: HostFactory never learnt their ids.
+    async fn delete_unasked(&self, all: &[MachineRequest]) -> Result<(), HfError> {
+        let now = jiff::Timestamp::now();
+        for mr in all {
+            let created = mr.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let unasked = !mr.annotations().contains_key(ASKED) && mr.metadata.deletion_timestamp.is_none();
+            if unasked && created.is_some_and(|c| older_than(now, c, UNASKED_TTL)) {
+                tracing::info!(request = %mr.name_any(), "deleting a request HostFactory never asked about");
+                match self.requests().delete(&mr.name_any(), &Default::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
-/// The instance id HostFactory gave for a machine, or the one its name ends with.
-fn instance_id(m: &MachineRef) -> Option<String> {
-    m.machine_id.clone().or_else(|| {
-        let name = m.name.as_deref()?;
-        let suffix = name.rsplit('-').next()?;
-        Some(format!("i-{suffix}"))
-    })
+/// Whether `then` is more than `ttl` before `now` (a time in the future is not).
+fn older_than(now: jiff::Timestamp, then: jiff::Timestamp, ttl: std::time::Duration) -> bool {
+    jiff::SignedDuration::try_from(ttl).is_ok_and(|ttl| now.duration_since(then) > ttl)
 }
 
-/// The request a machine's name names: `<request>-<instance id without i->`.
-fn owner_by_name(m: &MachineRef) -> Option<String> {
-    let name = m.name.as_deref()?;
-    let id = instance_id(m)?;
-    let suffix = id.strip_prefix("i-")?;
-    name.strip_suffix(suffix)?.strip_suffix('-').filter(|n| !n.is_empty()).map(str::to_string)
+/// An entry of `getRequestStatus` for a request that cannot be answered.
+fn unknown(id: &str, message: &str) -> Value {
+    json!({"requestId": id, "status": "complete_with_error", "message": message, "machines": []})
 }
 
-/// The id under which `mr` lists machine `m`, if it does.
+/// A return annotation's value: `<unix seconds>;<id>,<id>` (or just the ids, as written before
+/// the time was kept).
+fn parse_return(value: &str) -> (Option<jiff::Timestamp>, Vec<&str>) {
+    let (since, ids) = match value.split_once(';') {
+        Some((t, ids)) => (t.parse().ok().and_then(|t| jiff::Timestamp::from_second(t).ok()), ids),
+        None => (None, value),
+    };
+    (since, ids.split(',').filter(|s| !s.is_empty()).collect())
+}
+
+/// The id under which `mr` lists machine `m` (by instance id, else by host name), if it does.
 fn instance_id_in(mr: &MachineRequest, m: &MachineRef) -> Option<String> {
     mr.status.iter().flat_map(|s| s.machines.iter()).find_map(|x| {
         let by_id = m.machine_id.as_deref() == Some(x.instance_id.as_str());
-        let by_name = m.machine_id.is_none()
-            && m.name.as_deref() == Some(protocol::machine_name(&mr.name_any(), &x.instance_id).as_str());
+        let by_name = m.machine_id.is_none() && m.name.as_deref() == Some(protocol::host_name(x));
         (by_id || by_name).then(|| x.instance_id.clone())
     })
-}
-
-fn holds(mr: &MachineRequest, m: &MachineRef) -> bool {
-    instance_id_in(mr, m).is_some()
 }
 
 /// Ready at its current generation.

@@ -40,9 +40,13 @@ pub fn machines_wanted(input: &Value) -> Result<(String, i32), BadInput> {
     Ok((id.to_string(), count as i32))
 }
 
+/// One entry of `getRequestStatus`: its request id, or (what was given, what is wrong with it).
+pub type RequestEntry = Result<String, (String, String)>;
+
 /// `getRequestStatus`: the request ids, from `{"requests": [{"requestId"}, ...]}`, a single
-/// `{"requests": {"requestId"}}`, a bare `{"requestId"}` or a list of such objects.
-pub fn request_ids(input: &Value) -> Result<Vec<String>, BadInput> {
+/// `{"requests": {"requestId"}}`, a bare `{"requestId"}` or a list of such objects. A malformed
+/// entry is an entry of its own (answered for itself), not a failure of the whole call.
+pub fn request_entries(input: &Value) -> Result<Vec<RequestEntry>, BadInput> {
     let items: Vec<&Value> = match input.get("requests").unwrap_or(input) {
         Value::Array(list) => list.iter().collect(),
         one @ Value::Object(_) => vec![one],
@@ -50,21 +54,18 @@ pub fn request_ids(input: &Value) -> Result<Vec<String>, BadInput> {
             return Err(bad(format!("getRequestStatus: requests must be a list of {{\"requestId\"}}, not {other}")));
         }
     };
-    let ids = items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            item.get("requestId")
-                .and_then(Value::as_str)
-                .filter(|id| !id.is_empty())
-                .map(str::to_string)
-                .ok_or_else(|| bad(format!("getRequestStatus: requests[{i}].requestId is missing or not a string")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() {
+    if items.is_empty() {
         return Err(bad("getRequestStatus: no requestId given"));
     }
-    Ok(ids)
+    Ok(items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item.get("requestId") {
+            Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
+            Some(Value::String(_)) | None => Err((String::new(), format!("requests[{i}].requestId is missing"))),
+            Some(other) => Err((other.to_string(), format!("requests[{i}].requestId must be a string, not {other}"))),
+        })
+        .collect())
 }
 
 /// A machine HostFactory names: its host name and/or its machine (instance) id.
@@ -119,20 +120,19 @@ pub fn machine_result(m: &Machine) -> &'static str {
     }
 }
 
-/// The name HostFactory knows a machine of request `request` by: `<request>-<instance id
-/// without "i-">`. Derived, not stored: the status would repeat the request's name per machine.
-pub fn machine_name(request: &str, instance_id: &str) -> String {
-    format!("{request}-{}", instance_id.strip_prefix("i-").unwrap_or(instance_id))
+/// The name HostFactory knows a machine by: the host name it joins the grid with (its private
+/// DNS name), or its instance id while the cloud has given it none yet.
+pub fn host_name(m: &Machine) -> &str {
+    m.private_dns_name.as_deref().unwrap_or(&m.instance_id)
 }
 
-/// One machine of request `request` as HostFactory reads it. `result` is the acquire or return
-/// result.
-pub fn machine_json(request: &str, m: &Machine, result: &str, message: Option<&str>) -> Value {
+/// One machine as HostFactory reads it. `result` is the acquire or return result.
+pub fn machine_json(m: &Machine, result: &str, message: Option<&str>) -> Value {
     let launch = m.launch_time.as_ref().map_or(0, |t| t.0.as_second());
     let message = message.or(m.message.as_deref()).unwrap_or_default();
     json!({
         "machineId": m.instance_id,
-        "name": machine_name(request, &m.instance_id),
+        "name": host_name(m),
         "result": result,
         "status": m.state,
         "privateIpAddress": m.private_ip,
@@ -143,18 +143,6 @@ pub fn machine_json(request: &str, m: &Machine, result: &str, message: Option<&s
         "instanceType": m.instance_type,
         "priceType": m.capacity_type.as_deref().map(|c| if c == "spot" { "spot" } else { "ondemand" }),
     })
-}
-
-/// Seconds HostFactory may wait before a machine listed by `getReturnRequests` goes: none for one
-/// already gone; for the operator's own returns as ORB granted them (spot 120, else 300).
-pub fn grace_period(m: &Machine) -> i64 {
-    if m.result == Some(MachineResult::Fail) {
-        0
-    } else if m.capacity_type.as_deref() == Some("spot") {
-        120
-    } else {
-        300
-    }
 }
 
 #[cfg(test)]
@@ -190,17 +178,25 @@ mod tests {
 
     #[test]
     fn request_ids_come_as_a_list_a_single_object_or_bare() {
-        let ids = |v: Value| request_ids(&v);
+        let ids = |v: Value| request_entries(&v);
         assert_eq!(
             ids(json!({"requests": [{"requestId": "req-1"}, {"requestId": "ret-2"}]})),
-            Ok(vec!["req-1".into(), "ret-2".into()])
+            Ok(vec![Ok("req-1".into()), Ok("ret-2".into())])
         );
-        assert_eq!(ids(json!({"requests": {"requestId": "req-1"}})), Ok(vec!["req-1".into()]));
-        assert_eq!(ids(json!({"requestId": "req-1"})), Ok(vec!["req-1".into()]));
-        assert_eq!(ids(json!([{"requestId": "req-1"}])), Ok(vec!["req-1".into()]));
+        assert_eq!(ids(json!({"requests": {"requestId": "req-1"}})), Ok(vec![Ok("req-1".into())]));
+        assert_eq!(ids(json!({"requestId": "req-1"})), Ok(vec![Ok("req-1".into())]));
+        assert_eq!(ids(json!([{"requestId": "req-1"}])), Ok(vec![Ok("req-1".into())]));
         assert!(ids(json!({"requests": []})).unwrap_err().0.contains("no requestId"));
-        assert!(ids(json!({"requests": [{"id": "x"}]})).unwrap_err().0.contains("requests[0].requestId"));
         assert!(ids(json!({"requests": "req-1"})).is_err());
+    }
+
+    #[test]
+    fn a_malformed_entry_is_an_entry_of_its_own() {
+        let entries = request_entries(&json!({"requests": [{"id": "x"}, {"requestId": 7}, {"requestId": "req-1"}]}));
+        let entries = entries.unwrap();
+        assert!(matches!(&entries[0], Err((raw, why)) if raw.is_empty() && why.contains("requests[0].requestId")));
+        assert!(matches!(&entries[1], Err((raw, why)) if raw == "7" && why.contains("must be a string")));
+        assert_eq!(entries[2], Ok("req-1".into()));
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub struct ObservedMachine {
     pub zone: Option<String>,
     pub subnet_id: Option<String>,
     pub private_ip: Option<String>,
+    /// The host name the machine has in its VPC (EC2's private DNS name): the name it joins a
+    /// grid with.
+    pub private_dns_name: Option<String>,
     pub public_ip: Option<String>,
     pub launch_time: Option<jiff::Timestamp>,
     /// Why the cloud changed the state (EC2 StateReason), if it said.
@@ -124,6 +127,7 @@ impl ObservedMachine {
             zone: None,
             subnet_id: None,
             private_ip: None,
+            private_dns_name: None,
             public_ip: None,
             launch_time: None,
             state_reason: None,

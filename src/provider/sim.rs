@@ -91,6 +91,8 @@ impl SimProvider {
             zone: Some(instance.zone.clone()),
             subnet_id: instance.subnet_id.clone(),
             private_ip: (state != InstanceState::Terminated).then(|| instance.private_ip.clone()),
+            // EC2's shape: ip-<address with dashes>.<domain>.
+            private_dns_name: Some(format!("ip-{}.sim.internal", instance.private_ip.replace('.', "-"))),
             public_ip: None,
             launch_time: Some(instance.launched_at),
             state_reason: instance

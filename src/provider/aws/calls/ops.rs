@@ -107,6 +107,8 @@ pub fn observed(instance: &Instance, reservation: Option<&str>) -> Option<Observ
         zone: instance.placement().and_then(|p| p.availability_zone()).map(str::to_string),
         subnet_id: instance.subnet_id().map(str::to_string),
         private_ip: instance.private_ip_address().map(str::to_string),
+        // EC2 answers "" until it has one (and again once terminated).
+        private_dns_name: instance.private_dns_name().filter(|n| !n.is_empty()).map(str::to_string),
         public_ip: instance.public_ip_address().map(str::to_string),
         launch_time: instance.launch_time().and_then(|t| jiff::Timestamp::from_second(t.secs()).ok()),
         state_reason: instance.state_reason().and_then(|r| r.message()).map(str::to_string),
