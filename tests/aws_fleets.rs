@@ -542,3 +542,70 @@ async fn a_release_moments_after_a_fleet_was_made_waits_for_ec2_to_show_it() {
     assert_eq!(released, orb_operator::provider::Released::Done);
     assert_nothing_left(&aws, &mr, &sink.current().unwrap()).await;
 }
+
+/// An orphaned `maintain` fleet's later instances come from the shared launch template, whose
+/// tags carry no mark: orphaning makes a marked version of it and points the fleet at it.
+async fn an_orphaned_maintain_fleet_launches_marked(test: &str, api: Api, modify: &str) {
+    let Some(aws) = aws(test).await else { return };
+    if api == Api::SpotFleet {
+        aws.spot_fleet_role().await;
+    }
+    let template = fleet_template(&aws, api, FleetType::Maintain, &[("m5.large", 1)]);
+    let (mut mr, sink) = (request("kept", 2), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    let status = sink.current().unwrap();
+    let lt = status.resources.launch_template_id.clone().expect("the operator's launch template");
+    // moto has no ModifyFleet (and ignores a spot fleet's new launch template configs): the
+    // call is answered as EC2 would, and its content checked.
+    let ok = format!(
+        "<{modify}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>ok</requestId><return>true</return></{modify}Response>"
+    );
+    aws.proxy.inject(modify, None, 2, Fault::Reply(ok));
+    if api == Api::SpotFleet {
+        // moto describes a spot fleet request without its type and launch template configs
+        // (every describe from now on answers as EC2 would).
+        let id = &status.resources.spot_fleet_request_ids[0];
+        let described = format!(
+            "<DescribeSpotFleetRequestsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>d</requestId><spotFleetRequestConfigSet><item><spotFleetRequestId>{id}</spotFleetRequestId><spotFleetRequestState>active</spotFleetRequestState><spotFleetRequestConfig><type>maintain</type><targetCapacity>2</targetCapacity><launchTemplateConfigs><item><launchTemplateSpecification><launchTemplateId>{lt}</launchTemplateId><version>1</version></launchTemplateSpecification><overrides><item><instanceType>m5.large</instanceType><weightedCapacity>1.0</weightedCapacity></item></overrides></item></launchTemplateConfigs></spotFleetRequestConfig></item></spotFleetRequestConfigSet></DescribeSpotFleetRequestsResponse>"
+        );
+        aws.proxy.inject("DescribeSpotFleetRequests", None, usize::MAX, Fault::Reply(described));
+    }
+    let known = live_ids(&status);
+    let holdings =
+        Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[], last_attempt: None };
+    aws.provider.orphan(&owner_of(&mr), holdings).await.unwrap();
+    let versions = aws.ec2.describe_launch_template_versions().launch_template_id(&lt).versions("2").send().await;
+    let marked =
+        versions.unwrap().launch_template_versions()[0].launch_template_data().unwrap().tag_specifications().to_vec();
+    let instance_tags = marked
+        .iter()
+        .find(|s| s.resource_type() == Some(&aws_sdk_ec2::types::ResourceType::Instance))
+        .map(|s| s.tags().iter().filter_map(|t| t.key()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert!(instance_tags.contains(&"orb.dev/orphaned"), "{instance_tags:?}");
+    assert!(instance_tags.contains(&"orb.dev/cluster"), "the launch template's own tags stay: {instance_tags:?}");
+    let calls = aws.proxy.calls(modify);
+    let body = calls
+        .last()
+        .unwrap_or_else(|| panic!("the fleet is pointed at the marked version: {:?}", aws.proxy.all_calls()));
+    assert!(body.contains(&format!("LaunchTemplateId={lt}")) && body.contains("Version=2"), "{body}");
+    assert!(body.contains("InstanceType=m5.large"), "the overrides are kept: {body}");
+    // An orphaning retried (its first try failed after the version was made) reuses the version.
+    let holdings =
+        Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[], last_attempt: None };
+    aws.provider.orphan(&owner_of(&mr), holdings).await.unwrap();
+    assert_eq!(aws.proxy.calls("CreateLaunchTemplateVersion").len(), 1, "the marked version is made once");
+    assert!(aws.proxy.calls(modify).last().unwrap().contains("Version=2"));
+}
+
+#[tokio::test]
+async fn an_orphaned_maintain_ec2_fleet_launches_marked_instances_from_then_on() {
+    let test = "an_orphaned_maintain_ec2_fleet_launches_marked_instances_from_then_on";
+    an_orphaned_maintain_fleet_launches_marked(test, Api::Ec2Fleet, "ModifyFleet").await;
+}
+
+#[tokio::test]
+async fn an_orphaned_maintain_spot_fleet_launches_marked_instances_from_then_on() {
+    let test = "an_orphaned_maintain_spot_fleet_launches_marked_instances_from_then_on";
+    an_orphaned_maintain_fleet_launches_marked(test, Api::SpotFleet, "ModifySpotFleetRequest").await;
+}

@@ -508,6 +508,54 @@ pub async fn before_return(
     }
 }
 
+/// Points the active `maintain` fleets among `fleet_ids` that launch from launch template `lt`
+/// at its `version`, overrides unchanged: an orphaned fleet's later instances carry the version's
+/// tags. No call when there is none.
+pub async fn launch_from(ops: &Ops, fleet_ids: &[String], lt: &str, version: &str) -> Result<(), ProviderError> {
+    if fleet_ids.is_empty() {
+        return Ok(());
+    }
+    let maintained = describe(ops, fleet_ids).await?.into_iter().filter(|f| {
+        f.r#type() == Some(&aws_sdk_ec2::types::FleetType::Maintain) && f.fleet_state().is_some_and(is_active)
+    });
+    for f in maintained {
+        let ours = |c: &&aws_sdk_ec2::types::FleetLaunchTemplateConfig| {
+            c.launch_template_specification().and_then(|s| s.launch_template_id()) == Some(lt)
+        };
+        let configs: Vec<_> = f
+            .launch_template_configs()
+            .iter()
+            .filter(ours)
+            .map(|c| {
+                let spec = FleetLaunchTemplateSpecificationRequest::builder().launch_template_id(lt).version(version);
+                let overrides = c.overrides().iter().map(|o| {
+                    FleetLaunchTemplateOverridesRequest::builder()
+                        .set_instance_type(o.instance_type().cloned())
+                        .set_subnet_id(o.subnet_id().map(str::to_string))
+                        .set_availability_zone(o.availability_zone().map(str::to_string))
+                        .set_weighted_capacity(o.weighted_capacity())
+                        .set_priority(o.priority())
+                        .set_max_price(o.max_price().map(str::to_string))
+                        .build()
+                });
+                FleetLaunchTemplateConfigRequest::builder()
+                    .launch_template_specification(spec.build())
+                    .set_overrides(Some(overrides.collect()))
+                    .build()
+            })
+            .collect();
+        let Some(id) = f.fleet_id().filter(|_| !configs.is_empty()) else { continue };
+        ops.ec2
+            .modify_fleet()
+            .fleet_id(id)
+            .set_launch_template_configs(Some(configs))
+            .send()
+            .await
+            .map_err(|e| classify("ModifyFleet", e))?;
+    }
+    Ok(())
+}
+
 /// The fleets, by id; ids EC2 no longer knows are left out.
 async fn describe(ops: &Ops, fleet_ids: &[String]) -> Result<Vec<aws_sdk_ec2::types::FleetData>, ProviderError> {
     let fleets = ops::describe_known(fleet_ids, |ids| describe_once(ops, ids)).await?;

@@ -273,6 +273,63 @@ impl Ops {
         error
     }
 
+    /// A new version of managed launch template `id` whose instances and volumes carry
+    /// `orb.dev/orphaned` besides its tags: what an orphaned fleet launches from from then on.
+    /// Its version number. (The fleets of live requests keep launching from version 1.)
+    pub async fn orphaned_version(&self, id: &str) -> Result<String, ProviderError> {
+        // Version 1 is what the operator made; a later version carrying the mark is one an
+        // earlier orphaning (of this request or another) made: reused, not made again.
+        let described = self
+            .ec2
+            .describe_launch_template_versions()
+            .launch_template_id(id)
+            .versions("1")
+            .versions("$Latest")
+            .send()
+            .await
+            .map_err(|e| classify("DescribeLaunchTemplateVersions", e))?;
+        let versions = described.launch_template_versions();
+        let marked = |v: &&aws_sdk_ec2::types::LaunchTemplateVersion| {
+            v.version_number() != Some(1)
+                && v.launch_template_data().is_some_and(|d| {
+                    d.tag_specifications().iter().any(|s| s.tags().iter().any(|t| t.key() == Some(tags::ORPHANED)))
+                })
+        };
+        if let Some(n) = versions.iter().find(marked).and_then(|v| v.version_number()) {
+            return Ok(n.to_string());
+        }
+        let data = versions.iter().find(|v| v.version_number() == Some(1)).and_then(|v| v.launch_template_data());
+        let mark = Tag::builder().key(tags::ORPHANED).value("true").build();
+        let specs = data
+            .map(|d| d.tag_specifications())
+            .unwrap_or_default()
+            .iter()
+            .map(|spec| {
+                let mut marked = spec.tags().to_vec();
+                marked.push(mark.clone());
+                LaunchTemplateTagSpecificationRequest::builder()
+                    .set_resource_type(spec.resource_type().cloned())
+                    .set_tags(Some(marked))
+                    .build()
+            })
+            .collect();
+        let created = self
+            .ec2
+            .create_launch_template_version()
+            .launch_template_id(id)
+            .source_version("1")
+            .launch_template_data(RequestLaunchTemplateData::builder().set_tag_specifications(Some(specs)).build())
+            .send()
+            .await
+            .map_err(|e| classify("CreateLaunchTemplateVersion", e))?;
+        created.launch_template_version().and_then(|v| v.version_number()).map(|n| n.to_string()).ok_or_else(|| {
+            ProviderError::Transient {
+                code: "NoLaunchTemplateVersion".into(),
+                message: format!("CreateLaunchTemplateVersion {id}: no version number in the answer"),
+            }
+        })
+    }
+
     /// Forgets a remembered launch template id (it was deleted behind the operator's back).
     pub fn forget_launch_template(&self, id: &str) {
         self.managed_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|_, v| v != id);
