@@ -2,7 +2,8 @@
 //!
 //! `cargo bench --bench hostfactory` answers every verb in-process against a scripted API server
 //! (tower-test) holding N HostFactory requests of 5 machines each: the plugin's own cost —
-//! decoding the label-selected lists, building the answers — without a network.
+//! decoding the label-selected lists, building the answers — without a network; and the calls
+//! per second of HostFactory's polling after 10,000 finished requests (which the plugin deletes).
 //! With `ORB_E2E_KUBECONFIG` set it also creates N such requests in a fresh namespace of that
 //! cluster (statuses written directly; no operator needed) and times the real binary through the
 //! provider scripts, as HostFactory runs them, then deletes the namespace.
@@ -43,14 +44,34 @@ fn template() -> Value {
                    "instanceTypes": [{"type": "m5.large", "vcpus": 2, "memoryMiB": 8192, "architecture": "x86_64"}]}})
 }
 
+/// A request HostFactory is done with: capacity 0, its machines terminated, returned and the
+/// return reported.
+fn finished(i: usize) -> Value {
+    let mut r = request(i);
+    let ids: Vec<Value> = r["status"]["machines"].as_array().unwrap().iter().map(|m| m["instanceId"].clone()).collect();
+    for m in r["status"]["machines"].as_array_mut().unwrap() {
+        m["state"] = json!("terminated");
+    }
+    r["spec"]["capacity"] = json!(0);
+    r["spec"]["returnMachines"] = json!(ids);
+    r["metadata"]["labels"][format!("hostfactory.orb.dev/ret-{i:08x}-0000-4000-8000-000000000000")] = json!("reported");
+    r
+}
+
 /// A plugin whose API server holds `n` requests.
 fn scripted(n: usize) -> Plugin {
+    scripted_with((0..n).map(request).collect())
+}
+
+/// A plugin whose API server holds `requests`; a delete removes one, as an API server would.
+fn scripted_with(requests: Vec<Value>) -> Plugin {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let requests: Vec<Value> = (0..n).map(request).collect();
+    let mut requests = requests;
     tokio::spawn(async move {
         while let Some((req, send)) = handle.next_request().await {
             let path = req.uri().path().to_string();
             let method = req.method().clone();
+            let name = path.rsplit('/').next().unwrap().to_string();
             let answer = if path.ends_with("/machinetemplates") {
                 json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineTemplateList", "metadata": {}, "items": [template()]})
             } else if path.ends_with("/machinetemplates/workers") {
@@ -60,9 +81,15 @@ fn scripted(n: usize) -> Plugin {
                 serde_json::from_slice(&bytes).unwrap()
             } else if path.ends_with("/machinerequests") {
                 json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineRequestList", "metadata": {}, "items": requests})
+            } else if method == http::Method::DELETE {
+                requests.retain(|r| r["metadata"]["name"] != name.as_str());
+                json!({"kind": "Status", "status": "Success"})
             } else {
-                let name = path.rsplit('/').next().unwrap();
-                requests.iter().find(|r| r["metadata"]["name"] == name).cloned().unwrap_or_else(|| requests[0].clone())
+                requests
+                    .iter()
+                    .find(|r| r["metadata"]["name"] == name.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| requests[0].clone())
             };
             send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap());
         }
@@ -73,6 +100,43 @@ fn scripted(n: usize) -> Plugin {
         template_selector: None,
         provider: "default".into(),
     }
+}
+
+/// Calls per second of HostFactory's polling pair (getRequestStatus of one request, then
+/// getReturnRequests) over one second.
+async fn polls_per_second(plugin: &Plugin) -> f64 {
+    let status = json!({"requests": [{"requestId": request(0)["metadata"]["name"]}]});
+    let (started, mut calls) = (Instant::now(), 0u32);
+    while started.elapsed() < Duration::from_secs(1) {
+        plugin.answer(Verb::GetRequestStatus, &status).await.unwrap();
+        plugin.answer(Verb::GetReturnRequests, &json!({"machines": []})).await.unwrap();
+        calls += 2;
+    }
+    f64::from(calls) / started.elapsed().as_secs_f64()
+}
+
+/// The cost of a long history: 10 live requests and 10,000 finished ones. The first
+/// getReturnRequests deletes the finished ones; from then on the calls cost what 10 cost.
+async fn after_history() {
+    const FINISHED: usize = 10_000;
+    let live_only = scripted(10);
+    let alone = polls_per_second(&live_only).await;
+    let plugin = scripted_with((0..10).map(request).chain((10..10 + FINISHED).map(finished)).collect());
+    let (started, mut calls, mut slowest) = (Instant::now(), 0, Duration::ZERO);
+    // Each call deletes at most DELETES_PER_CALL: HostFactory's polling clears the backlog.
+    for _ in 0..FINISHED.div_ceil(orb_operator::hostfactory::DELETES_PER_CALL) {
+        let call = Instant::now();
+        plugin.answer(Verb::GetReturnRequests, &json!({"machines": []})).await.unwrap();
+        slowest = slowest.max(call.elapsed());
+        calls += 1;
+    }
+    let cleanup = started.elapsed();
+    let after = polls_per_second(&plugin).await;
+    println!("\nafter {FINISHED} finished requests (10 live):");
+    println!("  {calls} getReturnRequests delete them in {cleanup:.2?} (slowest call {slowest:.2?})");
+    println!(
+        "  then {after:.0} calls/s (getRequestStatus + getReturnRequests); 10 live requests alone: {alone:.0} calls/s"
+    );
 }
 
 fn inputs() -> Vec<(Verb, Value)> {
@@ -196,6 +260,7 @@ async fn main() {
         return;
     }
     in_process().await;
+    after_history().await;
     match std::env::var("ORB_E2E_KUBECONFIG") {
         Ok(path) if !path.is_empty() => on_a_cluster(&path).await,
         _ => println!("\n(set ORB_E2E_KUBECONFIG to also time the scripts against a real cluster)"),

@@ -4,8 +4,9 @@
 //! operator binary with its aws provider on moto — templates -> request 3 -> status until complete
 //! (machines named by host name) -> return one -> status of the return until complete -> the
 //! MachineRequest shows capacity 2 -> a machine terminated outside the operator is listed once by
-//! getReturnRequests, not replaced, and gone from the answer once returned. Another provider
-//! instance in the same namespace sees none of it. Waits watch the objects. Skips with a message
+//! getReturnRequests, not replaced, and gone from the answer once returned -> the last host
+//! returned: the finished request is deleted. Another provider instance in the same namespace
+//! sees none of it. Waits watch the objects. Skips with a message
 //! when no cluster is given.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
@@ -166,7 +167,7 @@ async fn hostfactory_scripts_drive_a_request_and_a_return_against_a_real_cluster
     assert_eq!((&reclaimed[0]["machine"], &reclaimed[0]["machineId"]), (&lost["name"], &lost["machineId"]));
     let live = support::moto::live_tagged(&ec2, mr.metadata.uid.as_deref().unwrap()).await;
     assert_eq!(live, 1, "no replacement was launched");
-    call(
+    let lost_return = call(
         "requestReturnMachines",
         json!({"machines": [{"name": lost["name"], "machineId": lost["machineId"]}]}),
         &path,
@@ -182,4 +183,29 @@ async fn hostfactory_scripts_drive_a_request_and_a_return_against_a_real_cluster
     let still: Vec<&Value> =
         returns["requests"].as_array().unwrap().iter().filter(|r| r["machineId"] == lost["machineId"]).collect();
     assert!(still.is_empty(), "returned: no longer listed: {returns}");
+
+    // HostFactory returns the last host and learns both returns are complete: the request is
+    // finished and the next getReturnRequests deletes it (flat cost over months).
+    let status = call("getRequestStatus", json!({"requestId": lost_return["requestId"]}), &path, &ns.name, dir.path());
+    assert_eq!(status["requests"][0]["status"], "complete", "{status}");
+    let last = listed[1].clone();
+    let last_return = call(
+        "requestReturnMachines",
+        json!({"machines": [{"name": last["name"], "machineId": last["machineId"]}]}),
+        &path,
+        &ns.name,
+        dir.path(),
+    );
+    let last_id = last["machineId"].as_str().unwrap().to_string();
+    let all_gone = move |mr: Option<&MachineRequest>| {
+        mr.and_then(|mr| mr.status.as_ref())
+            .is_some_and(|s| s.machines.iter().any(|m| m.instance_id == last_id && m.state == "terminated"))
+    };
+    let mr = cluster::wait(&requests, &request_id, all_gone, 90).await.unwrap();
+    assert_eq!(mr.spec.capacity, 0, "every machine returned");
+    let status = call("getRequestStatus", json!({"requestId": last_return["requestId"]}), &path, &ns.name, dir.path());
+    assert_eq!(status["requests"][0]["status"], "complete", "{status}");
+    let returns = call("getReturnRequests", json!({"machines": []}), &path, &ns.name, dir.path());
+    assert_eq!(returns["requests"], json!([]), "{returns}");
+    cluster::wait(&requests, &request_id, |mr: Option<&MachineRequest>| mr.is_none(), 60).await;
 }

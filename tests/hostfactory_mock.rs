@@ -300,10 +300,13 @@ fn route(method: &Method, path: &str, query: &str, body: &Value) -> (u16, Value)
             (201, created)
         }
         ("PATCH", Some(("machinerequests", name))) if body.get("spec").is_none() => {
-            // Annotations only (`asked`): no optimistic concurrency needed.
+            // Annotations (`asked`) or labels (a return reported) only: no optimistic
+            // concurrency needed.
             let mut current = requests().into_iter().find(|r| r["metadata"]["name"] == name).unwrap();
-            for (k, v) in body["metadata"]["annotations"].as_object().unwrap() {
-                current["metadata"]["annotations"][k] = v.clone();
+            for part in ["annotations", "labels"] {
+                for (k, v) in body["metadata"][part].as_object().into_iter().flatten() {
+                    current["metadata"][part][k] = v.clone();
+                }
             }
             (200, current)
         }
@@ -380,6 +383,33 @@ async fn get_available_templates_lists_the_ready_ones_with_their_attributes() {
     let empty = plugin.answer(Verb::GetAvailableTemplates, &json!({})).await.unwrap();
     shaped("getAvailableTemplates", &empty);
     golden("getAvailableTemplates.empty", &empty);
+}
+
+/// A template being edited (a generation not validated yet) or failing re-validation keeps
+/// being listed while hosts from it run — with no room for more; one with no hosts is not.
+#[tokio::test]
+async fn a_template_with_hosts_stays_listed_while_it_is_edited_or_revalidated() {
+    let (plugin, _) = plugin_with(|method, path, query, body| {
+        let (status, mut answer) = route(method, path, query, body);
+        if method == Method::GET && path.ends_with("/machinetemplates") {
+            for t in answer["items"].as_array_mut().unwrap() {
+                match t["metadata"]["name"].as_str().unwrap() {
+                    // Edited: generation 2, the Ready condition still about generation 1.
+                    "workers" => t["metadata"]["generation"] = json!(2),
+                    // Re-validation failed (provider unhealthy), no machines from it.
+                    _ => t["status"]["conditions"][0]["status"] = json!("False"),
+                }
+            }
+        }
+        (status, answer)
+    });
+    let answer = plugin.answer(Verb::GetAvailableTemplates, &json!({})).await.unwrap();
+    shaped("getAvailableTemplates", &answer);
+    let templates = answer["templates"].as_array().unwrap();
+    let ids: Vec<&str> = templates.iter().map(|t| t["templateId"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["workers"], "the edited template has 4 machines in use; arm has none: {answer}");
+    assert_eq!((&templates[0]["maxNumber"], &templates[0]["availableNumber"]), (&json!(4), &json!(0)), "{answer}");
+    assert_eq!(templates[0]["attributes"]["ncpus"], json!(["Numeric", "2"]), "what was learnt before: {answer}");
 }
 
 #[tokio::test]
@@ -620,6 +650,89 @@ async fn a_request_hostfactory_never_asked_about_is_deleted_after_a_while() {
     let deleted: Vec<String> = seen.lock().unwrap().calls.iter().filter(|c| c.starts_with("DELETE")).cloned().collect();
     assert_eq!(deleted.len(), 1, "{deleted:?}");
     assert!(deleted[0].contains(B), "B was never asked about; A was: {deleted:?}");
+}
+
+/// A request HostFactory is done with (capacity 0, every machine terminated, returned and its
+/// return reported) is deleted by the next `getReturnRequests`; one that is not quite done is
+/// kept — its return not yet answered, or a lost machine HostFactory has not returned.
+#[tokio::test]
+async fn a_finished_request_is_deleted_so_the_calls_cost_stays_flat() {
+    const DONE: &str = "req-1a0e0f00-0000-4000-8000-00000000001a";
+    const UNREPORTED: &str = "req-1b0e0f00-0000-4000-8000-00000000001b";
+    const LOST: &str = "req-1c0e0f00-0000-4000-8000-00000000001c";
+    let finished = |name: &str, reported: &str, returned: Vec<&str>| {
+        let gone = machine(&format!("i-{}0000000001", &name[4..12]), "terminated", "succeed", json!({}));
+        let ret = format!("hostfactory.orb.dev/ret-{}", &name[4..]);
+        request(name, 0, "Fulfilled", vec![gone], json!({"labels": {ret: reported}}), returned)
+    };
+    let extra = move || {
+        vec![
+            finished(DONE, "reported", vec!["i-1a0e0f000000000001"]),
+            finished(UNREPORTED, "return", vec!["i-1b0e0f000000000001"]),
+            finished(LOST, "reported", vec![]),
+        ]
+    };
+    let (plugin, seen) = plugin_with(move |method, path, query, body| {
+        let (status, mut answer) = route(method, path, query, body);
+        if method == Method::GET && path.ends_with("/machinerequests") {
+            answer["items"].as_array_mut().unwrap().extend(extra());
+        }
+        (status, answer)
+    });
+    plugin.answer(Verb::GetReturnRequests, &json!({})).await.unwrap();
+    let deleted: Vec<String> = seen.lock().unwrap().calls.iter().filter(|c| c.starts_with("DELETE")).cloned().collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert!(deleted[0].contains(DONE), "{deleted:?}");
+}
+
+/// A backlog of finished requests is deleted a bounded number per call: no call misses
+/// HostFactory's script timeout however long the grid's history.
+#[tokio::test]
+async fn a_backlog_of_finished_requests_is_deleted_a_bounded_number_per_call() {
+    let (plugin, seen) = plugin_with(move |method, path, query, body| {
+        let (status, mut answer) = route(method, path, query, body);
+        if method == Method::GET && path.ends_with("/machinerequests") {
+            let finished = (0..150).map(|i| {
+                let name = format!("req-2{i:07x}-0000-4000-8000-000000000000");
+                request(&name, 0, "Fulfilled", vec![], json!({}), vec![])
+            });
+            answer["items"].as_array_mut().unwrap().extend(finished);
+        }
+        (status, answer)
+    });
+    plugin.answer(Verb::GetReturnRequests, &json!({})).await.unwrap();
+    let deleted = seen.lock().unwrap().calls.iter().filter(|c| c.starts_with("DELETE")).count();
+    assert_eq!(deleted, orb_operator::hostfactory::DELETES_PER_CALL);
+}
+
+/// A return answered `complete` is marked reported on its request (what `finished` waits for);
+/// one still running is not.
+#[tokio::test]
+async fn a_return_answered_complete_is_marked_reported() {
+    let (plugin, seen) = plugin_with(|method, path, query, body| {
+        let (status, mut answer) = route(method, path, query, body);
+        if method == Method::GET && path.ends_with("/machinerequests") {
+            for item in answer["items"].as_array_mut().unwrap() {
+                for m in item["status"]["machines"].as_array_mut().unwrap() {
+                    if m["instanceId"] == "i-0d00000000000002d" {
+                        m["state"] = json!("terminated");
+                    }
+                }
+            }
+        }
+        (status, answer)
+    });
+    let answer = plugin.answer(Verb::GetRequestStatus, &json!({"requests": [{"requestId": RET}]})).await.unwrap();
+    assert_eq!(answer["requests"][0]["status"], "complete", "{answer}");
+    let key = format!("hostfactory.orb.dev/{RET}");
+    {
+        let seen = seen.lock().unwrap();
+        let marked: Vec<&Value> = seen.bodies.iter().filter(|b| b["metadata"]["labels"][&key] == "reported").collect();
+        assert_eq!(marked.len(), 1, "{:?}", seen.calls);
+    }
+    let (running, seen) = self::plugin();
+    running.answer(Verb::GetRequestStatus, &json!({"requests": [{"requestId": RET}]})).await.unwrap();
+    assert!(seen.lock().unwrap().calls.iter().all(|c| !c.starts_with("PATCH")), "still running: not reported");
 }
 
 #[test]

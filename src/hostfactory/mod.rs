@@ -13,7 +13,10 @@
 //! - a return request `ret-<uuid>` is a label `hostfactory.orb.dev/ret-<uuid>` on each
 //!   MachineRequest it returned machines from, with an annotation of the same key holding the
 //!   time of the return and those instance ids; the machines are named in the request's
-//!   `spec.returnMachines` and its `capacity` is lowered by their weights.
+//!   `spec.returnMachines` and its `capacity` is lowered by their weights; once `getRequestStatus`
+//!   answered the return `complete`, the label reads `reported`;
+//! - a request HostFactory is done with (`finished`) is deleted, so the calls' cost stays flat
+//!   over months; a template with hosts stays listed while it is edited or re-validated.
 //!
 //! Machines are named by their host names (`Machine::private_dns_name`), as they join the grid.
 //!
@@ -144,8 +147,12 @@ impl Plugin {
         if let Some(selector) = &self.template_selector {
             params = params.labels(selector);
         }
+        // A template with machines in use stays listed while it is edited or re-validated (or
+        // its provider is briefly unhealthy): HostFactory would otherwise lose track of where
+        // its hosts came from. It offers no room until it is Ready again.
+        let listed = |t: &&MachineTemplate| is_ready(t) || t.status.as_ref().is_some_and(|s| s.machines_in_use > 0);
         let mut templates: Vec<Value> =
-            self.templates().list(&params).await?.items.iter().filter(|t| is_ready(t)).map(template_json).collect();
+            self.templates().list(&params).await?.items.iter().filter(listed).map(template_json).collect();
         templates.sort_by(|a, b| a["templateId"].as_str().cmp(&b["templateId"].as_str()));
         let message = format!("{} template(s) ready in namespace {}", templates.len(), self.namespace);
         Ok(json!({"templates": templates, "message": message}))
@@ -357,6 +364,14 @@ impl Plugin {
             (true, true) => "complete_with_error",
             (true, false) => "complete",
         };
+        if status == "complete" {
+            // HostFactory now knows these machines are gone: a request all of whose returns are
+            // reported can be deleted once it is finished (`finished`).
+            for mr in owners.iter().filter(|mr| mr.labels().get(&key).map(String::as_str) != Some(REPORTED)) {
+                let patch = json!({"metadata": {"labels": {key.clone(): REPORTED}}});
+                self.requests().patch(&mr.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            }
+        }
         Ok(Some(json!({"requestId": id, "status": status, "message": "", "machines": machines})))
     }
 
@@ -441,8 +456,8 @@ impl Plugin {
     /// returns are not listed. Also deletes requests HostFactory never learnt of.
     async fn return_requests(&self, input: &Value) -> Result<Value, HfError> {
         let known = protocol::machines("getReturnRequests", input, false)?;
-        let all = self.all_own().await?;
-        self.delete_unasked(&all).await?;
+        let mut all = self.all_own().await?;
+        self.delete_done_with(&mut all).await?;
         let mut out = vec![];
         for mr in &all {
             let named: BTreeSet<&str> = mr.spec.return_machines.iter().map(String::as_str).collect();
@@ -465,24 +480,59 @@ impl Plugin {
         Ok(json!({"status": "complete", "message": message, "requests": out}))
     }
 
-    /// Deletes this provider instance's requests that `getRequestStatus` never asked about
-    /// within `UNASKED_TTL` of their creation: HostFactory never learnt their ids.
-    async fn delete_unasked(&self, all: &[MachineRequest]) -> Result<(), HfError> {
+    /// Deletes this provider instance's requests that are done with, and leaves the others in
+    /// `all`: requests `getRequestStatus` never asked about within `UNASKED_TTL` of their
+    /// creation (HostFactory never learnt their ids), and finished requests (`finished`), so
+    /// that the cost of every call stays flat over months of grid history.
+    async fn delete_done_with(&self, all: &mut Vec<MachineRequest>) -> Result<(), HfError> {
         let now = jiff::Timestamp::now();
-        for mr in all {
+        let mut kept = Vec::with_capacity(all.len());
+        let mut deleted = 0;
+        for mr in all.drain(..) {
             let created = mr.metadata.creation_timestamp.as_ref().map(|t| t.0);
-            let unasked = !mr.annotations().contains_key(ASKED) && mr.metadata.deletion_timestamp.is_none();
-            if unasked && created.is_some_and(|c| older_than(now, c, UNASKED_TTL)) {
-                tracing::info!(request = %mr.name_any(), "deleting a request HostFactory never asked about");
-                match self.requests().delete(&mr.name_any(), &Default::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+            let unasked =
+                !mr.annotations().contains_key(ASKED) && created.is_some_and(|c| older_than(now, c, UNASKED_TTL));
+            let why =
+                if unasked { "HostFactory never asked about it" } else { "finished: every machine gone and reported" };
+            // Bounded per call, so a long backlog never makes a call miss HostFactory's timeout.
+            let due = unasked || finished(&mr);
+            if mr.metadata.deletion_timestamp.is_some() || !due || deleted == DELETES_PER_CALL {
+                kept.push(mr);
+                continue;
+            }
+            deleted += 1;
+            tracing::info!(request = %mr.name_any(), why, "deleting a HostFactory request");
+            match self.requests().delete(&mr.name_any(), &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
             }
         }
+        *all = kept;
         Ok(())
     }
+}
+
+/// At most this many requests are deleted by one `getReturnRequests`; the rest by the next.
+pub const DELETES_PER_CALL: usize = 100;
+
+/// Label value of a return request once `getRequestStatus` answered it `complete`.
+pub const REPORTED: &str = "reported";
+
+/// A request HostFactory is done with: capacity 0, every machine it lists terminated and
+/// returned by HostFactory (named in `returnMachines`), and every return request on it
+/// answered `complete`. Nothing about it can still be asked or reported.
+fn finished(mr: &MachineRequest) -> bool {
+    let returned: BTreeSet<&str> = mr.spec.return_machines.iter().map(String::as_str).collect();
+    let machines = mr.status.iter().flat_map(|s| s.machines.iter());
+    let returns_reported = mr
+        .labels()
+        .iter()
+        .filter(|(k, _)| k.strip_prefix(RETURN_PREFIX).is_some_and(|ret| ret.starts_with("ret-")))
+        .all(|(_, v)| v == REPORTED);
+    mr.spec.capacity == 0
+        && returns_reported
+        && machines.clone().all(|m| m.state == "terminated" && returned.contains(m.instance_id.as_str()))
 }
 
 /// Whether `then` is more than `ttl` before `now` (a time in the future is not).
@@ -556,7 +606,11 @@ fn template_json(t: &MachineTemplate) -> Value {
         "imageId": spec.image_id,
         "subnetIds": spec.subnet_ids,
     });
-    if let Some(max) = spec.max_machines {
+    if !is_ready(t) {
+        // Listed only for the hosts it has: no room for more until it is Ready again.
+        out["maxNumber"] = json!(status.machines_in_use);
+        out["availableNumber"] = json!(0);
+    } else if let Some(max) = spec.max_machines {
         out["availableNumber"] = json!((i64::from(max) - i64::from(status.machines_in_use)).max(0));
     }
     if let Some(price) = &spec.max_spot_price {
