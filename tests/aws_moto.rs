@@ -609,15 +609,21 @@ async fn every_aws_example_template_launches() {
             }
             template.spec.on_demand_percent = template.spec.on_demand_percent.map(|_| 50);
         }
-        aws.provider.validate(&template.spec).await.unwrap();
+        let facts = aws.provider.validate(&template.spec).await.unwrap();
         let name = template.metadata.name.clone().unwrap();
+        // Launched as the controller launches: from the types validation resolved, if any.
+        let mut template = ready(template);
+        template.status.as_mut().unwrap().instance_types = facts;
         let (mut mr, sink) = (request(&name, 4), MemoryStatus::default());
-        let (status, error) = converge(&mut mr, &ready(template), &aws.provider, &sink, 5).await;
+        let (status, error) = converge(&mut mr, &template.for_launch(), &aws.provider, &sink, 5).await;
         assert!(error.is_none(), "{name}: {error:?}");
         assert_eq!(status.phase, Some(Phase::Fulfilled), "{name}");
         launched += 1;
     }
-    assert_eq!(launched, 11, "RunInstances and ASG x 3 prices, EC2 Fleet x 3 fleet types, Spot Fleet x 2");
+    assert_eq!(
+        launched, 12,
+        "RunInstances and ASG x 3 prices, EC2 Fleet x 3 fleet types and by attributes, Spot Fleet x 2"
+    );
     let body = aws.proxy.calls("RunInstances").join("\n");
     assert!(body.contains("BlockDeviceMapping.1.Ebs.VolumeType=gp3"), "root volume sent");
     assert!(body.contains("UserData="), "user data sent");

@@ -256,7 +256,7 @@ fn every_cel_rule_compiles() {
             count += compiled.validations.len();
         });
     }
-    assert_eq!(count, 18, "a rule was added or lost: update this count deliberately");
+    assert_eq!(count, 24, "a rule was added or lost: update this count deliberately");
 }
 
 fn template(spec: Value) -> Value {
@@ -320,16 +320,49 @@ fn admission_refuses_bad_templates_naming_the_field() {
         (with(json!({"api": "SpotFleet", "fleetType": "instant"})), "fleetType instant"),
         (with(json!({"tags": {"orb.dev/request": "mine"}})), "orb.dev/"),
         (with(json!({"launchTemplate": {"id": "lt-1", "name": "both"}})), "launchTemplate"),
+        (with(json!({"instanceRequirements": {"vCpuCount": {"min": 4}, "memoryMiB": {}}})), "not both"),
+        (requirements(json!({"vCpuCount": {"min": 8, "max": 4}, "memoryMiB": {}})), "vCpuCount"),
+        (requirements(json!({"vCpuCount": {"min": -1}, "memoryMiB": {}})), "vCpuCount"),
+        (requirements(json!({"vCpuCount": {}, "memoryMiB": {"min": 4096, "max": 1024}})), "memoryMiB"),
+        (
+            requirements(json!({"vCpuCount": {}, "memoryMiB": {}, "memoryGiBPerVCpu": {"min": 8, "max": 2}})),
+            "memoryGiBPerVCpu",
+        ),
+        (requirements(json!({"vCpuCount": {}, "memoryMiB": {}, "architectures": ["sparc"]})), "architectures"),
+        (
+            requirements(
+                json!({"vCpuCount": {}, "memoryMiB": {}, "allowedInstanceTypes": ["m5.*"], "excludedInstanceTypes": ["t3*"]}),
+            ),
+            "excludedInstanceTypes",
+        ),
+        (
+            requirements(json!({"vCpuCount": {}, "memoryMiB": {}, "allowedInstanceTypes": ["M5 large"]})),
+            "allowedInstanceTypes",
+        ),
+        (requirements(json!({"vCpuCount": {}, "memoryMiB": {}, "weightBy": "gpu"})), "weightBy"),
+        (requirements(json!({"memoryMiB": {}})), "vCpuCount"),
     ];
     for (object, field) in cases {
-        let errors = admission_errors(&template_schema(), &object);
+        let errors = all_admission_errors(&template_schema(), &object);
         assert!(errors.iter().any(|e| e.contains(field)), "{object}: expected an error naming {field}, got {errors:?}");
     }
+}
+
+/// A template that describes its machines by `requirements` instead of listing types.
+fn requirements(requirements: Value) -> Value {
+    template(json!({"imageId": "ami-1", "instanceRequirements": requirements}))
 }
 
 #[test]
 fn admission_accepts_what_the_rules_allow() {
     let ok = [
+        requirements(
+            json!({"vCpuCount": {"min": 4, "max": 8}, "memoryMiB": {"min": 16384}, "memoryGiBPerVCpu": {"min": 2.5},
+            "architectures": ["x86_64"], "cpuManufacturers": ["intel", "amd"], "instanceGenerations": ["current"],
+            "burstablePerformance": "excluded", "bareMetal": "excluded", "localStorage": "included",
+            "acceleratorCount": {"max": 0}, "excludedInstanceTypes": ["t3*", "*.metal"], "weightBy": "vcpu"}),
+        ),
+        requirements(json!({"vCpuCount": {}, "memoryMiB": {}})),
         template(valid_template()),
         template(json!({"launchTemplate": {"name": "base"}})),
         template(

@@ -412,6 +412,31 @@ async fn a_template_with_hosts_stays_listed_while_it_is_edited_or_revalidated() 
     assert_eq!(templates[0]["attributes"]["ncpus"], json!(["Numeric", "2"]), "what was learnt before: {answer}");
 }
 
+/// A template that describes its machines by attributes is offered with the types validation
+/// resolved (as `vmTypes`, with their weights) and what every one of them has at least.
+#[tokio::test]
+async fn a_template_by_attributes_is_offered_with_its_resolved_types() {
+    let (plugin, _) = plugin_with(|method, path, query, body| {
+        let (status, mut answer) = route(method, path, query, body);
+        if method == Method::GET && path.ends_with("/machinetemplates") {
+            answer["items"].as_array_mut().unwrap().push(json!({"apiVersion": "orb.dev/v1alpha1", "kind": "MachineTemplate",
+                "metadata": {"name": "by-attributes", "namespace": NS, "generation": 1, "uid": "t-4"},
+                "spec": {"imageId": "ami-0123456789abcdef0",
+                         "instanceRequirements": {"vCpuCount": {"min": 4, "max": 8}, "memoryMiB": {"min": 8192}, "weightBy": "vcpu"}},
+                "status": {"observedGeneration": 1, "conditions": ready(true), "machinesInUse": 0,
+                           "instanceTypes": [{"type": "m6i.2xlarge", "vcpus": 8, "memoryMiB": 32768, "architecture": "x86_64", "weight": 8},
+                                             {"type": "c6i.xlarge", "vcpus": 4, "memoryMiB": 8192, "architecture": "x86_64", "weight": 4}]}}));
+        }
+        (status, answer)
+    });
+    let answer = plugin.answer(Verb::GetAvailableTemplates, &json!({})).await.unwrap();
+    shaped("getAvailableTemplates", &answer);
+    let offered = answer["templates"].as_array().unwrap().iter().find(|t| t["templateId"] == "by-attributes").unwrap();
+    assert_eq!(offered["vmTypes"], json!({"c6i.xlarge": 4, "m6i.2xlarge": 8}), "{offered}");
+    assert_eq!(offered["attributes"]["ncpus"], json!(["Numeric", "4"]), "{offered}");
+    assert_eq!(offered["attributes"]["nram"], json!(["Numeric", "8192"]), "{offered}");
+}
+
 #[tokio::test]
 async fn request_machines_creates_one_labelled_request_in_capacity_units() {
     let (plugin, seen) = plugin();

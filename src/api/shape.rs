@@ -4,7 +4,7 @@
 //! reached the cluster some other way (an older CRD, a schema-less apply) is still held with
 //! `Ready=False` naming the field instead of being sent to AWS.
 
-use super::{Api, FleetType, MAX_USER_TAGS, MachineTemplateSpec, RESERVED_PREFIX};
+use super::{Api, FleetType, InstanceRequirements, MAX_USER_TAGS, MachineTemplateSpec, RESERVED_PREFIX};
 use regex::Regex;
 use std::sync::LazyLock;
 
@@ -14,6 +14,8 @@ pub mod patterns {
     /// Go's RE2, which refuses a repeat count above 1000 (the `regex` crate does not).
     pub const IMAGE: &str = r"^(ami-[0-9a-f]{8}([0-9a-f]{9})?|resolve:ssm:[a-zA-Z0-9_.:\-/]+)$";
     pub const INSTANCE_TYPE: &str = r"^[a-z0-9][a-z0-9\-]*\.[a-z0-9\-]+$";
+    /// An instance type with `*` wildcards, as `instanceRequirements` allows or excludes them.
+    pub const INSTANCE_TYPE_WILDCARD: &str = r"^[a-z0-9.*\-]+$";
     pub const SUBNET: &str = r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$";
     pub const SECURITY_GROUP: &str = r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$";
     pub const VOLUME_TYPE: &str = r"^(standard|gp2|gp3|io1|io2|st1|sc1)$";
@@ -54,6 +56,54 @@ macro_rules! compiled {
     }};
 }
 
+/// What the schema says of `instanceRequirements`, for specs that did not pass through it.
+fn requirements(r: &InstanceRequirements, with_types: bool) -> Result<(), FieldError> {
+    const AT: &str = "spec.instanceRequirements";
+    if with_types {
+        field(AT, "give instanceTypes or instanceRequirements, not both")?;
+    }
+    let ranges = [
+        ("vCpuCount", r.v_cpu_count.min, r.v_cpu_count.max),
+        ("memoryMiB", r.memory_mib.min, r.memory_mib.max),
+        (
+            "acceleratorCount",
+            r.accelerator_count.as_ref().and_then(|a| a.min),
+            r.accelerator_count.as_ref().and_then(|a| a.max),
+        ),
+    ];
+    for (name, min, max) in ranges {
+        if min.is_some_and(|m| m < 0) || max.is_some_and(|m| m < 0) {
+            field(format!("{AT}.{name}"), "must not be negative")?;
+        }
+        if let (Some(min), Some(max)) = (min, max)
+            && min > max
+        {
+            field(format!("{AT}.{name}"), format!("min {min} is greater than max {max}"))?;
+        }
+    }
+    if let Some((Some(min), Some(max))) = r.memory_gib_per_v_cpu.as_ref().map(|range| (range.min, range.max))
+        && min > max
+    {
+        field(format!("{AT}.memoryGiBPerVCpu"), format!("min {min} is greater than max {max}"))?;
+    }
+    if !r.allowed_instance_types.is_empty() && !r.excluded_instance_types.is_empty() {
+        field(AT, "give allowedInstanceTypes or excludedInstanceTypes, not both")?;
+    }
+    for (name, list) in
+        [("allowedInstanceTypes", &r.allowed_instance_types), ("excludedInstanceTypes", &r.excluded_instance_types)]
+    {
+        for (i, pattern) in list.iter().enumerate() {
+            matches(
+                compiled!(INSTANCE_TYPE_WILDCARD),
+                pattern,
+                format!("{AT}.{name}[{i}]"),
+                "an instance type, `*` standing for any characters (m5.*, c6*)",
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn field(field: impl Into<String>, message: impl Into<String>) -> Result<(), FieldError> {
     Err(FieldError { field: field.into(), message: message.into() })
 }
@@ -81,8 +131,14 @@ pub fn check(t: &MachineTemplateSpec) -> Result<(), FieldError> {
         }
         matches(compiled!(IMAGE), image, "spec.imageId".into(), "an AMI id (ami-...) or resolve:ssm:<parameter>")?;
     }
-    if t.instance_types.is_empty() && t.launch_template.is_none() {
-        field("spec.instanceTypes", "list at least one instance type unless launchTemplate is given")?;
+    if t.instance_types.is_empty() && t.launch_template.is_none() && t.instance_requirements.is_none() {
+        field(
+            "spec.instanceTypes",
+            "list at least one instance type (or describe them in instanceRequirements) unless launchTemplate is given",
+        )?;
+    }
+    if let Some(r) = &t.instance_requirements {
+        requirements(r, !t.instance_types.is_empty())?;
     }
     if t.image_id.is_none() && t.launch_template.is_none() {
         field("spec.imageId", "required unless launchTemplate is given")?;
@@ -266,6 +322,7 @@ mod tests {
             patterns::SPOT_ALLOCATION,
             patterns::ON_DEMAND_ALLOCATION,
             patterns::PRICE,
+            patterns::INSTANCE_TYPE_WILDCARD,
         ] {
             regex(p);
         }

@@ -123,6 +123,191 @@ pub struct LaunchTemplateRef {
     pub version: Option<String>,
 }
 
+/// An inclusive range of whole numbers; an end left out is open.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("min must not be greater than max"))]
+pub struct IntRange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max: Option<i64>,
+}
+
+impl IntRange {
+    pub fn holds(&self, value: i64) -> bool {
+        within(self.min, self.max, value)
+    }
+}
+
+/// Whether `value` lies between the ends that are given. (The two range types stay apart:
+/// the schema derive takes no generic type.)
+fn within<T: PartialOrd>(min: Option<T>, max: Option<T>, value: T) -> bool {
+    min.is_none_or(|min| value >= min) && max.is_none_or(|max| value <= max)
+}
+
+/// An inclusive range of decimal numbers; an end left out is open.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("min must not be greater than max"))]
+pub struct FloatRange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max: Option<f64>,
+}
+
+impl FloatRange {
+    pub fn holds(&self, value: f64) -> bool {
+        within(self.min, self.max, value)
+    }
+}
+
+impl Default for InstanceRequirements {
+    /// Any size; EC2's defaults for the rest.
+    fn default() -> Self {
+        Self {
+            v_cpu_count: IntRange::default(),
+            memory_mib: IntRange::default(),
+            memory_gib_per_v_cpu: None,
+            architectures: vec![],
+            cpu_manufacturers: vec![],
+            instance_generations: vec![],
+            burstable_performance: excluded(),
+            bare_metal: excluded(),
+            local_storage: included(),
+            accelerator_count: None,
+            allowed_instance_types: vec![],
+            excluded_instance_types: vec![],
+            weight_by: WeightBy::None,
+        }
+    }
+}
+
+/// A processor architecture.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Architecture {
+    #[serde(rename = "x86_64")]
+    X86_64,
+    #[serde(rename = "arm64")]
+    Arm64,
+}
+
+/// A CPU maker, as EC2's `InstanceRequirements` names it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuManufacturer {
+    Intel,
+    Amd,
+    AmazonWebServices,
+    Apple,
+}
+
+/// An instance generation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Generation {
+    Current,
+    Previous,
+}
+
+/// Whether types with a feature are allowed, left out or the only ones.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Inclusion {
+    Included,
+    Excluded,
+    Required,
+}
+
+impl Inclusion {
+    /// Whether a type that has the feature (`has`) or not is admitted.
+    pub fn admits(self, has: bool) -> bool {
+        match self {
+            Inclusion::Included => true,
+            Inclusion::Excluded => !has,
+            Inclusion::Required => has,
+        }
+    }
+}
+
+/// What one machine of a resolved type counts for in capacity units.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum WeightBy {
+    /// Every machine counts 1.
+    #[default]
+    None,
+    /// A machine counts its vCPUs.
+    Vcpu,
+    /// A machine counts its memory in whole GiB.
+    Memory,
+}
+
+fn excluded() -> Inclusion {
+    Inclusion::Excluded
+}
+
+fn included() -> Inclusion {
+    Inclusion::Included
+}
+
+/// Machines described by what they have, as EC2's `InstanceRequirements` describes them: the
+/// operator resolves them into instance types when it validates the template (see
+/// `status.instanceTypes`), the same way for every API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.allowedInstanceTypes) || !has(self.excludedInstanceTypes) || size(self.allowedInstanceTypes) == 0 || size(self.excludedInstanceTypes) == 0").message("instanceRequirements: give allowedInstanceTypes or excludedInstanceTypes, not both"))]
+pub struct InstanceRequirements {
+    /// vCPUs per machine.
+    pub v_cpu_count: IntRange,
+    /// Memory per machine, in MiB.
+    #[serde(rename = "memoryMiB")]
+    pub memory_mib: IntRange,
+    /// Memory per vCPU, in GiB.
+    #[serde(default, rename = "memoryGiBPerVCpu", skip_serializing_if = "Option::is_none")]
+    pub memory_gib_per_v_cpu: Option<FloatRange>,
+    /// Any of these architectures (default: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub architectures: Vec<Architecture>,
+    /// Any of these CPU makers (default: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub cpu_manufacturers: Vec<CpuManufacturer>,
+    /// Current or previous generation (default: both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub instance_generations: Vec<Generation>,
+    /// Burstable types (T family; default excluded, as in EC2).
+    #[serde(default = "excluded")]
+    pub burstable_performance: Inclusion,
+    /// Bare metal types (default excluded, as in EC2).
+    #[serde(default = "excluded")]
+    pub bare_metal: Inclusion,
+    /// Types with instance store volumes (default included, as in EC2).
+    #[serde(default = "included")]
+    pub local_storage: Inclusion,
+    /// GPUs, FPGAs and inference accelerators per machine (default: any, as in EC2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator_count: Option<IntRange>,
+    /// Only types matching one of these (`*` is a wildcard: `m5.*`, `c6*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 400), inner(length(min = 1, max = 30), pattern(patterns::INSTANCE_TYPE_WILDCARD)))]
+    pub allowed_instance_types: Vec<String>,
+    /// No type matching one of these (`*` is a wildcard).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 400), inner(length(min = 1, max = 30), pattern(patterns::INSTANCE_TYPE_WILDCARD)))]
+    pub excluded_instance_types: Vec<String>,
+    /// What a machine counts for in capacity units: `none` (1), `vcpu` or `memory` (whole GiB).
+    #[serde(default)]
+    pub weight_by: WeightBy,
+}
+
 /// How to launch machines: image, instance types and weights, network, pricing and the AWS API.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
@@ -138,12 +323,14 @@ pub struct LaunchTemplateRef {
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "In Use", type_ = "integer", json_path = ".status.machinesInUse"),
+    printcolumn(name = "Types", type_ = "string", json_path = ".status.types"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = super::name_fits_event_names()
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("has(self.launchTemplate) || size(self.instanceTypes) > 0").message("instanceTypes must list at least one instance type unless launchTemplate is given"),
+    validation = Rule::new("has(self.launchTemplate) || size(self.instanceTypes) > 0 || has(self.instanceRequirements)").message("instanceTypes must list at least one instance type (or instanceRequirements describe them) unless launchTemplate is given"),
+    validation = Rule::new("!has(self.instanceRequirements) || size(self.instanceTypes) == 0").message("give instanceTypes or instanceRequirements, not both"),
     validation = Rule::new("has(self.launchTemplate) || has(self.imageId)").message("imageId is required unless launchTemplate is given"),
     validation = Rule::new("!has(self.fleetType) || self.api == 'EC2Fleet' || self.api == 'SpotFleet'").message("fleetType is only valid when api is EC2Fleet or SpotFleet"),
     validation = Rule::new("!has(self.spotFleetRole) || self.api == 'SpotFleet'").message("spotFleetRole is only valid when api is SpotFleet"),
@@ -165,6 +352,10 @@ pub struct MachineTemplateSpec {
     #[serde(default)]
     #[schemars(length(max = 40))]
     pub instance_types: Vec<InstanceTypeSpec>,
+    /// Machines described by vCPUs, memory and other attributes instead of `instanceTypes`:
+    /// resolved into instance types (listed in `status.instanceTypes`) when validated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_requirements: Option<InstanceRequirements>,
     #[serde(default)]
     #[schemars(length(max = 32), inner(length(max = 64), pattern(patterns::SUBNET)))]
     pub subnet_ids: Vec<String>,
@@ -281,6 +472,21 @@ pub struct MachineTemplateStatus {
     /// `getAvailableTemplates` answers from it without calling the cloud).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instance_types: Vec<InstanceTypeFacts>,
+    /// The instance types in one line for `kubectl get` (`c5.xlarge, m5.xlarge, r5.xlarge +37`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<String>,
+}
+
+/// `instance_types` in one line: the first three names and how many more.
+pub fn types_summary(instance_types: &[InstanceTypeFacts]) -> Option<String> {
+    const SHOWN: usize = 3;
+    let first: Vec<&str> = instance_types.iter().take(SHOWN).map(|t| t.type_.as_str()).collect();
+    let more = instance_types.len().saturating_sub(SHOWN);
+    match (first.is_empty(), more) {
+        (true, _) => None,
+        (false, 0) => Some(first.join(", ")),
+        (false, more) => Some(format!("{} +{more}", first.join(", "))),
+    }
 }
 
 /// One instance type as the cloud describes it.
@@ -294,6 +500,36 @@ pub struct InstanceTypeFacts {
     pub memory_mib: i64,
     /// `x86_64`, `arm64`, ...
     pub architecture: String,
+    /// Capacity units a machine of this type counts for, when `instanceRequirements` chose it
+    /// (`weightBy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i32>,
+}
+
+impl MachineTemplate {
+    /// The spec machines are launched from: with `instanceRequirements`, the instance types
+    /// validation resolved them to (`status.instanceTypes`), with their weights, in place of
+    /// `instanceTypes` — so every handler, the planner and `maxMachines` see concrete types.
+    /// Launching waits until the template's current generation is Ready, so they are there.
+    pub fn launch_spec(&self) -> MachineTemplateSpec {
+        let mut spec = self.spec.clone();
+        if spec.instance_requirements.is_some() {
+            let resolved = self.status.iter().flat_map(|s| s.instance_types.iter());
+            spec.instance_types = resolved
+                .map(|t| InstanceTypeSpec {
+                    type_: t.type_.clone(),
+                    weight: t.weight.unwrap_or(1).max(1),
+                    priority: None,
+                })
+                .collect();
+        }
+        spec
+    }
+
+    /// This template with `launch_spec` as its spec.
+    pub fn for_launch(&self) -> MachineTemplate {
+        MachineTemplate { metadata: self.metadata.clone(), spec: self.launch_spec(), status: self.status.clone() }
+    }
 }
 
 impl MachineTemplateSpec {
@@ -301,5 +537,20 @@ impl MachineTemplateSpec {
     /// e.g. those a launch template chose).
     pub fn weight_of(&self, instance_type: &str) -> u32 {
         self.instance_types.iter().find(|t| t.type_ == instance_type).map_or(1, |t| t.weight.max(1).unsigned_abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_types_summary_names_three_and_counts_the_rest() {
+        let facts = |n: usize| -> Vec<InstanceTypeFacts> {
+            (0..n).map(|i| InstanceTypeFacts { type_: format!("m{i}.large"), ..Default::default() }).collect()
+        };
+        assert_eq!(types_summary(&facts(0)), None);
+        assert_eq!(types_summary(&facts(2)).as_deref(), Some("m0.large, m1.large"));
+        assert_eq!(types_summary(&facts(40)).as_deref(), Some("m0.large, m1.large, m2.large +37"));
     }
 }

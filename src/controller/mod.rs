@@ -84,13 +84,14 @@ impl Context {
     /// cache.
     pub fn machines_on(&self, template: &MachineTemplate) -> Vec<(String, u32)> {
         let (namespace, name) = (template.namespace(), template.name_any());
+        let spec = template.launch_spec();
         self.requests
             .state()
             .iter()
             .filter_map(|r| r.0.as_ref().ok())
             .filter(|r| r.namespace() == namespace && r.spec.template_ref.name == name)
             .map(|r| {
-                let held = r.status.as_ref().map_or(0, |s| planner::machines_held(s, &template.spec));
+                let held = r.status.as_ref().map_or(0, |s| planner::machines_held(s, &spec));
                 (r.uid().unwrap_or_default(), held)
             })
             .collect()

@@ -396,6 +396,8 @@ async fn apply(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) ->
         );
         return wait_pending(mr, ctx, &sink, "TemplateNotFound", message).await;
     };
+    // Concrete instance types from here on, also when `instanceRequirements` describe them.
+    let template = Arc::new(template.for_launch());
     // Machines stay with the provider that launched them: after the template's provider changes,
     // they can still be returned through it, but nothing new is launched until they are gone.
     let live_machines = previous.machines.iter().any(crate::api::Machine::counts_as_live);

@@ -132,7 +132,9 @@ async fn reconcile_template(template: &MachineTemplate, ctx: Arc<Context>) -> Re
         .unwrap_or(i32::MAX),
         // Facts of the current generation when it validated; else what was known before.
         instance_types: if ready.status { verdict.instance_types } else { previous.instance_types.clone() },
+        types: None,
     };
+    status.types = crate::api::types_summary(&status.instance_types);
     if !ready.status {
         tracing::info!(template = %template.name_any(), reason = %ready.reason, message = %ready.message, "template not ready");
     }

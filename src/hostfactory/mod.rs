@@ -580,12 +580,16 @@ fn ready_message(t: &MachineTemplate) -> String {
 /// A template as HostFactory lists it.
 fn template_json(t: &MachineTemplate) -> Value {
     use crate::api::PriceType;
-    let spec = &t.spec;
+    let spec = &t.launch_spec();
     let status = t.status.clone().unwrap_or_default();
     let first = status.instance_types.first();
     let arch = first.map_or("x86_64", |f| f.architecture.as_str()).to_ascii_uppercase();
-    let ncpus = first.map_or(1, |f| f.vcpus);
-    let nram = first.map_or(1024, |f| f.memory_mib);
+    let (mut ncpus, mut nram) = (first.map_or(1, |f| f.vcpus), first.map_or(1024, |f| f.memory_mib));
+    if spec.instance_requirements.is_some() {
+        // Any of the resolved types may come: what every host has at least.
+        ncpus = status.instance_types.iter().map(|f| f.vcpus).min().unwrap_or(ncpus);
+        nram = status.instance_types.iter().map(|f| f.memory_mib).min().unwrap_or(nram);
+    }
     let max = spec.max_machines.map_or(-1, i64::from);
     let vm_types: BTreeMap<&str, i32> = spec.instance_types.iter().map(|i| (i.type_.as_str(), i.weight)).collect();
     let mut out = json!({

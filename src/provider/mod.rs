@@ -5,6 +5,7 @@
 //! Providers never touch Kubernetes; controllers never touch a cloud SDK.
 
 pub mod aws;
+pub mod selection;
 pub mod sim;
 
 use crate::api::{InstanceTypeFacts, LeftOut, MachineTemplateSpec, Resources};

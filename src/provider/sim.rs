@@ -203,6 +203,9 @@ impl Provider for SimProvider {
     async fn validate(&self, template: &MachineTemplateSpec) -> Result<Vec<InstanceTypeFacts>, ProviderError> {
         crate::api::shape::check(template)
             .map_err(|e| ProviderError::invalid(e.field, "InvalidParameterValue", e.message))?;
+        if template.instance_requirements.is_some() {
+            return super::selection::resolve_template(template, &catalogue(), "the simulated cloud");
+        }
         Ok(template.instance_types.iter().map(|t| simulated_facts(&t.type_)).collect())
     }
 
@@ -320,5 +323,32 @@ pub fn simulated_facts(instance_type: &str) -> InstanceTypeFacts {
         vcpus,
         memory_mib: i64::from(vcpus) * per_vcpu,
         architecture: if graviton { "arm64" } else { "x86_64" }.to_string(),
+        weight: None,
     }
+}
+
+/// The simulated cloud's instance type catalogue, for `instanceRequirements`: general purpose,
+/// compute and memory families on Intel and Graviton, and one burstable family, from `large` to
+/// `8xlarge`.
+pub fn catalogue() -> Vec<super::selection::CatalogueEntry> {
+    let families = ["m5", "m6i", "c5", "c6i", "r5", "r6i", "m6g", "c6g", "r6g", "t3"];
+    let sizes = ["large", "xlarge", "2xlarge", "4xlarge", "8xlarge"];
+    families
+        .iter()
+        .flat_map(|f| sizes.iter().map(move |s| format!("{f}.{s}")))
+        .map(|name| {
+            let facts = simulated_facts(&name);
+            let graviton = facts.architecture == "arm64";
+            super::selection::CatalogueEntry {
+                burstable: name.starts_with('t'),
+                type_: name,
+                vcpus: facts.vcpus,
+                memory_mib: facts.memory_mib,
+                architectures: vec![facts.architecture],
+                manufacturer: if graviton { "AWS" } else { "Intel" }.into(),
+                current_generation: true,
+                ..Default::default()
+            }
+        })
+        .collect()
 }

@@ -84,6 +84,7 @@ impl AwsProvider {
                 Box::pin(async move { spot_fleet::cancel_now(&ops, &ids).await })
             }),
             seen_fleets: Default::default(),
+            catalogue: Default::default(),
         };
         let intervals = poller::Intervals { poll: settings.poll(), steady: settings.steady_poll() };
         let sweep_every = if cluster_id == crate::config::DEFAULT_CLUSTER_ID {

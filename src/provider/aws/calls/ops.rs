@@ -44,7 +44,13 @@ pub struct Ops {
     /// Fleets and spot fleet requests this process has seen described: one EC2 no longer
     /// lists was there (deleted, cancelled), while one never seen may just not show yet.
     pub seen_fleets: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// The region's instance type catalogue and when it was read, for `instanceRequirements`
+    /// (held while it is read: templates validated together read it once).
+    pub catalogue: std::sync::Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, Catalogue)>>>,
 }
+
+/// The instance types of a region as requirements are checked against them.
+pub type Catalogue = std::sync::Arc<Vec<crate::provider::selection::CatalogueEntry>>;
 
 /// EC2's limit on a tag value, in characters.
 pub const MAX_TAG_VALUE: usize = 256;

@@ -7,7 +7,8 @@
 use crate::api::{Api, InstanceTypeFacts, MachineTemplateSpec};
 use crate::provider::ProviderError;
 use crate::provider::aws::calls::errors::classify;
-use crate::provider::aws::calls::ops::Ops;
+use crate::provider::aws::calls::ops::{Catalogue, Ops};
+use crate::provider::selection::{self, CatalogueEntry};
 
 /// When a check of a whole list fails, checks its values one at a time and names the first
 /// that fails (`field[i]`): error messages cannot be trusted to name the right one (moto names
@@ -52,7 +53,56 @@ fn instance_type_facts(info: &aws_sdk_ec2::types::InstanceTypeInfo) -> InstanceT
             .processor_info()
             .and_then(|p| p.supported_architectures().first())
             .map_or_else(|| "x86_64".to_string(), |a| a.as_str().to_string()),
+        weight: None,
     }
+}
+
+/// How long the region's instance type catalogue is reused: new types appear a few times a year.
+const CATALOGUE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What requirements are checked against, from EC2's description of a type.
+fn catalogue_entry(info: &aws_sdk_ec2::types::InstanceTypeInfo) -> CatalogueEntry {
+    let facts = instance_type_facts(info);
+    let count = |n: Option<i32>| i64::from(n.unwrap_or_default());
+    let gpus: i64 = info.gpu_info().map_or(0, |g| g.gpus().iter().map(|d| count(d.count())).sum());
+    let fpgas: i64 = info.fpga_info().map_or(0, |f| f.fpgas().iter().map(|d| count(d.count())).sum());
+    let inference: i64 =
+        info.inference_accelerator_info().map_or(0, |a| a.accelerators().iter().map(|d| count(d.count())).sum());
+    CatalogueEntry {
+        architectures: info
+            .processor_info()
+            .map(|p| p.supported_architectures().iter().map(|a| a.as_str().to_string()).collect())
+            .unwrap_or_default(),
+        manufacturer: info.processor_info().and_then(|p| p.manufacturer()).unwrap_or_default().to_string(),
+        current_generation: info.current_generation().unwrap_or_default(),
+        burstable: info.burstable_performance_supported().unwrap_or_default(),
+        bare_metal: info.bare_metal().unwrap_or_default(),
+        local_storage: info.instance_storage_supported().unwrap_or_default(),
+        accelerators: gpus + fpgas + inference,
+        usage_classes: info.supported_usage_classes().iter().map(|u| u.as_str().to_string()).collect(),
+        type_: facts.type_,
+        vcpus: facts.vcpus,
+        memory_mib: facts.memory_mib,
+    }
+}
+
+/// The region's instance type catalogue: read (paged) at most once an hour per provider, never
+/// per request.
+async fn catalogue(ops: &Ops) -> Result<Catalogue, ProviderError> {
+    let mut cached = ops.catalogue.lock().await;
+    if let Some((at, catalogue)) = cached.as_ref().filter(|(at, _)| at.elapsed() < CATALOGUE_TTL) {
+        tracing::trace!(age = ?at.elapsed(), "instance type catalogue reused");
+        return Ok(catalogue.clone());
+    }
+    let mut entries = vec![];
+    let mut pages = ops.ec2.describe_instance_types().max_results(100).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| classify("DescribeInstanceTypes", e))?;
+        entries.extend(page.instance_types().iter().map(catalogue_entry));
+    }
+    let catalogue: Catalogue = std::sync::Arc::new(entries);
+    *cached = Some((tokio::time::Instant::now(), catalogue.clone()));
+    Ok(catalogue)
 }
 
 pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<Vec<InstanceTypeFacts>, ProviderError> {
@@ -126,6 +176,12 @@ pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<Vec<Instance
             .map(instance_type_facts)
             .collect();
     }
+    if t.instance_requirements.is_some() {
+        // (Not a call to EC2: the client's own configuration.)
+        let region = aws_sdk_ec2::Client::config(&ops.ec2).region();
+        let region = region.map_or_else(|| "this region".to_string(), |r| r.to_string());
+        facts = selection::resolve_template(t, &catalogue(ops).await?, &region)?;
+    }
     if let Some(key) = &t.key_name {
         ops.ec2
             .describe_key_pairs()
@@ -139,7 +195,8 @@ pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<Vec<Instance
         let chosen = launch_template(ops, lt).await?;
         // A template that leaves the type to its launch template: describe that type, so its
         // facts are known too (HostFactory's attributes).
-        if let (true, Some(instance_type)) = (t.instance_types.is_empty(), chosen) {
+        if let (true, Some(instance_type)) = (t.instance_types.is_empty() && t.instance_requirements.is_none(), chosen)
+        {
             let out = ops
                 .ec2
                 .describe_instance_types()
