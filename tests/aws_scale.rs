@@ -658,3 +658,24 @@ async fn two_clusters_with_the_default_cluster_id_never_sweep_each_other() {
     let named = aws.operator_with_cluster_id("orb-blue").await;
     assert!(named.sweep(&Live::default(), t0).await.is_ok());
 }
+
+/// A RunInstances answer that takes longer than a describe may (12 s: moto under the load of a
+/// hundred requests did) is waited for: no SDK retry and no replay re-sends its client token,
+/// so nothing is launched twice where tokens are not honoured. With a 10 s attempt timeout the
+/// call was given up, retried and its attempt replayed (issue 22's unexplained replay).
+#[tokio::test]
+async fn a_slow_launch_answer_is_waited_for_not_replayed() {
+    let Some(aws) = aws("a_slow_launch_answer_is_waited_for_not_replayed").await else { return };
+    aws.proxy.inject("RunInstances", None, 1, Fault::Delay(Duration::from_secs(12)));
+    let template = ready(MachineTemplate::new("workers", aws.template(&[("m5.large", 1)])));
+    let (mut mr, sink) = (request("slow", 2), MemoryStatus::default());
+    let (status, error) = converge(&mut mr, &template, &aws.provider, &sink, 4).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(status.phase, Some(Phase::Fulfilled));
+    let bodies = aws.proxy.calls("RunInstances");
+    let tokens: Vec<&str> =
+        bodies.iter().filter_map(|b| b.split('&').find_map(|kv| kv.strip_prefix("ClientToken="))).collect();
+    let distinct: BTreeSet<&&str> = tokens.iter().collect();
+    assert_eq!(tokens.len(), distinct.len(), "a token sent twice: {tokens:?}");
+    assert_eq!(aws.live_of(&mr).await.len(), 2, "exactly the capacity in the cloud");
+}

@@ -251,7 +251,12 @@ pub async fn drive(
             }
         }
         Step::Launch { units, attempt } => {
-            tracing::info!(request = %owner.key(), units, attempt = attempt.number, "launching");
+            if replays {
+                // Why, every time: a replay is a mutating call that nothing else explains.
+                tracing::info!(request = %owner.key(), units, attempt = attempt.number, "replaying: the last try of this attempt has an unknown outcome (its answer was lost, or the status write after it failed); same client token and offerings");
+            } else {
+                tracing::info!(request = %owner.key(), units, attempt = attempt.number, "launching");
+            }
             let request = ProvisionRequest {
                 owner: &owner,
                 template: &template.spec,
@@ -265,6 +270,13 @@ pub async fn drive(
             let result = provider.provision(&request).await;
             let before = status.clone();
             planner::record_launch(&frame, &mut status, &result);
+            if status.attempt.as_ref().is_some_and(|a| !a.completed) {
+                let why = match &result {
+                    Err(e) => e.to_string(),
+                    Ok(outcome) => outcome.failures.last().map(|f| f.message.clone()).unwrap_or_default(),
+                };
+                tracing::warn!(request = %owner.key(), attempt = attempt.number, %why, "the outcome of this try is unknown: the attempt stays open and is replayed with the same client token");
+            }
             write_if_changed(sink, &before, &status).await?;
             if let Err(e) = result {
                 return Err(e.into());

@@ -13,7 +13,7 @@ use std::time::Duration;
 /// Attempts per call when the config does not say (the SDK's standard mode default).
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Longest a call may take, retries and waits for the provider's rate limiter included (each
-/// attempt is bounded by `limits::ATTEMPT_TIMEOUT` once it is sent).
+/// attempt is bounded by `limits::CallClass::attempt_timeout` once it is sent).
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Builds the SDK configuration for one provider.

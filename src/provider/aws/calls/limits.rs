@@ -6,7 +6,7 @@
 //!
 //! An interceptor names the class of each call (from its operation name) on the HTTP request;
 //! a wrapper around the provider's HTTP client waits for that class's bucket before sending, and
-//! times the attempt from then on (`ATTEMPT_TIMEOUT`), so a call queued behind the budget never
+//! times the attempt from then on (`CallClass::attempt_timeout`), so a call queued behind the budget never
 //! fails as a timeout.
 //! The buckets are `governor`'s, read through the tokio clock so tests can pause time.
 
@@ -25,9 +25,26 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Longest one HTTP attempt may take once it is sent (the SDK's own attempt timeout is off: it
-/// would also count the wait for the budget).
+/// Longest one HTTP attempt of a describe call may take once it is sent (the SDK's own attempt
+/// timeout is off: it would also count the wait for the budget).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest one HTTP attempt of a mutating call may take once it is sent. Longer than a
+/// describe's: a create whose answer is given up on has an unknown outcome, so its attempt is
+/// replayed (same client token) — a mutating call and, where tokens are not honoured (an
+/// emulator), a second launch. EC2 can take several seconds to answer a large RunInstances or
+/// CreateFleet under load; a slow answer is waited for rather than turned into a replay.
+pub const MUTATE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl CallClass {
+    /// How long one attempt of a call of this class may take once sent.
+    pub fn attempt_timeout(self) -> Duration {
+        match self {
+            CallClass::Describe => ATTEMPT_TIMEOUT,
+            CallClass::Mutate => MUTATE_ATTEMPT_TIMEOUT,
+        }
+    }
+}
 
 /// The two kinds of AWS calls EC2 budgets separately.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,10 +203,11 @@ impl HttpConnector for PacedConnector {
             budget.acquire(class).await;
             // The attempt's own time starts once it may go out: a call queued behind the
             // budget is not a timed-out call (which would look like an unknown outcome).
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, inner.call(request)).await {
+            let limit = class.attempt_timeout();
+            match tokio::time::timeout(limit, inner.call(request)).await {
                 Ok(answer) => answer,
                 Err(_) => Err(aws_smithy_runtime_api::client::result::ConnectorError::timeout(
-                    format!("no answer within {ATTEMPT_TIMEOUT:?}").into(),
+                    format!("no answer within {limit:?}").into(),
                 )),
             }
         })
@@ -258,7 +276,11 @@ mod tests {
         let start = tokio::time::Instant::now();
         let error = connector.call(request).await.expect_err("no answer");
         assert!(error.is_timeout(), "{error:?}");
-        assert_eq!(start.elapsed(), Duration::from_secs(1) + ATTEMPT_TIMEOUT, "the wait is not part of the attempt");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(1) + MUTATE_ATTEMPT_TIMEOUT,
+            "the wait is not part of the attempt"
+        );
     }
 
     #[tokio::test(start_paused = true)]
