@@ -609,3 +609,21 @@ async fn an_orphaned_maintain_spot_fleet_launches_marked_instances_from_then_on(
     let test = "an_orphaned_maintain_spot_fleet_launches_marked_instances_from_then_on";
     an_orphaned_maintain_fleet_launches_marked(test, Api::SpotFleet, "ModifySpotFleetRequest").await;
 }
+
+/// An orphaned instant fleet launches nothing later: no marked launch template version is made
+/// for it, nothing is modified.
+#[tokio::test]
+async fn an_orphaned_instant_fleet_gets_no_marked_launch_template_version() {
+    let Some(aws) = aws("an_orphaned_instant_fleet_gets_no_marked_launch_template_version").await else { return };
+    let template = fleet_template(&aws, Api::Ec2Fleet, FleetType::Instant, &[("m5.large", 1)]);
+    let (mut mr, sink) = (request("kept", 2), MemoryStatus::default());
+    converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    let status = sink.current().unwrap();
+    assert!(status.resources.launch_template_id.is_some() && !status.resources.fleet_ids.is_empty());
+    let known = live_ids(&status);
+    let holdings =
+        Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[], last_attempt: None };
+    aws.provider.orphan(&owner_of(&mr), holdings).await.unwrap();
+    assert!(aws.proxy.calls("CreateLaunchTemplateVersion").is_empty(), "no version for an instant fleet");
+    assert!(aws.proxy.calls("ModifyFleet").is_empty());
+}

@@ -123,6 +123,8 @@ async fn reconcile_template(template: &MachineTemplate, ctx: Arc<Context>) -> Re
     };
     let ready = verdict.ready;
     let previous = template.status.clone().unwrap_or_default();
+    // Facts of the current generation when it validated; else what was known before.
+    let instance_types = if ready.status { verdict.instance_types } else { previous.instance_types.clone() };
     let mut status = MachineTemplateStatus {
         observed_generation: Some(generation),
         conditions: previous.conditions.clone(),
@@ -130,11 +132,9 @@ async fn reconcile_template(template: &MachineTemplate, ctx: Arc<Context>) -> Re
             ctx.machines_on(template).iter().map(|(_, n)| *n).fold(0u32, u32::saturating_add),
         )
         .unwrap_or(i32::MAX),
-        // Facts of the current generation when it validated; else what was known before.
-        instance_types: if ready.status { verdict.instance_types } else { previous.instance_types.clone() },
-        types: None,
+        types: crate::api::types_summary(&instance_types),
+        instance_types,
     };
-    status.types = crate::api::types_summary(&status.instance_types);
     if !ready.status {
         tracing::info!(template = %template.name_any(), reason = %ready.reason, message = %ready.message, "template not ready");
     }

@@ -420,10 +420,9 @@ impl Provider for AwsProvider {
                 .map_err(|e| classify("CreateOrUpdateTags", e))?;
         }
         // A maintain fleet launches later from the shared launch template, whose tags carry no
-        // mark: it launches from a marked version of it from now on.
-        let fleets = !resources.fleet_ids.is_empty() || !resources.spot_fleet_request_ids.is_empty();
-        if let (Some(lt), true) = (&resources.launch_template_id, fleets) {
-            let version = self.ops.orphaned_version(lt).await?;
+        // mark: it launches from a marked version of it from now on (made only if one exists).
+        if let Some(lt) = &resources.launch_template_id {
+            let version = tokio::sync::OnceCell::new();
             ec2_fleet::launch_from(&self.ops, &resources.fleet_ids, lt, &version).await?;
             spot_fleet::launch_from(&self.ops, &resources.spot_fleet_request_ids, lt, &version).await?;
         }

@@ -36,16 +36,6 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// CreateFleet under load; a slow answer is waited for rather than turned into a replay.
 pub const MUTATE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
-impl CallClass {
-    /// How long one attempt of a call of this class may take once sent.
-    pub fn attempt_timeout(self) -> Duration {
-        match self {
-            CallClass::Describe => ATTEMPT_TIMEOUT,
-            CallClass::Mutate => MUTATE_ATTEMPT_TIMEOUT,
-        }
-    }
-}
-
 /// The two kinds of AWS calls EC2 budgets separately.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallClass {
@@ -56,6 +46,14 @@ pub enum CallClass {
 }
 
 impl CallClass {
+    /// How long one attempt of a call of this class may take once sent.
+    pub fn attempt_timeout(self) -> Duration {
+        match self {
+            CallClass::Describe => ATTEMPT_TIMEOUT,
+            CallClass::Mutate => MUTATE_ATTEMPT_TIMEOUT,
+        }
+    }
+
     pub fn of(operation: &str) -> Self {
         if ["Describe", "Get", "List"].iter().any(|p| operation.starts_with(p)) { Self::Describe } else { Self::Mutate }
     }

@@ -509,9 +509,16 @@ pub async fn before_return(
 }
 
 /// Points the active `maintain` fleets among `fleet_ids` that launch from launch template `lt`
-/// at its `version`, overrides unchanged: an orphaned fleet's later instances carry the version's
-/// tags. No call when there is none.
-pub async fn launch_from(ops: &Ops, fleet_ids: &[String], lt: &str, version: &str) -> Result<(), ProviderError> {
+/// at the marked `version` (made on first need, shared with the spot fleets), overrides
+/// unchanged: an orphaned fleet's later instances carry the version's tags. No version is made
+/// and no call modifies anything when no such fleet exists (instant and request fleets launch
+/// nothing later).
+pub async fn launch_from(
+    ops: &Ops,
+    fleet_ids: &[String],
+    lt: &str,
+    version: &tokio::sync::OnceCell<String>,
+) -> Result<(), ProviderError> {
     if fleet_ids.is_empty() {
         return Ok(());
     }
@@ -519,36 +526,34 @@ pub async fn launch_from(ops: &Ops, fleet_ids: &[String], lt: &str, version: &st
         f.r#type() == Some(&aws_sdk_ec2::types::FleetType::Maintain) && f.fleet_state().is_some_and(is_active)
     });
     for f in maintained {
-        let ours = |c: &&aws_sdk_ec2::types::FleetLaunchTemplateConfig| {
-            c.launch_template_specification().and_then(|s| s.launch_template_id()) == Some(lt)
-        };
-        let configs: Vec<_> = f
+        let ours: Vec<_> = f
             .launch_template_configs()
             .iter()
-            .filter(ours)
-            .map(|c| {
-                let spec = FleetLaunchTemplateSpecificationRequest::builder().launch_template_id(lt).version(version);
-                let overrides = c.overrides().iter().map(|o| {
-                    FleetLaunchTemplateOverridesRequest::builder()
-                        .set_instance_type(o.instance_type().cloned())
-                        .set_subnet_id(o.subnet_id().map(str::to_string))
-                        .set_availability_zone(o.availability_zone().map(str::to_string))
-                        .set_weighted_capacity(o.weighted_capacity())
-                        .set_priority(o.priority())
-                        .set_max_price(o.max_price().map(str::to_string))
-                        .build()
-                });
-                FleetLaunchTemplateConfigRequest::builder()
-                    .launch_template_specification(spec.build())
-                    .set_overrides(Some(overrides.collect()))
-                    .build()
-            })
+            .filter(|c| c.launch_template_specification().and_then(|s| s.launch_template_id()) == Some(lt))
             .collect();
-        let Some(id) = f.fleet_id().filter(|_| !configs.is_empty()) else { continue };
+        let Some(id) = f.fleet_id().filter(|_| !ours.is_empty()) else { continue };
+        let version = version.get_or_try_init(|| ops.orphaned_version(lt)).await?;
+        let configs = ours.iter().map(|c| {
+            let spec = FleetLaunchTemplateSpecificationRequest::builder().launch_template_id(lt).version(version);
+            let overrides = c.overrides().iter().map(|o| {
+                FleetLaunchTemplateOverridesRequest::builder()
+                    .set_instance_type(o.instance_type().cloned())
+                    .set_subnet_id(o.subnet_id().map(str::to_string))
+                    .set_availability_zone(o.availability_zone().map(str::to_string))
+                    .set_weighted_capacity(o.weighted_capacity())
+                    .set_priority(o.priority())
+                    .set_max_price(o.max_price().map(str::to_string))
+                    .build()
+            });
+            FleetLaunchTemplateConfigRequest::builder()
+                .launch_template_specification(spec.build())
+                .set_overrides(Some(overrides.collect()))
+                .build()
+        });
         ops.ec2
             .modify_fleet()
             .fleet_id(id)
-            .set_launch_template_configs(Some(configs))
+            .set_launch_template_configs(Some(configs.collect()))
             .send()
             .await
             .map_err(|e| classify("ModifyFleet", e))?;

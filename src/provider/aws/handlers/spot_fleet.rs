@@ -230,8 +230,13 @@ fn kind_of(config: &SpotFleetRequestConfig) -> FleetType {
 }
 
 /// Points the active `maintain` spot fleet requests among `ids` that launch from launch template
-/// `lt` at its `version`, overrides unchanged (see `ec2_fleet::launch_from`).
-pub async fn launch_from(ops: &Ops, ids: &[String], lt: &str, version: &str) -> Result<(), ProviderError> {
+/// `lt` at the marked `version`, overrides unchanged (see `ec2_fleet::launch_from`).
+pub async fn launch_from(
+    ops: &Ops,
+    ids: &[String],
+    lt: &str,
+    version: &tokio::sync::OnceCell<String>,
+) -> Result<(), ProviderError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -240,25 +245,26 @@ pub async fn launch_from(ops: &Ops, ids: &[String], lt: &str, version: &str) -> 
         .into_iter()
         .filter(|c| kind_of(c) == FleetType::Maintain && c.spot_fleet_request_state().is_some_and(is_active));
     for c in maintained {
-        let configs: Vec<LaunchTemplateConfig> = c
+        let ours: Vec<&LaunchTemplateConfig> = c
             .spot_fleet_request_config()
             .map(|d| d.launch_template_configs())
             .unwrap_or_default()
             .iter()
             .filter(|lc| lc.launch_template_specification().and_then(|s| s.launch_template_id()) == Some(lt))
-            .map(|lc| {
-                let spec = FleetLaunchTemplateSpecification::builder().launch_template_id(lt).version(version).build();
-                LaunchTemplateConfig::builder()
-                    .launch_template_specification(spec)
-                    .set_overrides(Some(lc.overrides().to_vec()))
-                    .build()
-            })
             .collect();
-        let Some(id) = c.spot_fleet_request_id().filter(|_| !configs.is_empty()) else { continue };
+        let Some(id) = c.spot_fleet_request_id().filter(|_| !ours.is_empty()) else { continue };
+        let version = version.get_or_try_init(|| ops.orphaned_version(lt)).await?;
+        let configs = ours.iter().map(|lc| {
+            let spec = FleetLaunchTemplateSpecification::builder().launch_template_id(lt).version(version).build();
+            LaunchTemplateConfig::builder()
+                .launch_template_specification(spec)
+                .set_overrides(Some(lc.overrides().to_vec()))
+                .build()
+        });
         ops.ec2
             .modify_spot_fleet_request()
             .spot_fleet_request_id(id)
-            .set_launch_template_configs(Some(configs))
+            .set_launch_template_configs(Some(configs.collect()))
             .send()
             .await
             .map_err(|e| classify("ModifySpotFleetRequest", e))?;
