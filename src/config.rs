@@ -140,6 +140,11 @@ pub struct AwsSettings {
     /// Only report leaked resources (log, metric), never remove them.
     #[serde(default, deserialize_with = "lenient_bool", skip_serializing_if = "std::ops::Not::not")]
     pub sweep_dry_run: bool,
+    /// The SQS queue (URL, or name) EventBridge sends EC2's spot interruption warnings,
+    /// rebalance recommendations, state changes and AWS Health scheduled changes to; unset,
+    /// none are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption_queue: Option<String>,
 }
 
 impl Default for AwsSettings {
@@ -162,6 +167,7 @@ impl Default for AwsSettings {
             sweep_interval: default_sweep_interval(),
             sweep_grace: default_sweep_grace(),
             sweep_dry_run: false,
+            interruption_queue: None,
         }
     }
 }

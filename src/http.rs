@@ -20,6 +20,8 @@ pub struct State {
     pub ready: Arc<AtomicBool>,
     /// The request cache the machine gauges are read from (none before the controllers start).
     pub requests: Option<Store<DeserializeGuard<MachineRequest>>>,
+    /// What works only in part (`Registry::degraded`): `/readyz` answers 503 naming it.
+    pub degraded: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
 }
 
 /// Serves until the process ends; each connection on its own task.
@@ -40,7 +42,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: State) {
 fn answer(path: &str, state: &State) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/healthz" => (200, "text/plain", "ok".to_string()),
-        "/readyz" if state.ready.load(Ordering::SeqCst) => (200, "text/plain", "ready".to_string()),
+        "/readyz" if state.ready.load(Ordering::SeqCst) => match (state.degraded)() {
+            problems if problems.is_empty() => (200, "text/plain", "ready".to_string()),
+            problems => (503, "text/plain", format!("degraded: {}", problems.join("; "))),
+        },
         "/readyz" => (503, "text/plain", "caches not synced yet".to_string()),
         "/metrics" => {
             let cached = state.requests.as_ref().map(Store::state).unwrap_or_default();
@@ -75,13 +80,25 @@ mod tests {
     async fn health_readiness_and_metrics_on_one_listener() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
-        let state = State { metrics: Arc::default(), ready: Arc::default(), requests: None };
+        let problems = Arc::new(std::sync::Mutex::new(vec![]));
+        let degraded = problems.clone();
+        let state = State {
+            metrics: Arc::default(),
+            ready: Arc::default(),
+            requests: None,
+            degraded: Arc::new(move || degraded.lock().unwrap().clone()),
+        };
         state.metrics.reconciled("request", std::time::Duration::from_millis(5), None);
         tokio::spawn(serve(listener, state.clone()));
         assert_eq!(get(addr, "/healthz").await.0, 200);
         assert_eq!(get(addr, "/readyz").await.0, 503, "not ready before the caches sync");
         state.ready.store(true, Ordering::SeqCst);
         assert_eq!(get(addr, "/readyz").await.0, 200);
+        problems.lock().unwrap().push("provider `aws`: interruption queue q: AccessDenied".to_string());
+        let (status, body) = get(addr, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.ends_with("degraded: provider `aws`: interruption queue q: AccessDenied"), "{body}");
+        problems.lock().unwrap().clear();
         let (status, body) = get(addr, "/metrics").await;
         assert_eq!(status, 200);
         assert!(body.contains(r#"orb_reconciles_total{controller="request",result="ok"} 1"#), "{body}");

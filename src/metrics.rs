@@ -58,6 +58,17 @@ pub struct SweepLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub provider: String,
+    /// spot_interruption, rebalance_recommendation, scheduled_change, state_change, other,
+    /// malformed.
+    pub kind: String,
+    /// applied (a machine of this cluster), unknown (no such machine here), foreign (another
+    /// region), ignored (not about a machine), malformed.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
     pub provider: String,
 }
@@ -91,6 +102,7 @@ pub struct Metrics {
     poll_cycles: Family<ProviderLabels, Counter>,
     tracked: Family<ProviderLabels, Gauge>,
     offerings_skipped: Family<ProviderLabels, Counter>,
+    queue_messages: Family<QueueLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -161,8 +173,15 @@ impl Default for Metrics {
             "Launch offerings (type, zone, market) left out because they failed for capacity recently",
             offerings_skipped.clone(),
         );
+        let queue_messages = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "interruption_messages",
+            "Messages of the providers' interruption queues by kind and outcome (each deleted once read)",
+            queue_messages.clone(),
+        );
         Self {
             registry,
+            queue_messages,
             budget_waits,
             budget_wait_seconds,
             swept,
@@ -232,6 +251,12 @@ impl Metrics {
     /// Records `n` offerings left out of a launch for a recent capacity error.
     pub fn offerings_skipped(&self, provider: &str, n: usize) {
         self.offerings_skipped.get_or_create(&ProviderLabels { provider: provider.into() }).inc_by(n as u64);
+    }
+
+    /// Records one event of an interruption queue's message (`kind`, `outcome`: `QueueLabels`).
+    pub fn queue_message(&self, provider: &str, kind: &str, outcome: &str) {
+        let labels = QueueLabels { provider: provider.into(), kind: kind.into(), outcome: outcome.into() };
+        self.queue_messages.get_or_create(&labels).inc();
     }
 
     /// Records a request reaching Fulfilled `took` after its creation.

@@ -654,6 +654,39 @@ async fn get_return_requests_lists_what_the_provider_reclaims_and_not_hostfactor
     assert!(seen.lock().unwrap().calls.iter().all(|c| !c.starts_with("DELETE")), "no request was left unasked long");
 }
 
+/// A spot machine under an interruption warning is a host the provider will reclaim: listed
+/// with the seconds left, so HostFactory drains it first. A rebalance recommendation is not.
+#[tokio::test]
+async fn a_warned_machine_is_listed_with_the_seconds_left_as_its_grace_period() {
+    let deadline = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 100).unwrap().to_string();
+    let (plugin, _) = plugin_with(move |method, path, query, body| {
+        let (status, mut answer) = route(method, path, query, body);
+        if method == Method::GET && path.ends_with("/machinerequests") {
+            for item in answer["items"].as_array_mut().unwrap() {
+                if item["metadata"]["name"] == A {
+                    let machines = item["status"]["machines"].as_array_mut().unwrap();
+                    machines[1]["notice"] = json!({"kind": "SpotInterruption", "deadline": deadline});
+                    machines[0]["notice"] = json!({"kind": "RebalanceRecommendation"});
+                }
+            }
+        }
+        (status, answer)
+    });
+    let answer = plugin.answer(Verb::GetReturnRequests, &json!({})).await.unwrap();
+    shaped("getReturnRequests", &answer);
+    let warned: Vec<&Value> = answer["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["machineId"].as_str().unwrap().starts_with("i-0a"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{answer}");
+    assert_eq!(warned[0]["machineId"], "i-0a00000000000002a");
+    assert_eq!(warned[0]["machine"], host("i-0a00000000000002a"));
+    let grace = warned[0]["gracePeriod"].as_i64().unwrap();
+    assert!((90..=100).contains(&grace), "the seconds left: {grace}");
+}
+
 #[tokio::test]
 async fn a_request_hostfactory_never_asked_about_is_deleted_after_a_while() {
     let (plugin, seen) = plugin_with(|method, path, query, body| {

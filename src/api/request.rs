@@ -174,8 +174,14 @@ pub struct Machine {
     pub public_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_time: Option<Time>,
+    /// What happened to it, when something did (at most `MAX_MACHINE_MESSAGE` bytes). Not
+    /// written while the machine is under `notice`, which says it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// AWS said the machine is going away (a spot interruption warning, a scheduled retirement)
+    /// or may be (a rebalance recommendation, scheduled maintenance). Kept while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<MachineNotice>,
     /// The operator returned this machine (named in returnMachines, a scale-down victim or a
     /// release). It stays listed, `succeed` once terminated, until the cloud forgets it; it
     /// never counts as capacity or as lost.
@@ -184,10 +190,64 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Pending or running and not being returned: it holds (or will hold) capacity.
+    /// Pending or running, not being returned and not replaced ahead of a notice: it holds (or
+    /// will hold) capacity.
     pub fn counts_as_live(&self) -> bool {
-        !self.returning && matches!(self.state.as_str(), "pending" | "running")
+        !self.returning && !self.is_replaced() && matches!(self.state.as_str(), "pending" | "running")
     }
+
+    /// Under a notice that made the operator launch its replacement before the loss.
+    pub fn is_replaced(&self) -> bool {
+        self.notice.as_ref().is_some_and(|n| n.replaced)
+    }
+}
+
+/// What AWS announced about a machine (by EventBridge, through the provider's interruption
+/// queue).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+pub enum NoticeKind {
+    /// EC2 Spot Instance Interruption Warning: the spot machine goes at the deadline (two
+    /// minutes after the warning).
+    SpotInterruption,
+    /// EC2 Instance Rebalance Recommendation: the spot machine is at elevated risk of
+    /// interruption. Replaced only when the template says `replaceOnRebalance: true`.
+    RebalanceRecommendation,
+    /// AWS Health scheduled change retiring or stopping the machine at the deadline.
+    ScheduledRetirement,
+    /// AWS Health scheduled change that reboots or maintains the machine: it comes back.
+    ScheduledMaintenance,
+}
+
+impl NoticeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SpotInterruption => "SpotInterruption",
+            Self::RebalanceRecommendation => "RebalanceRecommendation",
+            Self::ScheduledRetirement => "ScheduledRetirement",
+            Self::ScheduledMaintenance => "ScheduledMaintenance",
+        }
+    }
+
+    /// The machine is lost at the deadline whatever anyone does.
+    pub fn is_loss(self) -> bool {
+        matches!(self, Self::SpotInterruption | Self::ScheduledRetirement)
+    }
+}
+
+/// A notice on one machine.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineNotice {
+    pub kind: NoticeKind,
+    /// When AWS acts (interruption, retirement, maintenance start); none for a rebalance
+    /// recommendation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+    /// The machine stopped counting toward capacity when the notice came and a replacement was
+    /// launched for it (`lostMachines: Replace`, and a template whose fleet does not keep its
+    /// own target).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replaced: bool,
 }
 
 /// A provisioning failure, aggregated by (code, instance type, zone).
@@ -411,8 +471,19 @@ mod tests {
             public_ip: Some("100.100.100.100".into()),
             launch_time: Some(Time(jiff::Timestamp::from_second(1_800_000_000).unwrap())),
             message: Some("m".repeat(MAX_MACHINE_MESSAGE)),
+            notice: None,
             returning,
         }
+    }
+
+    /// A machine under the longest notice: it carries no message then.
+    fn worst_noticed(k: usize, state: &str) -> Machine {
+        let notice = MachineNotice {
+            kind: NoticeKind::RebalanceRecommendation,
+            deadline: Some(Time(jiff::Timestamp::from_second(1_800_000_000).unwrap())),
+            replaced: true,
+        };
+        Machine { message: None, notice: Some(notice), ..worst_machine(k, state, false) }
     }
 
     #[test]
@@ -423,6 +494,18 @@ mod tests {
             .chain((0..MAX_CAPACITY as usize).map(|k| worst_machine(10_000 + k, "shutting-down", true)))
             .chain((0..MAX_SETTLED_MACHINES).map(|k| worst_machine(20_000 + k, "terminated", true)))
             .collect();
+        assert_fits(machines);
+        // Leaving ahead of a notice instead of returned (`MAX_CAPACITY` leaving at most), and
+        // every live machine under a notice too.
+        let machines: Vec<Machine> = (0..MAX_CAPACITY as usize)
+            .map(|k| worst_noticed(k, "running"))
+            .chain((0..MAX_CAPACITY as usize).map(|k| worst_noticed(10_000 + k, "running")))
+            .chain((0..MAX_SETTLED_MACHINES).map(|k| worst_machine(20_000 + k, "terminated", true)))
+            .collect();
+        assert_fits(machines);
+    }
+
+    fn assert_fits(machines: Vec<Machine>) {
         let failures = (0..MAX_FAILURES)
             .map(|k| Failure {
                 code: format!("InsufficientInstanceCapacity{k}"),

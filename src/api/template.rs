@@ -413,6 +413,10 @@ pub struct MachineTemplateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub max_machines: Option<i32>,
+    /// Replace a spot machine as soon as EC2 recommends rebalancing it (early, and often
+    /// withdrawn), not only on its interruption warning. Needs the provider's interruption queue.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace_on_rebalance: bool,
 }
 
 /// Tags a template may carry: EC2 allows 50 per resource and the operator adds its own

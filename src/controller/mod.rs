@@ -442,6 +442,10 @@ pub async fn run(
             metrics: ctx.metrics.clone(),
             ready: ready.clone(),
             requests: Some(request_store.clone()),
+            degraded: {
+                let ctx = ctx.clone();
+                Arc::new(move || ctx.registry.degraded())
+            },
         };
         tokio::spawn(crate::http::serve(listener, state));
     }

@@ -9,8 +9,9 @@
 
 use crate::api::conditions::{self, Cond};
 use crate::api::{
-    Attempt, Blocked, Failure, LostMachines, MAX_FAILURE_MESSAGE, MAX_FAILURES, MAX_MACHINE_MESSAGE,
-    MAX_SETTLED_MACHINES, Machine, MachineRequestSpec, MachineRequestStatus, MachineResult, MachineTemplateSpec, Phase,
+    Attempt, Blocked, Failure, LostMachines, MAX_CAPACITY, MAX_FAILURE_MESSAGE, MAX_FAILURES, MAX_MACHINE_MESSAGE,
+    MAX_SETTLED_MACHINES, Machine, MachineNotice, MachineRequestSpec, MachineRequestStatus, MachineResult,
+    MachineTemplateSpec, NoticeKind, Phase,
 };
 use crate::provider::{
     InstanceState, LaunchFailure, MarketMix, ObservedMachine, ProviderError, ProvisionOutcome, market_split,
@@ -97,6 +98,7 @@ pub fn plan(frame: &Frame<'_>, previous: &MachineRequestStatus, observed: &[Obse
     status.api = Some(frame.template.api.as_str().into());
     status.requested_capacity = frame.spec.capacity;
     status.machines = merge_machines(frame, &previous.machines, observed);
+    replace_ahead(frame, &mut status.machines);
     // A machine that held capacity and was lost since the last pass opens a new episode, so a
     // request that had settled (Partial after its timeout) replaces it too.
     let newly_lost = status.machines.iter().any(|m| {
@@ -486,6 +488,31 @@ pub fn choose_victims(machines: &[Machine], excess: u32) -> Vec<String> {
     victims
 }
 
+/// Machines under a notice of loss (a spot interruption warning, a scheduled retirement; a
+/// rebalance recommendation when the template asks) stop counting toward capacity, so the
+/// ordinary shortfall launches their replacements before the loss. Not under `lostMachines:
+/// Report` (whoever asked replaces, as for any loss), nor for fleets that keep their own target
+/// (maintain fleets, Auto Scaling groups: they replace what they lose themselves, and a target
+/// raised for it would be met twice). At most `MAX_CAPACITY` machines are leaving at once
+/// (returned, or replaced ahead), so the status stays within what etcd stores; a notice past
+/// that bound is replaced when the loss comes.
+fn replace_ahead(frame: &Frame<'_>, machines: &mut [Machine]) {
+    if frame.spec.lost_machines != LostMachines::Replace || keeps_target(frame.template) {
+        return;
+    }
+    let on_its_way = |m: &Machine| state_of(m).is_some_and(|s| s != InstanceState::Terminated);
+    let mut leaving = machines.iter().filter(|m| (m.returning || m.is_replaced()) && on_its_way(m)).count();
+    for m in machines.iter_mut().filter(|m| m.counts_as_live()) {
+        let Some(notice) = m.notice.as_mut() else { continue };
+        let replace = notice.kind.is_loss()
+            || (notice.kind == NoticeKind::RebalanceRecommendation && frame.template.replace_on_rebalance);
+        if replace && leaving < MAX_CAPACITY.unsigned_abs() as usize {
+            notice.replaced = true;
+            leaving += 1;
+        }
+    }
+}
+
 fn recently_launched(m: &Machine, now: Timestamp) -> bool {
     m.launch_time.as_ref().is_some_and(|t| now < t.0 + VISIBILITY_GRACE)
 }
@@ -565,6 +592,14 @@ fn machine_from(frame: &Frame<'_>, o: &ObservedMachine, prior: Option<&Machine>,
         _ => message,
     }
     .map(|m| crate::api::truncate(m, MAX_MACHINE_MESSAGE));
+    // A notice matters while the machine runs; once it is returned or gone, its state and
+    // message say what became of it. Once replaced, it stays replaced.
+    let notice = (o.state.is_live() && !returning)
+        .then(|| merged_notice(o.notice.clone(), prior.and_then(|p| p.notice.clone())))
+        .flatten();
+    // A machine carries a notice or a message, not both: the largest status stays within
+    // what etcd stores.
+    let message = message.filter(|_| notice.is_none());
     let weight = prior
         .map(|p| p.weight)
         .unwrap_or_else(|| frame.template.weight_of(o.instance_type.as_deref().unwrap_or_default()) as i32);
@@ -584,7 +619,22 @@ fn machine_from(frame: &Frame<'_>, o: &ObservedMachine, prior: Option<&Machine>,
         // Whole seconds, as the API server stores them: anything finer would differ on every read.
         launch_time: o.launch_time.and_then(|t| Timestamp::from_second(t.as_second()).ok()).map(Time),
         message,
+        notice,
         returning,
+    }
+}
+
+/// The notice a machine carries after `new` came (the poller's, none after a restart) on top of
+/// `old` (its status's): the same notice again changes nothing; a warning of loss is not
+/// undone by a lesser notice; a machine once replaced stays replaced.
+fn merged_notice(new: Option<MachineNotice>, old: Option<MachineNotice>) -> Option<MachineNotice> {
+    match (new, old) {
+        (Some(new), Some(old)) if new.kind == old.kind || (old.kind.is_loss() && !new.kind.is_loss()) => Some(old),
+        (Some(mut new), Some(old)) => {
+            new.replaced |= old.replaced;
+            Some(new)
+        }
+        (new, old) => new.or(old),
     }
 }
 
@@ -647,7 +697,14 @@ fn summarise(frame: &Frame<'_>, status: &mut MachineRequestStatus, acting: bool,
         .map(|m| m.instance_id.as_str())
         .collect();
     let expired = timed_out(frame, status);
-    let progress = format!("{running}/{capacity} capacity units running, {pending} pending");
+    let replaced =
+        status.machines.iter().filter(|m| m.is_replaced() && state_of(m).is_some_and(|s| s.is_live())).count();
+    let progress = match replaced {
+        0 => format!("{running}/{capacity} capacity units running, {pending} pending"),
+        n => format!(
+            "{running}/{capacity} capacity units running, {pending} pending, {n} machine(s) under an AWS notice replaced ahead"
+        ),
+    };
 
     let held = held_by_lost(frame, status);
     let (phase, ready_reason, ready_message) = if running >= capacity {
@@ -1088,6 +1145,77 @@ mod tests {
         assert_eq!(lost.result, Some(MachineResult::Fail));
         assert!(lost.message.as_deref().unwrap().contains("SpotInstanceTermination"));
         assert_eq!(cond(&p.status, "Degraded").reason, "MachinesLost");
+    }
+
+    fn warned(id: &str, kind: NoticeKind) -> ObservedMachine {
+        let deadline = Some(Time(at(220)));
+        ObservedMachine {
+            capacity_type: Some("spot".into()),
+            notice: Some(MachineNotice { kind, deadline, replaced: false }),
+            ..obs(id, Running, "m5.large", 0)
+        }
+    }
+
+    #[test]
+    fn a_spot_warning_launches_the_replacement_before_the_loss_and_nothing_more() {
+        let (s, t) = (spec(2), template());
+        let steady = plan(
+            &frame(&s, &t, 50),
+            &MachineRequestStatus::default(),
+            &[obs("i-1", Running, "m5.large", 0), obs("i-2", Running, "m5.large", 0)],
+        );
+        assert_eq!(steady.step, Step::Wait);
+        // The warning: i-2 stops counting, one unit is launched now.
+        let seen = [obs("i-1", Running, "m5.large", 0), warned("i-2", NoticeKind::SpotInterruption)];
+        let p = plan(&frame(&s, &t, 100), &steady.status, &seen);
+        assert!(matches!(p.step, Step::Launch { units: 1, .. }), "{:?}", p.step);
+        let i2 = p.status.machines.iter().find(|m| m.instance_id == "i-2").unwrap();
+        let notice = i2.notice.as_ref().unwrap();
+        assert!(notice.replaced && notice.kind == NoticeKind::SpotInterruption);
+        assert_eq!(notice.deadline, Some(Time(at(220))));
+        assert!(cond(&p.status, "Ready").message.contains("1 machine(s) under an AWS notice replaced ahead"));
+        // The replacement runs beside the warned machine: capacity + 1 machines, no scale-down.
+        let mut seen = seen.to_vec();
+        seen.push(obs("i-3", Running, "m5.large", 101));
+        let p = plan(&frame(&s, &t, 110), &p.status, &seen);
+        assert_eq!((p.step.clone(), p.status.phase), (Step::Wait, Some(Phase::Fulfilled)), "{:?}", p.status);
+        // The poller forgot the notice (a restart): the status keeps it, and i-2 still does not count.
+        seen[1].notice = None;
+        let p = plan(&frame(&s, &t, 120), &p.status, &seen);
+        assert_eq!(p.step, Step::Wait);
+        assert!(p.status.machines.iter().find(|m| m.instance_id == "i-2").unwrap().is_replaced());
+        // A lesser notice after it changes nothing.
+        seen[1] = warned("i-2", NoticeKind::RebalanceRecommendation);
+        let p = plan(&frame(&s, &t, 125), &p.status, &seen);
+        assert_eq!(p.status.machines[1].notice.as_ref().unwrap().kind, NoticeKind::SpotInterruption);
+        // The loss: nothing is launched again, and the gone machine carries no notice.
+        seen[1] = obs("i-2", Terminated, "m5.large", 0);
+        let p = plan(&frame(&s, &t, 230), &p.status, &seen);
+        assert_eq!((p.step.clone(), p.status.phase), (Step::Wait, Some(Phase::Fulfilled)));
+        assert_eq!(p.status.machines.iter().find(|m| m.instance_id == "i-2").unwrap().notice, None);
+    }
+
+    #[test]
+    fn a_notice_is_reported_not_replaced_under_report_for_rebalances_and_for_fleets_that_replace_their_own() {
+        let replaces = |s: &MachineRequestSpec, t: &MachineTemplateSpec, kind| {
+            let seen = [obs("i-1", Running, "m5.large", 0), warned("i-2", kind)];
+            let p = plan(&frame(s, t, 100), &MachineRequestStatus::default(), &seen);
+            let notice = p.status.machines[1].notice.clone().unwrap();
+            assert_eq!(notice.kind, kind, "the notice is shown whatever happens");
+            assert_eq!(notice.replaced, matches!(p.step, Step::Launch { .. }), "{:?}", p.step);
+            notice.replaced
+        };
+        let (s, t) = (spec(2), template());
+        assert!(replaces(&s, &t, NoticeKind::SpotInterruption));
+        assert!(replaces(&s, &t, NoticeKind::ScheduledRetirement));
+        assert!(!replaces(&s, &t, NoticeKind::RebalanceRecommendation), "off by default");
+        assert!(!replaces(&s, &t, NoticeKind::ScheduledMaintenance), "a reboot gives the machine back");
+        let eager = MachineTemplateSpec { replace_on_rebalance: true, ..template() };
+        assert!(replaces(&s, &eager, NoticeKind::RebalanceRecommendation));
+        let report = MachineRequestSpec { lost_machines: LostMachines::Report, ..spec(2) };
+        assert!(!replaces(&report, &t, NoticeKind::SpotInterruption), "HostFactory replaces hosts itself");
+        let asg = MachineTemplateSpec { api: crate::api::Api::Asg, ..template() };
+        assert!(!replaces(&s, &asg, NoticeKind::SpotInterruption), "the group replaces its own machines");
     }
 
     #[test]

@@ -578,8 +578,14 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
     }
 }
 
-/// An Event for each phase transition.
+/// An Event for each phase transition, and for each notice a machine gets.
 async fn announce(ctx: &Context, mr: &MachineRequest, before: &MachineRequestStatus, after: &MachineRequestStatus) {
+    for (machine, notice) in after.machines.iter().filter_map(|m| Some((m, m.notice.as_ref()?))) {
+        let had = before.machines.iter().find(|p| p.instance_id == machine.instance_id).and_then(|p| p.notice.as_ref());
+        if had.is_none_or(|n| n.kind != notice.kind) {
+            publish(ctx, mr, EventType::Warning, notice.kind.as_str(), notice_note(machine, notice), "Reconcile").await;
+        }
+    }
     let (Some(phase), true) = (after.phase, after.phase != before.phase) else { return };
     if let (Phase::Fulfilled, Some(created)) = (phase, mr.meta().creation_timestamp.as_ref()) {
         let took = jiff::Timestamp::now().duration_since(created.0);
@@ -591,6 +597,26 @@ async fn announce(ctx: &Context, mr: &MachineRequest, before: &MachineRequestSta
         _ => EventType::Normal,
     };
     publish(ctx, mr, type_, &format!("{phase:?}"), note, "Reconcile").await;
+}
+
+/// What a notice means for the request, for the person reading `kubectl describe mr`.
+fn notice_note(machine: &crate::api::Machine, notice: &crate::api::MachineNotice) -> String {
+    use crate::api::NoticeKind;
+    let what = match notice.kind {
+        NoticeKind::SpotInterruption => "EC2 interrupts this spot machine",
+        NoticeKind::RebalanceRecommendation => "EC2 recommends rebalancing this spot machine (interruption risk)",
+        NoticeKind::ScheduledRetirement => "AWS retires or stops this machine",
+        NoticeKind::ScheduledMaintenance => "AWS maintains (reboots) this machine",
+    };
+    let when = notice.deadline.as_ref().map(|t| format!(" at {}", t.0)).unwrap_or_default();
+    let then = if notice.replaced {
+        "it no longer counts toward capacity and its replacement is launched now"
+    } else if notice.kind.is_loss() {
+        "it is not replaced ahead of the loss (lostMachines: Report leaves that to whoever asked; a maintain fleet or Auto Scaling group replaces its own machines)"
+    } else {
+        "it stays in service"
+    };
+    format!("{what}{when}: {} ({}); {then}", machine.instance_id, machine.instance_type.as_deref().unwrap_or("?"))
 }
 
 async fn publish(ctx: &Context, mr: &MachineRequest, type_: EventType, reason: &str, note: String, action: &str) {

@@ -451,7 +451,8 @@ impl Plugin {
 
     /// The hosts the provider reclaimed or will reclaim: machines lost outside the operator (a
     /// spot reclaim, the console) or returned by it on its own (capacity lowered in the cluster),
-    /// until HostFactory returns them; and machines HostFactory knows (its input) that no request
+    /// until HostFactory returns them; machines AWS announced it takes (a spot interruption
+    /// warning, a scheduled retirement), with the seconds left as `gracePeriod`; and machines HostFactory knows (its input) that no request
     /// lists any more (the request deleted, the instance forgotten by EC2). HostFactory's own
     /// returns are not listed. Also deletes requests HostFactory never learnt of.
     async fn return_requests(&self, input: &Value) -> Result<Value, HfError> {
@@ -462,9 +463,20 @@ impl Plugin {
         for mr in &all {
             let named: BTreeSet<&str> = mr.spec.return_machines.iter().map(String::as_str).collect();
             for m in mr.status.iter().flat_map(|s| s.machines.iter()) {
+                if named.contains(m.instance_id.as_str()) {
+                    continue;
+                }
                 let lost = m.result == Some(MachineResult::Fail);
-                if (lost || m.returning) && !named.contains(m.instance_id.as_str()) {
-                    out.push(json!({"machine": protocol::host_name(m), "machineId": m.instance_id, "gracePeriod": 0}));
+                // A machine AWS will take (spot interruption, retirement): listed with the
+                // seconds left, so HostFactory drains it first.
+                let warned = m.notice.as_ref().filter(|n| n.kind.is_loss() && !lost && !m.returning);
+                if lost || m.returning || warned.is_some() {
+                    let grace = warned
+                        .and_then(|n| n.deadline.as_ref())
+                        .map_or(0, |deadline| deadline.0.duration_since(jiff::Timestamp::now()).as_secs().max(0));
+                    out.push(
+                        json!({"machine": protocol::host_name(m), "machineId": m.instance_id, "gracePeriod": grace}),
+                    );
                 }
             }
         }

@@ -115,6 +115,9 @@ pub struct ObservedMachine {
     pub reservation_id: Option<String>,
     /// Found by its instance id only: its `orb.dev/*` tags are missing or name another cluster.
     pub untagged: bool,
+    /// What AWS announced about it (interruption warning, rebalance recommendation, scheduled
+    /// change), from the provider's interruption queue; never `replaced` (the planner decides).
+    pub notice: Option<crate::api::MachineNotice>,
 }
 
 impl ObservedMachine {
@@ -134,6 +137,7 @@ impl ObservedMachine {
             state_reason: None,
             reservation_id: None,
             untagged: false,
+            notice: None,
         }
     }
 }
@@ -600,6 +604,17 @@ impl Registry {
             })
             .collect();
         futures::stream::select_all(receivers)
+    }
+
+    /// What works only in part, per provider (an interruption queue that cannot be read).
+    pub fn degraded(&self) -> Vec<String> {
+        self.providers
+            .iter()
+            .filter_map(|(name, p)| match p {
+                AnyProvider::Aws(aws) => aws.degraded().map(|problem| format!("provider `{name}`: {problem}")),
+                AnyProvider::Sim(_) => None,
+            })
+            .collect()
     }
 
     /// Configured names, for error messages.

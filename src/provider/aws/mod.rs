@@ -3,6 +3,7 @@
 
 pub mod calls;
 pub mod handlers;
+pub mod notices;
 pub mod state;
 
 use calls::{call_metrics, capacity_memory, client, errors, gather, limits, ops};
@@ -29,6 +30,8 @@ pub struct AwsProvider {
     region: String,
     /// Instance profile names templates may use (`allowedInstanceProfiles`).
     allowed_profiles: Vec<String>,
+    /// The consumer of `interruptionQueue`, when one is configured.
+    queue: Option<notices::queue::InterruptionQueue>,
 }
 
 impl AwsProvider {
@@ -93,14 +96,48 @@ impl AwsProvider {
         } else {
             settings.sweep_every()
         };
+        let poller = poller::Poller::new(ops.clone(), intervals, calls.provider.clone(), calls.metrics.clone());
+        let queue = settings.interruption_queue.clone().map(|queue| {
+            // Not behind the EC2 budget (SQS has its own limits), and a long poll's 20 s wait
+            // fits in an attempt.
+            let sqs = aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(sdk)
+                    .http_client(sdk.http_client().unwrap_or_else(client::https_client))
+                    .interceptor(calls.clone())
+                    .timeout_config(
+                        aws_config::timeout::TimeoutConfig::builder()
+                            .connect_timeout(std::time::Duration::from_secs(5))
+                            .operation_attempt_timeout(std::time::Duration::from_secs(30))
+                            .operation_timeout(std::time::Duration::from_secs(60))
+                            .build(),
+                    )
+                    .build(),
+            );
+            let (provider, metrics) = (calls.provider.clone(), calls.metrics.clone());
+            notices::queue::InterruptionQueue::new(
+                sqs,
+                queue,
+                settings.region.clone(),
+                poller.notices(),
+                provider,
+                metrics,
+            )
+        });
         Self {
-            poller: poller::Poller::new(ops.clone(), intervals, calls.provider.clone(), calls.metrics.clone()),
+            poller,
+            queue,
             sweeper: sweep::Sweeper::new(sweep_every, settings.sweep_after(), settings.sweep_dry_run),
             calls,
             ops,
             region: settings.region.clone(),
             allowed_profiles: settings.allowed_instance_profiles.iter().map(|p| profile_name(p).to_string()).collect(),
         }
+    }
+
+    /// What works only in part: the interruption queue cannot be read (the provider still
+    /// launches and returns machines).
+    pub fn degraded(&self) -> Option<String> {
+        self.queue.as_ref()?.problem()
     }
 
     /// Requests whose machines the poller saw change.
@@ -242,7 +279,12 @@ impl Provider for AwsProvider {
             .send()
             .await
             .map_err(|e| classify("DescribeAvailabilityZones", e))?;
-        Ok(format!("AWS region {} reachable ({} availability zones)", self.region, zones.availability_zones().len()))
+        let reachable =
+            format!("AWS region {} reachable ({} availability zones)", self.region, zones.availability_zones().len());
+        Ok(match self.degraded() {
+            Some(problem) => format!("{reachable}; but {problem}"),
+            None => reachable,
+        })
     }
 
     async fn validate(&self, template: &MachineTemplateSpec) -> Result<Vec<InstanceTypeFacts>, ProviderError> {
@@ -293,6 +335,9 @@ impl Provider for AwsProvider {
     }
 
     async fn observe(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
+        if let Some(queue) = &self.queue {
+            queue.start();
+        }
         self.poller.observe(owner, known).await
     }
 

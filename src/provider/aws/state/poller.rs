@@ -54,6 +54,8 @@ struct Seen {
     terminated_at: Option<tokio::time::Instant>,
     /// When a launch's answer put it in the view (EC2's describe may not know it yet).
     launched_at: Option<tokio::time::Instant>,
+    /// What AWS announced about it (the interruption queue): kept while it is in the view.
+    notice: Option<crate::api::MachineNotice>,
 }
 
 struct Request {
@@ -288,7 +290,11 @@ impl Poller {
             .iter()
             .filter_map(|id| state.machines.get(id))
             .filter(|s| s.uid.as_ref().is_none_or(|uid| *uid == owner.uid))
-            .map(|s| ObservedMachine { untagged: !(s.ours && s.uid.is_some()), ..s.machine.clone() })
+            .map(|s| ObservedMachine {
+                untagged: !(s.ours && s.uid.is_some()),
+                notice: s.notice.clone(),
+                ..s.machine.clone()
+            })
             .collect()
     }
 
@@ -316,6 +322,7 @@ impl Poller {
                 ours: true,
                 terminated_at: None,
                 launched_at: Some(tokio::time::Instant::now()),
+                notice: None,
             };
             state.machines.insert(m.instance_id.clone(), seen);
             if let Some(request) = state.requests.get_mut(&owner.uid) {
@@ -360,6 +367,64 @@ impl Poller {
     /// Forgets a released request and its machines.
     pub fn forget(&self, owner: &Owner) {
         self.state().forget(&owner.uid);
+    }
+
+    /// Where the interruption queue's consumer posts what AWS announces.
+    pub fn notices(&self) -> Notices {
+        Notices(self.shared.clone())
+    }
+}
+
+/// What a message about one instance did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Noted {
+    /// The instance is one of this cluster's tracked machines: recorded, its request woken.
+    Applied,
+    /// Not a machine of this cluster's requests (another cluster's, a forged id, or one
+    /// released): nothing changed.
+    Unknown,
+}
+
+/// The poller's side of the interruption queue: notices and state changes of the machines it
+/// tracks, and only those (an id tagged for no request of this cluster changes nothing).
+#[derive(Clone)]
+pub struct Notices(Arc<Shared>);
+
+impl Notices {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The request that tracks instance `id`, if it is this cluster's and still running.
+    fn owner_of(state: &State, id: &str) -> Option<RequestKey> {
+        let seen = state.machines.get(id).filter(|s| s.ours && s.machine.state != InstanceState::Terminated)?;
+        let uid = seen.uid.as_ref()?;
+        state.requests.get(uid).filter(|r| r.ids.contains(id)).map(|r| r.key.clone())
+    }
+
+    /// Records `notice` on instance `id` and wakes its request. A notice of loss is not
+    /// replaced by a lesser one.
+    pub fn notice(&self, id: &str, notice: crate::api::MachineNotice) -> Noted {
+        let mut state = self.state();
+        let Some(key) = Self::owner_of(&state, id) else { return Noted::Unknown };
+        let Some(seen) = state.machines.get_mut(id) else { return Noted::Unknown };
+        let lesser = seen.notice.as_ref().is_some_and(|old| old.kind.is_loss() && !notice.kind.is_loss());
+        if !lesser && seen.notice.as_ref() != Some(&notice) {
+            seen.notice = Some(notice);
+            drop(state);
+            let _ = self.0.changes.send(key);
+        }
+        Noted::Applied
+    }
+
+    /// Instance `id` changed state (EC2 said so): a cycle refreshes it now, not at the steady
+    /// interval, and wakes its request if it changed.
+    pub fn state_changed(&self, id: &str) -> Noted {
+        if Self::owner_of(&self.state(), id).is_none() {
+            return Noted::Unknown;
+        }
+        self.0.kick.notify_one();
+        Noted::Applied
     }
 }
 
@@ -533,7 +598,8 @@ fn merge(state: &mut State, found: Vec<Found>, asked: &BTreeSet<String>, cluster
             }
             _ => None,
         };
-        state.machines.insert(id, Seen { machine, uid, ours, terminated_at, launched_at: None });
+        let notice = state.machines.get(&id).and_then(|s| s.notice.clone());
+        state.machines.insert(id, Seen { machine, uid, ours, terminated_at, launched_at: None, notice });
     }
     // Asked for and not returned: EC2 does not know them yet (launched a moment ago: the view
     // has them from the launch's answer), or no longer (terminated long ago, or removed with
