@@ -1,5 +1,5 @@
 //! `deploy/iam-policy.json` grants exactly what the code calls. Every AWS operation the provider
-//! code sends (`<client>.<operation>()` on the EC2, SSM, IAM and Auto Scaling clients in
+//! code sends (`<client>.<operation>()` on the EC2, SSM, IAM, Auto Scaling and SQS clients in
 //! `src/provider/aws/`) must be allowed, and every action the policy allows must be one the code
 //! sends — or one AWS authorizes on the caller's behalf while it does (tags at creation, roles
 //! passed, service-linked roles made on first use), each listed below with the call that needs it.
@@ -17,6 +17,9 @@ const AUTHORIZED_ALONG: &[(&str, &str)] = &[
     ("iam:CreateServiceLinkedRole", "EC2 Fleet, Spot Fleet and Auto Scaling make their roles on first use"),
 ];
 
+/// Batch calls IAM authorizes as the single call's action.
+const BATCHED: &[(&str, &str)] = &[("sqs:DeleteMessageBatch", "sqs:DeleteMessage")];
+
 /// `create_auto_scaling_group` -> `CreateAutoScalingGroup`.
 fn pascal(snake: &str) -> String {
     snake
@@ -31,7 +34,7 @@ fn pascal(snake: &str) -> String {
 /// Every `service:Action` the provider code calls.
 fn called() -> BTreeSet<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/provider/aws");
-    let call = regex::Regex::new(r"\.(ec2|ssm|iam|autoscaling)\s*\.\s*([a-z_]+)\(").unwrap();
+    let call = regex::Regex::new(r"\.(ec2|ssm|iam|autoscaling|sqs)\s*\.\s*([a-z_]+)\(").unwrap();
     let mut actions = BTreeSet::new();
     // The provider's own file and those of its folders (handlers, state, calls).
     let mut files = vec![];
@@ -49,7 +52,10 @@ fn called() -> BTreeSet<String> {
         // Unit tests build requests offline; they call nothing.
         let code = text.split("#[cfg(test)]").next().unwrap();
         for c in call.captures_iter(code) {
-            actions.insert(format!("{}:{}", &c[1], pascal(&c[2])));
+            let action = format!("{}:{}", &c[1], pascal(&c[2]));
+            // A batch call is authorized as its single form.
+            let action = BATCHED.iter().find(|(batch, _)| *batch == action).map_or(action, |(_, one)| one.to_string());
+            actions.insert(action);
         }
     }
     actions
@@ -117,6 +123,11 @@ fn destructive_actions_are_limited_to_the_operators_resources() {
             _ => vec![],
         };
         if actions.iter().any(|a| destructive.is_match(a)) {
+            // Deleting a message read from the interruption queue: that queue only.
+            if actions.iter().all(|a| a.starts_with("sqs:")) {
+                assert_eq!(statement["Resource"], "arn:aws:sqs:*:*:orb-operator-interruptions", "{}", statement["Sid"]);
+                continue;
+            }
             let condition = statement["Condition"]["StringLike"]["aws:ResourceTag/orb.dev/cluster"].as_str();
             assert_eq!(condition, Some("*"), "{} must be conditioned on the orb.dev/cluster tag", statement["Sid"]);
         }

@@ -43,6 +43,9 @@ def by_kind(objects, kind):
     return [o for o in objects if o["kind"] == kind]
 
 
+QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/orb-operator-interruptions"
+
+
 def main():
     report = helm.lint(str(CHART), strict=True)
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
@@ -102,7 +105,7 @@ def main():
     irsa = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/orb-operator"}
     values = {
         "serviceAccount": {"annotations": irsa},
-        "config": {"clusterId": "prod", "providers": {"default": {"type": "aws", "region": "us-east-1", "allowedInstanceProfiles": ["grid-worker"]}}},
+        "config": {"clusterId": "prod", "providers": {"default": {"type": "aws", "region": "us-east-1", "allowedInstanceProfiles": ["grid-worker"], "interruptionQueue": QUEUE}}},
         "env": [{"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"}],
         "logFormat": "text",
         "replicas": 0,
@@ -110,6 +113,8 @@ def main():
     objects, _ = render(values)
     validate(objects, "aws")
     assert by_kind(objects, "ServiceAccount")[0]["metadata"]["annotations"] == irsa
+    config = yaml.safe_load(by_kind(objects, "ConfigMap")[0]["data"]["config.yaml"])
+    assert config["providers"]["default"]["interruptionQueue"] == QUEUE, config
     container = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     assert "text" in container["args"]
     assert container["env"][-1]["name"] == "AWS_STS_REGIONAL_ENDPOINTS"
@@ -143,6 +148,7 @@ def main():
         ({"config": {"providers": {"default": {"type": "gcp"}}}}, "type"),
         ({"config": {"providers": {"spare": {"region": "us-east-1"}}}}, "type"),
         ({"logFormat": "xml"}, "logFormat"),
+        ({"config": {"providers": {"default": {"type": "aws", "interruptionQueue": ""}}}}, "interruptionQueue"),
         ({"replica": 1}, "replica"),
     ]
     for change, name in bad:
