@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use support::aws::{Aws, aws_with};
 use support::driver::{MemoryStatus, converge, ready, request};
+use support::eventbridge::{send, spot_warning, state_change};
 
 /// The harness with an interruption queue of the test's own (made in the test's region); its
 /// poller refreshes only when asked (no interval comes round during a test), so whatever
@@ -28,33 +29,6 @@ async fn with_queue(test: &str) -> Option<(Aws, aws_sdk_sqs::Client, String)> {
     let made = sqs.create_queue().queue_name(test).send().await.unwrap();
     assert_eq!(made.queue_url(), Some(url.as_str()));
     Some((aws, sqs, url))
-}
-
-fn spot_warning(id: &str, region: &str) -> String {
-    let now = jiff::Timestamp::now();
-    format!(
-        r#"{{"version": "0", "id": "{}", "detail-type": "EC2 Spot Instance Interruption Warning",
-            "source": "aws.ec2", "account": "123456789012", "time": "{}", "region": "{region}",
-            "resources": ["arn:aws:ec2:{region}a:instance/{id}"],
-            "detail": {{"instance-id": "{id}", "instance-action": "terminate"}}}}"#,
-        uuid::Uuid::new_v4(),
-        jiff::Timestamp::from_second(now.as_second()).unwrap()
-    )
-}
-
-fn state_change(id: &str, region: &str, state: &str) -> String {
-    format!(
-        r#"{{"version": "0", "id": "{}", "detail-type": "EC2 Instance State-change Notification",
-            "source": "aws.ec2", "account": "123456789012", "time": "{}", "region": "{region}",
-            "resources": ["arn:aws:ec2:{region}:123456789012:instance/{id}"],
-            "detail": {{"instance-id": "{id}", "state": "{state}"}}}}"#,
-        uuid::Uuid::new_v4(),
-        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap()
-    )
-}
-
-async fn send(sqs: &aws_sdk_sqs::Client, url: &str, body: &str) {
-    sqs.send_message().queue_url(url).message_body(body).send().await.unwrap();
 }
 
 /// Messages still in the queue, visible or being read.
@@ -165,6 +139,13 @@ async fn garbage_foreign_regions_and_other_clusters_instances_change_nothing_and
         .instance_id()
         .unwrap()
         .to_string();
+    // SQS throttles the first reads: the consumer backs off and reads on.
+    let throttled = support::fault_proxy::Fault::Error {
+        status: 400,
+        code: "ThrottlingException".into(),
+        message: "Rate exceeded (injected)".into(),
+    };
+    aws.proxy.inject("ReceiveMessage", None, 2, throttled);
     for body in [
         "not json at all".to_string(),
         r#"{"detail-type": "EC2 Spot Instance Interruption Warning"}"#.to_string(),
@@ -186,6 +167,8 @@ async fn garbage_foreign_regions_and_other_clusters_instances_change_nothing_and
     assert!(after.machines.iter().all(|m| m.notice.is_none()), "{after:?}");
     assert_eq!(ids(&aws.live_of(&mr).await).len(), 2, "nothing launched");
     assert_eq!(queue_count(&aws, "spot_interruption", "applied"), 0);
+    let reads = aws.proxy.calls("ReceiveMessage").len();
+    assert!(reads >= 3, "two throttled reads, then the one that got the messages: {reads}");
 }
 
 #[tokio::test]

@@ -190,6 +190,15 @@ async fn handle(
             })
     };
     match fault {
+        // The JSON protocol (SQS): the error's type names the code.
+        Some(Fault::Error { status, code, message }) if parts.headers.contains_key("x-amz-target") => {
+            let body = serde_json::json!({"__type": format!("com.amazonaws.sqs#{code}"), "message": message});
+            return Response::builder()
+                .status(status)
+                .header("content-type", "application/x-amz-json-1.0")
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+        }
         Some(Fault::Error { status, code, message }) => {
             return Response::builder()
                 .status(status)

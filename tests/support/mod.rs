@@ -1,5 +1,6 @@
 //! Shared test support: a real Kubernetes cluster for end-to-end tests (`cluster`), moto for
-//! the AWS layer (`moto`), a fault-injecting proxy in front of it (`fault_proxy`),
+//! the AWS layer (`moto`), a fault-injecting proxy in front of it (`fault_proxy`), EventBridge's
+//! events on an SQS queue (`eventbridge`),
 //! objects and a controller context for scripted-API-server tests (`objects`), and
 //! the simulated provider at scale against a real cluster (`sim_scale`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
@@ -7,6 +8,7 @@
 pub mod aws;
 pub mod cluster;
 pub mod driver;
+pub mod eventbridge;
 pub mod fault_proxy;
 pub mod lifecycle;
 pub mod moto;
