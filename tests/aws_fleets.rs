@@ -514,10 +514,15 @@ async fn a_release_moments_after_a_fleet_was_made_waits_for_ec2_to_show_it() {
     let status = sink.current().unwrap();
     let fleet = status.resources.fleet_ids[0].clone();
     // Deleted seconds later by an operator that restarted meanwhile; eventually consistent EC2
-    // does not describe the new fleet yet. Before, the release took it for gone.
+    // does not know the new fleet yet, to describe or to delete. Before, the release took it
+    // for gone.
     let restarted = aws.restarted().await;
     let nothing = r#"<DescribeFleetsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>lag</requestId><fleetSet/></DescribeFleetsResponse>"#;
     aws.proxy.inject("DescribeFleets", None, usize::MAX, Fault::Reply(nothing.into()));
+    let unknown = format!(
+        r#"<DeleteFleetsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>lag</requestId><successfulFleetDeletionSet/><unsuccessfulFleetDeletionSet><item><error><code>fleetIdDoesNotExist</code><message>The fleet ID '{fleet}' does not exist</message></error><fleetId>{fleet}</fleetId></item></unsuccessfulFleetDeletionSet></DeleteFleetsResponse>"#
+    );
+    aws.proxy.inject("DeleteFleets", None, usize::MAX, Fault::Reply(unknown));
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
     let holdings = || Holdings {
         known: &known,
@@ -531,6 +536,7 @@ async fn a_release_moments_after_a_fleet_was_made_waits_for_ec2_to_show_it() {
         "a fleet not shown moments after its creation is not gone: {released:?}"
     );
     aws.proxy.clear("DescribeFleets");
+    aws.proxy.clear("DeleteFleets");
     // Shown now: deleted, and a later pass does not wait for the fleet it deleted itself.
     let mut released = restarted.release(&owner_of(&mr), holdings()).await.unwrap();
     for _ in 0..3 {
@@ -626,4 +632,42 @@ async fn an_orphaned_instant_fleet_gets_no_marked_launch_template_version() {
     aws.provider.orphan(&owner_of(&mr), holdings).await.unwrap();
     assert!(aws.proxy.calls("CreateLaunchTemplateVersion").is_empty(), "no version for an instant fleet");
     assert!(aws.proxy.calls("ModifyFleet").is_empty());
+}
+
+/// Deleting many requests of one template costs what creating them did, not a listing each:
+/// releases made together share the fleet deletions, the terminations and one look at what
+/// launches from the shared launch template, which is deleted once; a release done again sends
+/// nothing for what it already removed.
+#[tokio::test]
+async fn releasing_many_requests_together_deletes_their_shared_launch_template_once_and_lists_no_launch_templates() {
+    let test =
+        "releasing_many_requests_together_deletes_their_shared_launch_template_once_and_lists_no_launch_templates";
+    let Some(aws) = aws(test).await else { return };
+    const N: usize = 20;
+    let template = fleet_template(&aws, Api::Ec2Fleet, FleetType::Instant, &[("m5.large", 1)]);
+    let mut requests = vec![];
+    for i in 0..N {
+        let (mut mr, sink) = (request(&format!("many-{i}"), 1), MemoryStatus::default());
+        let (status, error) = converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+        assert!(error.is_none() && status.phase == Some(Phase::Fulfilled), "{error:?}");
+        requests.push((mr, sink));
+    }
+    let lt = requests[0].1.current().unwrap().resources.launch_template_id.unwrap();
+    let before = aws.proxy.all_calls();
+    futures::future::join_all(requests.iter().map(|(mr, sink)| release_by(&aws.provider, mr, sink, &[]))).await;
+    let spent = aws.proxy.spent_since(&before);
+    let total: usize = spent.values().sum();
+    eprintln!("releasing {N} requests: {total} calls {spent:?}");
+    assert_eq!(spent.get("DescribeLaunchTemplates"), None, "no listing of launch templates: {spent:?}");
+    assert_eq!(spent.get("DeleteLaunchTemplate"), Some(&1), "the shared launch template deleted once: {spent:?}");
+    assert!(total as f64 <= 1.2 * N as f64, "{total} calls for {N} releases: {spent:?}");
+    assert!(!launch_template_exists(&aws, &lt).await);
+    let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // A release done again (the finalizer's retry) sends nothing for what is gone.
+    let again = aws.proxy.all_calls();
+    release_by(&aws.provider, &requests[0].0, &requests[0].1, &[]).await;
+    for action in ["DeleteFleets", "DeleteLaunchTemplate", "DescribeFleets"] {
+        assert_eq!(aws.proxy.calls(action).len(), again.get(action).copied().unwrap_or(0), "{action} sent again");
+    }
 }

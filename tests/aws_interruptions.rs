@@ -184,13 +184,7 @@ async fn an_empty_queue_costs_one_long_poll_per_wait() {
     aws.provider.observe(&owner, &[]).await.unwrap();
     let before = aws.proxy.all_calls();
     tokio::time::sleep(Duration::from_secs(21)).await;
-    let spent: Vec<(String, usize)> = aws
-        .proxy
-        .all_calls()
-        .into_iter()
-        .map(|(action, n)| (action.clone(), n - before.get(&action).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    let spent = aws.proxy.spent_since(&before);
     let polls = spent.iter().find(|(a, _)| a.ends_with("ReceiveMessage")).map_or(0, |(_, n)| *n);
     assert!((1..=2).contains(&polls), "one long poll per 20 s: {spent:?}");
     assert!(spent.iter().all(|(a, _)| a.ends_with("ReceiveMessage")), "no other call: {spent:?}");

@@ -9,7 +9,7 @@ use orb_operator::api::*;
 use orb_operator::controller::headroom::Headroom;
 use orb_operator::controller::request::{Target, drive_capped};
 use orb_operator::provider::{Holdings, Live, Provider, ProviderError, Released};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use support::aws::{Aws, CLUSTER, aws, aws_sweeping_at_once, aws_with};
 use support::driver::{MemoryStatus, converge, pass, ready, request};
@@ -35,19 +35,6 @@ async fn more_cycles(aws: &Aws, n: u64) {
     })
     .await
     .expect("the poller keeps cycling");
-}
-
-/// Calls made since `before` (an earlier `all_calls`), by action.
-fn spent_since(aws: &Aws, before: &BTreeMap<String, usize>) -> BTreeMap<String, usize> {
-    aws.proxy
-        .all_calls()
-        .into_iter()
-        .map(|(action, n)| {
-            let spent = n - before.get(&action).copied().unwrap_or(0);
-            (action, spent)
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect()
 }
 
 /// Releases every request at once (instances only: RunInstances), as deleting them together does.
@@ -113,7 +100,7 @@ async fn fifty_requests_are_refreshed_with_one_describe_per_cycle() {
         orb_operator::controller::request::drive(mr, &template, target, sink, jiff::Timestamp::now()).await.unwrap();
     }
     more_cycles(&aws, 3).await;
-    let (spent, cycles_after) = (spent_since(&aws, &before), aws.poll_cycles());
+    let (spent, cycles_after) = (aws.proxy.spent_since(&before), aws.poll_cycles());
     let steady_cycles = (cycles_after - cycles_before) as usize;
     assert_eq!(spent.keys().collect::<Vec<_>>(), ["DescribeInstances"], "{spent:?}");
     assert_eq!(spent["DescribeInstances"], steady_cycles, "one describe per cycle: {spent:?}");
@@ -201,7 +188,7 @@ async fn spot_fleets_and_groups_are_described_together_once_per_cycle() {
         orb_operator::controller::request::drive(mr, template, target, sink, jiff::Timestamp::now()).await.unwrap();
     }
     more_cycles(&aws, 3).await;
-    let (spent, cycles_after) = (spent_since(&aws, &before), aws.poll_cycles());
+    let (spent, cycles_after) = (aws.proxy.spent_since(&before), aws.poll_cycles());
     let cycles = (cycles_after - cycles_before) as usize;
     assert_eq!(
         spent.keys().collect::<Vec<_>>(),

@@ -15,7 +15,7 @@ use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -416,8 +416,14 @@ pub async fn run(
     let cfg = controller::Config::default().concurrency(16);
 
     let template_ctrl = Controller::new(templates.clone(), watcher::Config::default()).with_config(cfg.clone());
-    let request_ctrl = Controller::new(requests.clone(), watcher::Config::default()).with_config(cfg);
-    let request_store = request_ctrl.store();
+    // The request cache keeps no managedFields: the operator never reads them, and with 10,000
+    // machines they are a good part of what it would hold.
+    let (request_store, request_writer) = kube::runtime::reflector::store();
+    let request_stream = watcher::watcher(requests.clone(), watcher::Config::default())
+        .modify(|r: &mut DeserializeGuard<MachineRequest>| r.managed_fields_mut().clear())
+        .reflect(request_writer)
+        .applied_objects();
+    let request_ctrl = Controller::for_stream(request_stream, request_store.clone()).with_config(cfg);
     let template_store = template_ctrl.store();
 
     let changes = registry.changes();

@@ -33,22 +33,32 @@ pub trait StatusSink: Send + Sync {
     /// The status to plan from: `cached` (the controller's cache) unless it is older than the
     /// last status this process wrote, in which case the API server's current one.
     async fn latest(&self, cached: Option<&MachineRequestStatus>) -> Result<MachineRequestStatus, Error>;
-    /// The last status this process wrote, if any.
-    fn written(&self) -> Option<MachineRequestStatus>;
 }
 
-/// The last status this process wrote for each request (by uid).
+/// A digest of a status: what `StatusMemory` keeps of each write (a copy of every request's
+/// status would double what the request cache holds).
+type Digest = [u8; 16];
+
+fn digest(status: &MachineRequestStatus) -> Digest {
+    use sha2::Digest as _;
+    let json = serde_json::to_vec(status).unwrap_or_default();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&sha2::Sha256::digest(&json)[..16]);
+    out
+}
+
+/// The last status this process wrote for each request (by uid), as a digest.
 #[derive(Default)]
-pub struct StatusMemory(Mutex<HashMap<String, MachineRequestStatus>>);
+pub struct StatusMemory(Mutex<HashMap<String, Digest>>);
 
 impl StatusMemory {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, MachineRequestStatus>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Digest>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Remembers `status` as the latest written for `uid`.
-    pub fn record(&self, uid: &str, status: MachineRequestStatus) {
-        self.map().insert(uid.to_string(), status);
+    pub fn record(&self, uid: &str, status: &MachineRequestStatus) {
+        self.map().insert(uid.to_string(), digest(status));
     }
 
     /// Forgets a request that is gone.
@@ -69,13 +79,13 @@ impl StatusMemory {
         Fut: std::future::Future<Output = Result<Option<MachineRequestStatus>, Error>>,
     {
         let cached = cached.cloned().unwrap_or_default();
-        let lagging = self.map().get(uid).is_some_and(|written| *written != cached);
-        if !lagging {
+        let written = self.map().get(uid).copied();
+        if written.is_none_or(|written| written == digest(&cached)) {
             return Ok(cached);
         }
         let fresh = fetch().await?.unwrap_or_default();
         tracing::debug!(uid, "cache behind the last status write; planning from the API server's copy");
-        self.record(uid, fresh.clone());
+        self.record(uid, &fresh);
         Ok(fresh)
     }
 }
@@ -98,16 +108,31 @@ impl StatusSink for KubeStatus<'_> {
         });
         let written =
             self.api.patch_status(&self.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
-        self.memory.record(&self.uid, written.status.unwrap_or_default());
+        self.memory.record(&self.uid, &written.status.unwrap_or_default());
         Ok(())
     }
 
     async fn latest(&self, cached: Option<&MachineRequestStatus>) -> Result<MachineRequestStatus, Error> {
         self.memory.latest(&self.uid, cached, || async { Ok(self.api.get_status(&self.name).await?.status) }).await
     }
+}
 
-    fn written(&self) -> Option<MachineRequestStatus> {
-        self.memory.map().get(&self.uid).cloned()
+/// A sink that also keeps the last status written through it, for the length of one pass.
+struct Recording<'a> {
+    inner: &'a dyn StatusSink,
+    last: Mutex<Option<MachineRequestStatus>>,
+}
+
+#[async_trait::async_trait]
+impl StatusSink for Recording<'_> {
+    async fn write(&self, status: &MachineRequestStatus) -> Result<(), Error> {
+        self.inner.write(status).await?;
+        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status.clone());
+        Ok(())
+    }
+
+    async fn latest(&self, cached: Option<&MachineRequestStatus>) -> Result<MachineRequestStatus, Error> {
+        self.inner.latest(cached).await
     }
 }
 
@@ -307,11 +332,13 @@ pub async fn drive_capped(
     let key = headroom::template_key(&owner.namespace, &owner.template);
     let _turn = headroom.turn(&key).await;
     let target = Target { machines_elsewhere: headroom.elsewhere(&key, &owner.uid, &cached()), ..target };
-    let result = drive(mr, template, target, sink, now).await;
+    let recording = Recording { inner: sink, last: Mutex::default() };
+    let result = drive(mr, template, target, &recording, now).await;
     let left = match &result {
         Ok((status, _)) => Some(status.clone()),
-        // A failed launch may still have launched: what was written counts.
-        Err(_) => sink.written(),
+        // A failed launch may still have launched: what was written counts (else what the
+        // pass started from).
+        Err(_) => recording.last.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).or(mr.status.clone()),
     };
     if let Some(status) = left {
         headroom.hold(&key, &owner.uid, planner::machines_held(&status, &template.spec));

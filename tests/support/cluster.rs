@@ -86,6 +86,19 @@ impl Drop for TestNamespace {
     }
 }
 
+/// The operator binary the end-to-end tests run: the release build, as users run it, when
+/// `ORB_E2E_OPERATOR` names it (`tests/e2e/with-apiserver` builds it and sets it), else the
+/// test build.
+pub fn operator_binary() -> String {
+    match std::env::var("ORB_E2E_OPERATOR") {
+        Ok(path) => {
+            assert!(std::path::Path::new(&path).is_file(), "ORB_E2E_OPERATOR={path}: no such binary");
+            path
+        }
+        Err(_) => env!("CARGO_BIN_EXE_orb-operator").to_string(),
+    }
+}
+
 /// The operator binary, watching one namespace (its lease there too); killed when dropped.
 pub struct Operator {
     child: Child,
@@ -102,7 +115,7 @@ impl Operator {
     pub fn start_with(kubeconfig: &str, namespace: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
         // Several operators may run at once (one per test): each listens on a port of its own.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orb-operator"));
+        let mut cmd = Command::new(operator_binary());
         cmd.args(["run", "--namespace", namespace, "--lease-namespace", namespace])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(args)

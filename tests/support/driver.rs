@@ -64,7 +64,7 @@ impl StatusSink for MemoryStatus {
         }
         let before = self.current.lock().unwrap().replace(status.clone());
         *self.before_last.lock().unwrap() = before;
-        self.memory.record("request", status.clone());
+        self.memory.record("request", status);
         Ok(())
     }
 
@@ -75,10 +75,6 @@ impl StatusSink for MemoryStatus {
                 Ok(self.current())
             })
             .await
-    }
-
-    fn written(&self) -> Option<MachineRequestStatus> {
-        self.current()
     }
 }
 

@@ -157,6 +157,21 @@ impl FaultProxy {
         by_action
     }
 
+    /// Calls made since `before` (an earlier `all_calls`), by action; none left out.
+    pub fn spent_since(
+        &self,
+        before: &std::collections::BTreeMap<String, usize>,
+    ) -> std::collections::BTreeMap<String, usize> {
+        self.all_calls()
+            .into_iter()
+            .map(|(action, n)| {
+                let spent = n - before.get(&action).copied().unwrap_or(0);
+                (action, spent)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     /// Bodies of the calls of `action` seen so far (faulted ones included).
     pub fn calls(&self, action: &str) -> Vec<String> {
         self.state.lock().unwrap().calls.iter().filter(|(a, _)| a == action).map(|(_, b)| b.clone()).collect()

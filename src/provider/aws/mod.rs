@@ -86,6 +86,11 @@ impl AwsProvider {
             spot_cancellations: gather::Gathered::new(|ops, ids| {
                 Box::pin(async move { spot_fleet::cancel_now(&ops, &ids).await })
             }),
+            template_deletions: gather::Gathered::new(|ops, ids| {
+                Box::pin(async move { sweep::delete_unless_in_use(&ops, &ids).await })
+            }),
+            deleted_templates: Default::default(),
+            removed_fleets: Default::default(),
             seen_fleets: Default::default(),
             catalogue: Default::default(),
         };
@@ -145,25 +150,21 @@ impl AwsProvider {
         self.poller.changes()
     }
 
-    /// Deletes the operator-made launch templates of `owner`'s template that nothing launches
-    /// from: no other request by the cache or by this process's recent launches, and no active
-    /// fleet, spot fleet request or group by AWS's own listings (an orphaned group or fleet keeps
-    /// its launch template; so does a fleet whose request's status has not reached the cache).
-    /// The listings are made only when there is a launch template to delete.
-    async fn delete_unused_launch_templates(&self, owner: &Owner, in_use: &[String]) -> Result<(), ProviderError> {
-        let candidates = self.ops.unused_launch_templates(owner, in_use).await?;
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        let referenced = sweep::launch_templates_in_use(&self.ops).await?;
-        for (id, name) in candidates {
-            if referenced.contains(&id) || name.is_some_and(|n| referenced.contains(&n)) {
-                tracing::info!(launch_template = %id, "kept: an active fleet or group launches from it");
-                continue;
-            }
-            self.ops.delete_launch_template(&id).await?;
-        }
-        Ok(())
+    /// Deletes the operator-made launch templates `recorded` (by the released request) that
+    /// nothing launches from: no other request by the cache or by this process's recent
+    /// launches, and no active fleet, spot fleet request or group by AWS's own listings (an
+    /// orphaned group or fleet keeps its launch template; so does a fleet whose request's status
+    /// has not reached the cache). Requests released together share one look at the listings
+    /// and one deletion (`Ops::template_deletions`); a launch template of an older template
+    /// generation no request records is the leak sweep's.
+    async fn delete_unused_launch_templates(
+        &self,
+        owner: &Owner,
+        in_use: &[String],
+        recorded: &[String],
+    ) -> Result<(), ProviderError> {
+        let candidates = self.ops.unused_launch_templates(owner, in_use, recorded);
+        self.ops.template_deletions.call(&self.ops, &candidates).await
     }
 
     /// Those of `ids` that still exist and are the owner's: tagged with its uid, or carrying no
@@ -380,7 +381,7 @@ impl Provider for AwsProvider {
     }
 
     async fn release(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<Released, ProviderError> {
-        self.ops.forget_launch_template_uses(&owner.uid);
+        let mut launch_templates = self.ops.forget_launch_template_uses(&owner.uid);
         let outcome_unknown = holdings.outcome_unknown();
         let recent = holdings.launched_within(VISIBILITY_WINDOW, jiff::Timestamp::now());
         let Holdings { known, resources, launch_templates_in_use, .. } = holdings;
@@ -391,8 +392,9 @@ impl Provider for AwsProvider {
             everything.absorb(found);
             known.extend(machines);
         }
-        // What the lost create made launched from the operator's launch template, if any.
-        let made_launch_template = resources.launch_template_id.is_some() || outcome_unknown;
+        // The operator's launch templates the request launched from: recorded, found with what a
+        // lost create made, or used by this process lately.
+        launch_templates.extend(resources.launch_template_id.iter().chain(&everything.launch_template_id).cloned());
         // Fleets first, or a maintain fleet would replace what is terminated below.
         ec2_fleet::delete(&self.ops, &everything.fleet_ids).await?;
         spot_fleet::cancel(&self.ops, &everything.spot_fleet_request_ids).await?;
@@ -420,9 +422,7 @@ impl Provider for AwsProvider {
                 "waiting for EC2 to show {unseen:?}, made moments ago, before letting the request go"
             )));
         }
-        if made_launch_template {
-            self.delete_unused_launch_templates(owner, launch_templates_in_use).await?;
-        }
+        self.delete_unused_launch_templates(owner, launch_templates_in_use, &launch_templates).await?;
         self.poller.forget(owner);
         Ok(Released::Done)
     }

@@ -41,6 +41,14 @@ pub struct Ops {
     pub terminations: std::sync::Arc<super::gather::Gathered<Ops>>,
     pub fleet_deletions: std::sync::Arc<super::gather::Gathered<Ops>>,
     pub spot_cancellations: std::sync::Arc<super::gather::Gathered<Ops>>,
+    /// Fleets and spot fleet requests this process deleted or cancelled: a release done again
+    /// (waiting for EC2 to show what it made) sends nothing for them.
+    pub removed_fleets: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// Deletions of launch templates releases found unused, gathered too: requests released
+    /// together check AWS's listings once and delete a shared launch template once.
+    pub template_deletions: std::sync::Arc<super::gather::Gathered<Ops>>,
+    /// Launch templates this process deleted: releases recording one skip it.
+    pub deleted_templates: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     /// Fleets and spot fleet requests this process has seen described: one EC2 no longer
     /// lists was there (deleted, cancelled), while one never seen may just not show yet.
     pub seen_fleets: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
@@ -224,6 +232,20 @@ where
 }
 
 impl Ops {
+    /// Records fleets or spot fleet requests deleted or cancelled (see `removed_fleets`): EC2
+    /// knew them, so they count as seen too.
+    pub fn removed(&self, ids: &[String]) {
+        self.saw_fleets(ids.iter().map(String::as_str));
+        let mut removed = self.removed_fleets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        removed.extend(ids.iter().cloned());
+    }
+
+    /// Of `ids`, those this process has not deleted or cancelled.
+    pub fn not_removed(&self, ids: &[String]) -> Vec<String> {
+        let removed = self.removed_fleets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.iter().filter(|id| !removed.contains(*id)).cloned().collect()
+    }
+
     /// Records fleets or spot fleet requests a describe showed.
     pub fn saw_fleets<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         let mut seen = self.seen_fleets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

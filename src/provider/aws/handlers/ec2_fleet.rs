@@ -572,7 +572,8 @@ async fn describe(ops: &Ops, fleet_ids: &[String]) -> Result<Vec<aws_sdk_ec2::ty
 /// `Ops::not_shown_yet`). Instant fleets this process made are left out: their answer named
 /// their machines, which are what counts. No call without ids.
 pub async fn not_shown_yet(ops: &Ops, ids: &[String]) -> Result<Vec<String>, ProviderError> {
-    let ids: Vec<String> = ids.iter().filter(|id| !ops.is_instant(id)).cloned().collect();
+    // Only those never seen described need a look.
+    let ids: Vec<String> = ops.not_shown_yet(ids, &[]).into_iter().filter(|id| !ops.is_instant(id)).collect();
     if ids.is_empty() {
         return Ok(vec![]);
     }
@@ -671,26 +672,29 @@ pub async fn history_errors(ops: &Ops, id: &str) -> Result<Vec<LaunchFailure>, P
         .collect())
 }
 
-/// Deletes the request's fleets that are still active, terminating their instances.
+/// Deletes the request's fleets, terminating their instances, with other requests' deletions
+/// made at the same moment; no describe first. When that fails (one of them gone already, or
+/// not shown by EC2 yet; another request's failing the shared call), those EC2 describes as
+/// still active are deleted on their own. A fleet EC2 does not describe is left to the
+/// release's "not shown yet" wait.
 pub async fn delete(ops: &Ops, fleet_ids: &[String]) -> Result<(), ProviderError> {
-    if fleet_ids.is_empty() {
+    let ids = ops.not_removed(fleet_ids);
+    if ids.is_empty() {
         return Ok(());
     }
-    let active = || async {
-        let fleets = describe(ops, fleet_ids).await?;
-        let ids = fleets.iter().filter(|f| f.fleet_state().is_some_and(is_active)).filter_map(|f| f.fleet_id());
-        Ok::<Vec<String>, ProviderError>(ids.map(str::to_string).collect())
-    };
-    // With other requests' deletions made at the same moment. A failure may be another
-    // request's fleet (the shared call deleted ours, and sending ours again then fails): only
-    // ours still active make it this request's failure.
-    match ops.fleet_deletions.call(ops, &active().await?).await {
-        Err(error) if active().await?.is_empty() => {
-            tracing::debug!(%error, "the fleets were deleted despite the error");
-            Ok(())
-        }
-        result => result,
+    if ops.fleet_deletions.call(ops, &ids).await.is_ok() {
+        ops.removed(&ids);
+        return Ok(());
     }
+    let described = describe(ops, &ids).await?;
+    let active: Vec<String> = described
+        .iter()
+        .filter(|f| f.fleet_state().is_some_and(is_active))
+        .filter_map(|f| f.fleet_id().map(str::to_string))
+        .collect();
+    delete_now(ops, &active).await?;
+    ops.removed(&described.iter().filter_map(|f| f.fleet_id().map(str::to_string)).collect::<Vec<_>>());
+    Ok(())
 }
 
 /// Deletes fleets now, with their instances, in calls of up to `DELETE_BATCH`.

@@ -16,7 +16,7 @@ use crate::provider::aws::calls::errors::classify;
 use crate::provider::aws::calls::ops::{self, Ops};
 use crate::provider::{Owner, ProviderError, tags};
 use aws_sdk_ec2::types::{
-    Filter, LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
+    LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
     LaunchTemplateIamInstanceProfileSpecificationRequest, LaunchTemplateTagSpecificationRequest,
     RequestLaunchTemplateData, ResourceType, Tag, TagSpecification, VolumeType,
 };
@@ -198,10 +198,12 @@ impl Ops {
     }
 
     /// Forgets the launches of request `uid`: it is being released (or orphaned) and keeps no
-    /// launch template of its own any more.
-    pub fn forget_launch_template_uses(&self, uid: &str) {
+    /// launch template of its own any more. Returns the launch templates it launched from lately.
+    pub fn forget_launch_template_uses(&self, uid: &str) -> Vec<String> {
         let mut uses = self.launch_template_uses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let used = uses.keys().filter(|(_, user)| user == uid).map(|(lt, _)| lt.clone()).collect();
         uses.retain(|(_, user), _| user != uid);
+        used
     }
 
     /// Whether a request other than `uid` launched from launch template `id` within
@@ -335,42 +337,33 @@ impl Ops {
         self.managed_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|_, v| v != id);
     }
 
-    /// The operator-made launch templates of `owner`'s template that no other request uses by
-    /// what this process knows: not recorded by another request in the cache (`in_use`), not
-    /// launched from by another request lately. Every generation, so that an edit of the template
-    /// leaves nothing behind once its last request is gone. Their (id, name).
-    pub async fn unused_launch_templates(
-        &self,
-        owner: &Owner,
-        in_use: &[String],
-    ) -> Result<Vec<(String, Option<String>)>, ProviderError> {
-        let filters = [
-            (tags::CLUSTER, self.cluster_id.clone()),
-            (tags::TEMPLATE, ops::fit_tag_value(&owner.template)),
-            (NAMESPACE_TAG, ops::fit_tag_value(&owner.namespace)),
-        ]
-        .into_iter()
-        .map(|(key, value)| Filter::builder().name(format!("tag:{key}")).values(value).build())
-        .collect();
-        let mut pages = self.ec2.describe_launch_templates().set_filters(Some(filters)).into_paginator().send();
-        let mut found = vec![];
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("DescribeLaunchTemplates", e))?;
-            for lt in page.launch_templates() {
-                if let Some(id) = lt.launch_template_id() {
-                    found.push((id.to_string(), lt.launch_template_name().map(str::to_string)));
-                }
-            }
-        }
-        found.retain(|(id, _)| !in_use.contains(id) && !self.used_lately_by_another(id, &owner.uid));
-        Ok(found)
+    /// Of `candidates` (operator-made launch templates a released request recorded), those no
+    /// other request uses by what this process knows: not recorded by another request in the
+    /// cache (`in_use`), not launched from by another request lately, not deleted already. No
+    /// call: a release lists no launch templates.
+    pub fn unused_launch_templates(&self, owner: &Owner, in_use: &[String], candidates: &[String]) -> Vec<String> {
+        let deleted = self.deleted_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut unused: Vec<String> = candidates
+            .iter()
+            .filter(|id| !in_use.contains(id) && !deleted.contains(*id) && !self.used_lately_by_another(id, &owner.uid))
+            .cloned()
+            .collect();
+        unused.sort();
+        unused.dedup();
+        unused
+    }
+
+    /// The name of operator-made launch template `id`, if this process knows it.
+    pub fn launch_template_name(&self, id: &str) -> Option<String> {
+        let managed = self.managed_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        managed.iter().find(|(_, v)| v.as_str() == id).map(|(name, _)| name.clone())
     }
 
     /// Deletes launch template `id` (one already gone is fine) and forgets it: nothing may
     /// launch from it any more (a new one is made).
     pub async fn delete_launch_template(&self, id: &str) -> Result<(), ProviderError> {
         self.forget_launch_template(id);
-        match self.ec2.delete_launch_template().launch_template_id(id).send().await {
+        let deleted = match self.ec2.delete_launch_template().launch_template_id(id).send().await {
             Ok(_) => {
                 tracing::info!(launch_template = %id, "deleted the operator's launch template");
                 Ok(())
@@ -379,7 +372,12 @@ impl Ops {
                 e if matches!(e, ProviderError::NotFound { .. }) || e.code().contains("NotFound") => Ok(()),
                 e => Err(e),
             },
+        };
+        if deleted.is_ok() {
+            // Later releases of requests that recorded it skip it.
+            self.deleted_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.to_string());
         }
+        deleted
     }
 }
 

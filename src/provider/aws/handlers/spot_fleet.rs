@@ -283,11 +283,13 @@ async fn describe(ops: &Ops, ids: &[String]) -> Result<Vec<SpotFleetRequestConfi
 /// Of the recorded `ids`, those EC2 does not show and this process never saw (see
 /// `Ops::not_shown_yet`). No call without ids.
 pub async fn not_shown_yet(ops: &Ops, ids: &[String]) -> Result<Vec<String>, ProviderError> {
+    // Only those never seen described need a look.
+    let ids = ops.not_shown_yet(ids, &[]);
     if ids.is_empty() {
         return Ok(vec![]);
     }
-    let listed = describe(ops, ids).await?;
-    Ok(ops.not_shown_yet(ids, &listed.iter().filter_map(|c| c.spot_fleet_request_id()).collect::<Vec<_>>()))
+    let listed = describe(ops, &ids).await?;
+    Ok(ops.not_shown_yet(&ids, &listed.iter().filter_map(|c| c.spot_fleet_request_id()).collect::<Vec<_>>()))
 }
 
 async fn describe_once(ops: &Ops, ids: Vec<String>) -> Result<Vec<SpotFleetRequestConfig>, ProviderError> {
@@ -450,16 +452,20 @@ pub async fn errors(ops: &Ops, id: &str) -> Result<Vec<LaunchFailure>, ProviderE
 /// Cancels the request's active spot fleet requests, terminating their instances (a request
 /// still provisioning included).
 pub async fn cancel(ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
-    let live = active(ops, ids, Wanted::Any).await?;
-    // With other requests' cancellations made at the same moment. A failure may be another
-    // request's (see `ec2_fleet::delete`): only ours still active make it this one's.
-    match ops.spot_cancellations.call(ops, &live).await {
-        Err(error) if active(ops, ids, Wanted::Any).await?.is_empty() => {
-            tracing::debug!(%error, "the spot fleet requests were cancelled despite the error");
-            Ok(())
-        }
-        result => result,
+    let ids = ops.not_removed(ids);
+    if ids.is_empty() {
+        return Ok(());
     }
+    // With other requests' cancellations made at the same moment, no describe first; when that
+    // fails, those EC2 describes as still active on their own (see `ec2_fleet::delete`).
+    if ops.spot_cancellations.call(ops, &ids).await.is_ok() {
+        ops.removed(&ids);
+        return Ok(());
+    }
+    let described = describe(ops, &ids).await?;
+    cancel_now(ops, &select(&described, Wanted::Any)).await?;
+    ops.removed(&described.iter().filter_map(|c| c.spot_fleet_request_id().map(str::to_string)).collect::<Vec<_>>());
+    Ok(())
 }
 
 /// Cancels spot fleet requests now, with their instances, in calls of up to `CANCEL_BATCH`.

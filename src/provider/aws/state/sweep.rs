@@ -193,6 +193,21 @@ pub async fn launch_templates_in_use(ops: &Ops) -> Result<BTreeSet<String>, Prov
     Ok(in_use)
 }
 
+/// Deletes those of operator-made launch templates `ids` that no active fleet, spot fleet request
+/// or group launches from by AWS's listings (made once for every id given together).
+pub async fn delete_unless_in_use(ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
+    let referenced = launch_templates_in_use(ops).await?;
+    for id in ids {
+        let name = ops.launch_template_name(id);
+        if referenced.contains(id) || name.is_some_and(|n| referenced.contains(&n)) {
+            tracing::info!(launch_template = %id, "kept: an active fleet or group launches from it");
+            continue;
+        }
+        ops.delete_launch_template(id).await?;
+    }
+    Ok(())
+}
+
 /// Adds a launch template reference (its id and name, whichever it names) to `in_use`.
 fn uses(in_use: &mut BTreeSet<String>, id: Option<&str>, name: Option<&str>) {
     in_use.extend([id, name].into_iter().flatten().map(str::to_string));
