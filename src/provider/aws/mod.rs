@@ -392,9 +392,12 @@ impl Provider for AwsProvider {
             everything.absorb(found);
             known.extend(machines);
         }
-        // The operator's launch templates the request launched from: recorded, found with what a
-        // lost create made, or used by this process lately.
-        launch_templates.extend(resources.launch_template_id.iter().chain(&everything.launch_template_id).cloned());
+        // The operator's launch templates the request launched from: recorded (only the
+        // operator's are), used by this process lately, or found with what a lost create made —
+        // that one only when this process made it: it may be the user's own.
+        launch_templates.extend(resources.launch_template_id.iter().cloned());
+        let made_here = |id: &&String| self.ops.launch_template_name(id).is_some();
+        launch_templates.extend(everything.launch_template_id.iter().filter(made_here).cloned());
         // Fleets first, or a maintain fleet would replace what is terminated below.
         ec2_fleet::delete(&self.ops, &everything.fleet_ids).await?;
         spot_fleet::cancel(&self.ops, &everything.spot_fleet_request_ids).await?;
