@@ -11,6 +11,7 @@
 mod support;
 
 use orb_operator::api::*;
+use orb_operator::controller::request::StatusSink;
 use orb_operator::provider::{AnyProvider, Holdings, Provider};
 use support::aws::{Aws, aws};
 use support::driver::{MemoryStatus, converge, edited, quiet_passes, ready, request};
@@ -639,9 +640,8 @@ async fn an_orphaned_instant_fleet_gets_no_marked_launch_template_version() {
 /// launches from the shared launch template, which is deleted once; a release done again sends
 /// nothing for what it already removed.
 #[tokio::test]
-async fn releasing_many_requests_together_deletes_their_shared_launch_template_once_and_lists_no_launch_templates() {
-    let test =
-        "releasing_many_requests_together_deletes_their_shared_launch_template_once_and_lists_no_launch_templates";
+async fn releasing_many_requests_together_deletes_their_shared_launch_template_once_after_one_listing() {
+    let test = "releasing_many_requests_together_deletes_their_shared_launch_template_once_after_one_listing";
     let Some(aws) = aws(test).await else { return };
     const N: usize = 20;
     let template = fleet_template(&aws, Api::Ec2Fleet, FleetType::Instant, &[("m5.large", 1)]);
@@ -658,7 +658,7 @@ async fn releasing_many_requests_together_deletes_their_shared_launch_template_o
     let spent = aws.proxy.spent_since(&before);
     let total: usize = spent.values().sum();
     eprintln!("releasing {N} requests: {total} calls {spent:?}");
-    assert_eq!(spent.get("DescribeLaunchTemplates"), None, "no listing of launch templates: {spent:?}");
+    assert_eq!(spent.get("DescribeLaunchTemplates"), Some(&1), "one listing for all, not one each: {spent:?}");
     assert_eq!(spent.get("DeleteLaunchTemplate"), Some(&1), "the shared launch template deleted once: {spent:?}");
     assert!(total as f64 <= 1.2 * N as f64, "{total} calls for {N} releases: {spent:?}");
     assert!(!launch_template_exists(&aws, &lt).await);
@@ -670,4 +670,30 @@ async fn releasing_many_requests_together_deletes_their_shared_launch_template_o
     for action in ["DeleteFleets", "DeleteLaunchTemplate", "DescribeFleets"] {
         assert_eq!(aws.proxy.calls(action).len(), again.get(action).copied().unwrap_or(0), "{action} sent again");
     }
+}
+
+/// A request that adopted a fleet launching from the user's own launch template (a lost create
+/// found by its tags records the fleet's launch template) never deletes it on release: only this
+/// cluster's launch templates are deleted.
+#[tokio::test]
+async fn a_release_never_deletes_the_users_own_launch_template_even_when_recorded() {
+    let Some(aws) = aws("a_release_never_deletes_the_users_own_launch_template_even_when_recorded").await else {
+        return;
+    };
+    let data = aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id(&aws.image).build();
+    let made = aws.ec2.create_launch_template().launch_template_name("users-own").launch_template_data(data);
+    let users = made.send().await.unwrap().launch_template().unwrap().launch_template_id().unwrap().to_string();
+    let mut template = fleet_template(&aws, Api::Ec2Fleet, FleetType::Instant, &[("m5.large", 1)]);
+    template.spec.image_id = None;
+    template.spec.launch_template = Some(LaunchTemplateRef { id: Some(users.clone()), ..Default::default() });
+    let (mut mr, sink) = (request("users-lt", 1), MemoryStatus::default());
+    let (status, error) = converge(&mut mr, &template, &aws.provider, &sink, 6).await;
+    assert!(error.is_none() && status.phase == Some(Phase::Fulfilled), "{error:?} {status:?}");
+    // As an adoption of what a lost create made records it.
+    let mut adopted = status.clone();
+    adopted.resources.launch_template_id = Some(users.clone());
+    sink.write(&adopted).await.unwrap();
+    release_by(&aws.provider, &mr, &sink, &[]).await;
+    assert!(launch_template_exists(&aws, &users).await, "the user's launch template was deleted");
+    assert!(aws.proxy.calls("DeleteLaunchTemplate").is_empty());
 }

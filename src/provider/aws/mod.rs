@@ -150,8 +150,8 @@ impl AwsProvider {
         self.poller.changes()
     }
 
-    /// Deletes the operator-made launch templates `recorded` (by the released request) that
-    /// nothing launches from: no other request by the cache or by this process's recent
+    /// Deletes the operator-made launch templates among `recorded` (by the released request)
+    /// that nothing launches from: no other request by the cache or by this process's recent
     /// launches, and no active fleet, spot fleet request or group by AWS's own listings (an
     /// orphaned group or fleet keeps its launch template; so does a fleet whose request's status
     /// has not reached the cache). Requests released together share one look at the listings
@@ -392,12 +392,14 @@ impl Provider for AwsProvider {
             everything.absorb(found);
             known.extend(machines);
         }
-        // The operator's launch templates the request launched from: recorded (only the
-        // operator's are), used by this process lately, or found with what a lost create made —
-        // that one only when this process made it: it may be the user's own.
-        launch_templates.extend(resources.launch_template_id.iter().cloned());
-        let made_here = |id: &&String| self.ops.launch_template_name(id).is_some();
-        launch_templates.extend(everything.launch_template_id.iter().filter(made_here).cloned());
+        // The launch templates the request launched from: recorded, found with what a lost
+        // create made, or used by this process lately. Only this cluster's are ever deleted
+        // (`sweep::delete_unless_in_use`): an adopted fleet may launch from the user's own.
+        launch_templates.extend(resources.launch_template_id.iter().chain(&everything.launch_template_id).cloned());
+        if outcome_unknown {
+            // A lost create (a group's, say) may have made one that nothing names: look for it.
+            launch_templates.extend(self.ops.launch_templates_of_template(owner).await?);
+        }
         // Fleets first, or a maintain fleet would replace what is terminated below.
         ec2_fleet::delete(&self.ops, &everything.fleet_ids).await?;
         spot_fleet::cancel(&self.ops, &everything.spot_fleet_request_ids).await?;

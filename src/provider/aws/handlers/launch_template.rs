@@ -353,6 +353,27 @@ impl Ops {
         unused
     }
 
+    /// Every launch template this cluster made for `owner`'s template (all its generations):
+    /// what a create whose answer was lost may have made and recorded nowhere. One listing,
+    /// made only for such a release.
+    pub async fn launch_templates_of_template(&self, owner: &Owner) -> Result<Vec<String>, ProviderError> {
+        let filters = [
+            (tags::CLUSTER, self.cluster_id.clone()),
+            (tags::TEMPLATE, ops::fit_tag_value(&owner.template)),
+            (NAMESPACE_TAG, ops::fit_tag_value(&owner.namespace)),
+        ]
+        .into_iter()
+        .map(|(key, value)| aws_sdk_ec2::types::Filter::builder().name(format!("tag:{key}")).values(value).build())
+        .collect();
+        let mut pages = self.ec2.describe_launch_templates().set_filters(Some(filters)).into_paginator().send();
+        let mut found = vec![];
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("DescribeLaunchTemplates", e))?;
+            found.extend(page.launch_templates().iter().filter_map(|lt| lt.launch_template_id()).map(str::to_string));
+        }
+        Ok(found)
+    }
+
     /// The name of operator-made launch template `id`, if this process knows it.
     pub fn launch_template_name(&self, id: &str) -> Option<String> {
         let managed = self.managed_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -193,9 +193,21 @@ pub async fn launch_templates_in_use(ops: &Ops) -> Result<BTreeSet<String>, Prov
     Ok(in_use)
 }
 
-/// Deletes those of operator-made launch templates `ids` that no active fleet, spot fleet request
-/// or group launches from by AWS's listings (made once for every id given together).
+/// Deletes those of launch templates `ids` that are this cluster's (tagged with its id: a
+/// request may have adopted a fleet launching from the user's own) and that no active fleet, spot
+/// fleet request or group launches from by AWS's listings — each listing made once for every id
+/// given together.
 pub async fn delete_unless_in_use(ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
+    let mut ours = BTreeSet::new();
+    let mut pages = ops.ec2.describe_launch_templates().filters(cluster_filter(ops)).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| classify("DescribeLaunchTemplates", e))?;
+        ours.extend(page.launch_templates().iter().filter_map(|lt| lt.launch_template_id()).map(str::to_string));
+    }
+    let ids: Vec<&String> = ids.iter().filter(|id| ours.contains(*id)).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
     let referenced = launch_templates_in_use(ops).await?;
     for id in ids {
         let name = ops.launch_template_name(id);
