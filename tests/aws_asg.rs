@@ -255,3 +255,29 @@ async fn an_orphaned_group_marks_what_it_launches_later_and_keeps_its_launch_tem
     );
     assert_eq!(aws.live_of(&kept).await.len(), 2);
 }
+
+#[tokio::test]
+async fn a_group_adopted_after_a_lost_create_has_its_launch_template_recorded_and_deleted_at_release() {
+    let test = "a_group_adopted_after_a_lost_create_has_its_launch_template_recorded_and_deleted_at_release";
+    let Some(aws) = aws(test).await else { return };
+    let template = asg_template(&aws, PriceType::OnDemand);
+    let (mut mr, sink) = (request("lost", 2), MemoryStatus::default());
+    // The create and the SDK's two retries all lose their answers: the group exists, the status
+    // records neither it nor its launch template. Its members carry the request's tags, so
+    // the next pass sees the capacity met and closes the attempt without a replay; the group
+    // is then adopted as found.
+    aws.proxy.inject("CreateAutoScalingGroup", None, 3, Fault::Lost);
+    let (status, error) = converge(&mut mr, &template, &aws.provider, &sink, 8).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(status.phase, Some(Phase::Fulfilled), "{:?}", status.conditions);
+    assert_eq!(aws.proxy.calls("CreateAutoScalingGroup").len(), 3, "closed without a replay");
+    assert!(status.resources.asg_name.is_some(), "the group is adopted: {:?}", status.resources);
+    let made = aws.launch_templates().await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(status.resources.launch_template_id.as_ref(), made.first(), "adopted with its launch template");
+
+    release(&aws, &mr, &sink).await;
+    assert!(groups(&autoscaling(&aws).await).await.is_empty());
+    let left = aws.launch_templates().await;
+    assert!(left.is_empty(), "the release deletes the launch template the group launched from: {left:?}");
+}

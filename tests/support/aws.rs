@@ -151,6 +151,13 @@ impl Aws {
         }
     }
 
+    /// Ids of the launch templates tagged with this harness's cluster id, straight from moto.
+    pub async fn launch_templates(&self) -> Vec<String> {
+        let filter = Filter::builder().name("tag:orb.dev/cluster").values(CLUSTER).build();
+        let out = self.ec2.describe_launch_templates().filters(filter).send().await.unwrap();
+        out.launch_templates().iter().filter_map(|lt| lt.launch_template_id().map(str::to_string)).collect()
+    }
+
     pub async fn live_of(&self, mr: &MachineRequest) -> Vec<aws_sdk_ec2::types::Instance> {
         self.instances_of(mr)
             .await

@@ -191,7 +191,16 @@ pub async fn leftovers(moto: &Moto, region: &str, cluster: &str) -> Vec<String> 
     let filter = aws_sdk_ec2::types::Filter::builder().name("tag:orb.dev/cluster").values(cluster).build();
     let templates = ec2.describe_launch_templates().filters(filter).send().await.unwrap();
     for lt in templates.launch_templates() {
-        left.push(format!("launch template {}", lt.launch_template_id().unwrap()));
+        let tags: Vec<String> = lt
+            .tags()
+            .iter()
+            .map(|t| format!("{}={}", t.key().unwrap_or_default(), t.value().unwrap_or_default()))
+            .collect();
+        left.push(format!(
+            "launch template {} {} {tags:?}",
+            lt.launch_template_id().unwrap(),
+            lt.launch_template_name().unwrap_or_default()
+        ));
     }
     left
 }

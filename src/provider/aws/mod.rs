@@ -253,7 +253,12 @@ impl AwsProvider {
         }
         if resources.asg_name.is_none() {
             let name = asg::group_name(&self.ops.cluster_id, owner);
-            found.asg_name = asg::exists(&self.ops, &name).await?.then_some(name);
+            if let Some(group) = asg::describe(&self.ops, &name).await? {
+                // Recorded with it, or the last release would not know to delete it.
+                let lt = asg::launch_templates(&group).find_map(|spec| spec.launch_template_id());
+                found.launch_template_id = found.launch_template_id.or(lt.map(str::to_string));
+                found.asg_name = Some(name);
+            }
         }
         if found != Resources::default() {
             tracing::info!(request = %owner.key(), fleets = ?found.fleet_ids, spot_fleet_requests = ?found.spot_fleet_request_ids, group = ?found.asg_name, "found what a create whose answer was lost made");

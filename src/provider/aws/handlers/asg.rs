@@ -133,7 +133,7 @@ async fn set_desired(ops: &Ops, name: &str, template: &MachineTemplateSpec, desi
 }
 
 /// The group, if it exists.
-async fn describe(ops: &Ops, name: &str) -> Result<Option<AutoScalingGroup>, ProviderError> {
+pub async fn describe(ops: &Ops, name: &str) -> Result<Option<AutoScalingGroup>, ProviderError> {
     let out = ops
         .autoscaling
         .describe_auto_scaling_groups()
@@ -280,9 +280,10 @@ pub async fn return_members(
     Ok(others)
 }
 
-/// Whether the group `name` exists (and is not being deleted).
-pub async fn exists(ops: &Ops, name: &str) -> Result<bool, ProviderError> {
-    Ok(describe(ops, name).await?.is_some())
+/// The launch templates group `g` launches from: its own, or its mixed instances policy's.
+pub fn launch_templates(g: &AutoScalingGroup) -> impl Iterator<Item = &LaunchTemplateSpecification> {
+    let mixed = g.mixed_instances_policy().and_then(|p| p.launch_template());
+    g.launch_template().into_iter().chain(mixed.and_then(|lt| lt.launch_template_specification()))
 }
 
 /// Deletes the request's group with its instances.

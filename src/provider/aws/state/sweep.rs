@@ -284,9 +284,7 @@ async fn groups(ops: &Ops, in_use: &mut BTreeSet<String>) -> Result<Vec<Found>, 
         for g in page.auto_scaling_groups() {
             // A group being deleted is on its way out already.
             if g.status().is_none() {
-                let mixed = g.mixed_instances_policy().and_then(|p| p.launch_template());
-                let specs = [g.launch_template(), mixed.and_then(|lt| lt.launch_template_specification())];
-                for spec in specs.into_iter().flatten() {
+                for spec in asg::launch_templates(g) {
                     uses(in_use, spec.launch_template_id(), spec.launch_template_name());
                 }
                 let tags: Vec<_> = g.tags().iter().map(|t| (t.key(), t.value())).collect();
