@@ -31,6 +31,7 @@ use orb_operator::provider::aws::calls::limits::CallClass;
 use orb_operator::provider::{Holdings, Provider, Released};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use support::aws_scale::Launcher;
 use support::driver::{MemoryStatus, ready, request};
 
 /// How long the steady phase is watched.
@@ -211,6 +212,86 @@ async fn sim_cluster(n: usize, capacity: i32) {
     }
 }
 
+/// The whole operator against moto and a real cluster, for each API and size; then the growth
+/// from each size to the next.
+async fn aws_cluster(launchers: &[Launcher], sizes: &[usize], capacity: i32, lifted: bool) {
+    let Some(path) = support::cluster::kubeconfig("scale aws-cluster") else { return };
+    // EC2's buckets scaled by 5: the limiter out of the way, to see the operator's own growth.
+    let lifted_env = [
+        ("ORB_PROVIDERS__DEFAULT__MUTATE_RATE", "100"),
+        ("ORB_PROVIDERS__DEFAULT__MUTATE_BURST", "500"),
+        ("ORB_PROVIDERS__DEFAULT__DESCRIBE_RATE", "100"),
+        ("ORB_PROVIDERS__DEFAULT__DESCRIBE_BURST", "500"),
+    ];
+    let env: &[(&str, &str)] = if lifted { &lifted_env } else { &[] };
+    let limits = if lifted { "limits lifted: 100/s after 500, both buckets" } else { "default limits" };
+    for &launcher in launchers {
+        let mut runs = vec![];
+        for &n in sizes {
+            let f = support::aws_scale::run(&path, launcher, n, capacity, env).await;
+            println!(
+                "== {} x {n} requests of {capacity}, the operator binary on a real cluster ({limits})",
+                launcher.name()
+            );
+            for (phase, cost) in [("create (until all Fulfilled)", &f.create), ("delete (until all gone)", &f.delete)] {
+                let per = |x: usize| x as f64 / n as f64;
+                println!("  {phase}");
+                println!("    time                     {:>8.2} s", cost.took.as_secs_f64());
+                println!(
+                    "    AWS calls per request    {:>8.2}   (describes {:.2}, mutating {:.2})",
+                    per(cost.total_calls()),
+                    per(cost.describes()),
+                    per(cost.total_calls() - cost.describes())
+                );
+                println!("    request writes per req.  {:>8.2}", per(cost.writes));
+                println!(
+                    "    emulator                 {:>8.2} s busy   ({:.2} s over its calls)",
+                    cost.emulator_busy.as_secs_f64(),
+                    cost.emulator_sum().as_secs_f64()
+                );
+                let mut slowest: Vec<_> = cost.emulator_by_action.iter().collect();
+                slowest.sort_by_key(|(_, t)| std::cmp::Reverse(**t));
+                let slowest: Vec<String> = slowest
+                    .iter()
+                    .take(4)
+                    .map(|(a, t)| {
+                        format!(
+                            "{a} {:.2} s / {} = {:.0} ms",
+                            t.as_secs_f64(),
+                            cost.calls.get(*a).copied().unwrap_or(0),
+                            t.as_secs_f64() * 1e3 / cost.calls.get(*a).copied().unwrap_or(1).max(1) as f64
+                        )
+                    })
+                    .collect();
+                println!("      of which             {}", slowest.join(", "));
+                println!(
+                    "    API server               {:>8.2} s        ({} MachineRequest calls)",
+                    cost.apiserver_sum.as_secs_f64(),
+                    cost.apiserver_calls
+                );
+                println!("    operator CPU             {:>8.2} s", cost.operator_cpu.as_secs_f64());
+                println!("    calls by action: {:?}", cost.calls);
+            }
+            match f.peak_kib {
+                Some(kib) => println!("  operator peak memory       {:>8.1} MiB", kib as f64 / 1024.0),
+                None => println!("  operator peak memory       unknown (no /proc)"),
+            }
+            runs.push(f);
+        }
+        for pair in runs.windows(2) {
+            let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64().max(1e-3);
+            println!(
+                "== {} growth {} -> {} requests: create x{:.1}, delete x{:.1}",
+                launcher.name(),
+                pair[0].requests,
+                pair[1].requests,
+                ratio(pair[0].create.took, pair[1].create.took),
+                ratio(pair[0].delete.took, pair[1].delete.took)
+            );
+        }
+    }
+}
+
 fn main() {
     // `cargo test --all-targets` runs this binary too: measure only under `cargo bench`.
     if !std::env::args().any(|a| a == "--bench") {
@@ -221,6 +302,24 @@ fn main() {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if let Some(which) = arg("--handler").and_then(|h| h.strip_prefix("aws-cluster").map(str::to_string)) {
+        let launchers = match which.as_str() {
+            "" => vec![Launcher::Ec2Fleet, Launcher::RunInstances],
+            ":ec2-fleet" => vec![Launcher::Ec2Fleet],
+            ":run-instances" => vec![Launcher::RunInstances],
+            other => panic!(
+                "unknown aws-cluster API {other}: aws-cluster, aws-cluster:ec2-fleet or aws-cluster:run-instances"
+            ),
+        };
+        let sizes: Vec<usize> = match arg("--requests") {
+            Some(n) => vec![n.parse().expect("--requests N")],
+            None => vec![10, 100, 1000],
+        };
+        let capacity = arg("--capacity").map_or(5, |c| c.parse().expect("--capacity C"));
+        let lifted = arg("--limits").as_deref() != Some("default");
+        runtime.block_on(aws_cluster(&launchers, &sizes, capacity, lifted));
+        return;
+    }
     if arg("--handler").as_deref() == Some("sim-cluster") {
         let n = arg("--requests").map_or(1000, |n| n.parse().expect("--requests N"));
         let capacity = arg("--capacity").map_or(10, |c| c.parse().expect("--capacity C"));

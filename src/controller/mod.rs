@@ -73,6 +73,8 @@ pub struct Context {
     pub validations: template::ValidationCache,
     /// The last status written for each request: a reconcile never plans from an older one.
     pub written: request::StatusMemory,
+    /// Requests this process released lately: not released again.
+    pub released: request::ReleasedMemory,
     /// Turns and held machines of templates with `maxMachines`.
     pub headroom: headroom::Headroom,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -439,6 +441,7 @@ pub async fn run(
         timing: Timing::default(),
         validations: template::ValidationCache::default(),
         written: request::StatusMemory::default(),
+        released: request::ReleasedMemory::default(),
         headroom: headroom::Headroom::default(),
         metrics,
     });

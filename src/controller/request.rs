@@ -47,6 +47,32 @@ fn digest(status: &MachineRequestStatus) -> Digest {
     out
 }
 
+/// Requests (by uid) this process released lately. The watch brings a released request back
+/// once more before its finalizer's removal reaches the cache (its Deleting status write
+/// queued a reconcile): that pass must not release again — everything is gone, and a second
+/// release would list by tags what the first one already tore down.
+#[derive(Default)]
+pub struct ReleasedMemory(Mutex<HashMap<String, std::time::Instant>>);
+
+impl ReleasedMemory {
+    /// How long a release is remembered: far longer than a cache lags.
+    const KEPT: std::time::Duration = std::time::Duration::from_secs(600);
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn record(&self, uid: &str) {
+        let mut map = self.map();
+        map.retain(|_, at| at.elapsed() < Self::KEPT);
+        map.insert(uid.to_string(), std::time::Instant::now());
+    }
+
+    pub fn contains(&self, uid: &str) -> bool {
+        self.map().get(uid).is_some_and(|at| at.elapsed() < Self::KEPT)
+    }
+}
+
 /// The last status this process wrote for each request (by uid), as a digest.
 #[derive(Default)]
 pub struct StatusMemory(Mutex<HashMap<String, Digest>>);
@@ -537,6 +563,10 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
         publish(ctx, mr, type_, reason, note, "Release").await;
         return Ok(Action::await_change());
     }
+    if ctx.released.contains(&owner.uid) {
+        // Released by an earlier pass; the finalizer helper removes the finalizer (again).
+        return Ok(Action::await_change());
+    }
     let status = sink(mr, api, ctx).latest(mr.status.as_ref()).await?;
     // The provider that launched the machines, even if the template now names another.
     let provider_name = status
@@ -587,6 +617,7 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
     };
     match released {
         Released::Done => {
+            ctx.released.record(&owner.uid);
             ctx.written.forget(&owner.uid);
             ctx.headroom.forget(&owner.uid);
             tracing::info!(request = %owner.key(), "released");

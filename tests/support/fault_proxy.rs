@@ -1,5 +1,5 @@
 //! A fault-injecting HTTP proxy between the AWS SDK and moto. It records every call (action
-//! and body) and can answer chosen calls with an AWS error (e.g. `InsufficientInstanceCapacity`,
+//! and body) and how long moto took to answer it, and can answer chosen calls with an AWS error (e.g. `InsufficientInstanceCapacity`,
 //! `RequestLimitExceeded`), an HTTP 500, or a delay before forwarding.
 //!
 //! moto ignores `ClientToken`; with `honour_client_tokens` the proxy does what EC2 does: a
@@ -71,6 +71,8 @@ type TokenEntry = (String, Arc<tokio::sync::OnceCell<(u16, Bytes)>>);
 struct State {
     rules: Vec<Rule>,
     calls: Vec<(String, String)>,
+    /// When each call forwarded to moto was sent and answered: the emulator's share of a run.
+    upstream: Vec<(std::time::Instant, std::time::Instant, String)>,
     idempotent: bool,
     tokens: std::collections::HashMap<String, TokenEntry>,
 }
@@ -172,6 +174,33 @@ impl FaultProxy {
             .collect()
     }
 
+    /// The time moto spent answering the calls forwarded since `since`: summed by action, and
+    /// the span during which at least one was in flight.
+    pub fn upstream_time_since(
+        &self,
+        since: std::time::Instant,
+    ) -> (std::collections::BTreeMap<String, Duration>, Duration) {
+        let state = self.state.lock().unwrap();
+        let mut spans: Vec<_> = state.upstream.iter().filter(|(at, ..)| *at >= since).collect();
+        spans.sort_by_key(|(from, ..)| *from);
+        let mut by_action = std::collections::BTreeMap::<String, Duration>::new();
+        let mut busy = Duration::ZERO;
+        let mut open: Option<(std::time::Instant, std::time::Instant)> = None;
+        for &&(from, to, ref action) in &spans {
+            *by_action.entry(action.clone()).or_default() += to - from;
+            open = match open {
+                Some((a, b)) if from <= b => Some((a, b.max(to))),
+                Some((a, b)) => {
+                    busy += b - a;
+                    Some((from, to))
+                }
+                None => Some((from, to)),
+            };
+        }
+        busy += open.map_or(Duration::ZERO, |(a, b)| b - a);
+        (by_action, busy)
+    }
+
     /// Bodies of the calls of `action` seen so far (faulted ones included).
     pub fn calls(&self, action: &str) -> Vec<String> {
         self.state.lock().unwrap().calls.iter().filter(|(a, _)| a == action).map(|(_, b)| b.clone()).collect()
@@ -253,7 +282,7 @@ async fn pass_on(
         .flatten()
         .map(|token| format!("{action}/{token}"))
         .filter(|_| state.lock().unwrap().idempotent);
-    let Some(token) = token else { return forward(parts, bytes, client, upstream).await };
+    let Some(token) = token else { return forward(parts, bytes, client, upstream, state).await };
     let (first_body, answer) = {
         let mut state = state.lock().unwrap();
         state.tokens.entry(token).or_insert_with(|| (text.clone(), Default::default())).clone()
@@ -267,7 +296,7 @@ async fn pass_on(
     }
     let (status, body) = answer
         .get_or_init(|| async {
-            let response = forward(parts, bytes, client, upstream).await;
+            let response = forward(parts, bytes, client, upstream, state).await;
             let status = response.status().as_u16();
             (status, response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default())
         })
@@ -277,6 +306,28 @@ async fn pass_on(
 }
 
 async fn forward(
+    parts: http::request::Parts,
+    bytes: Bytes,
+    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    upstream: &str,
+    state: &Mutex<State>,
+) -> Response<Full<Bytes>> {
+    let action = action_of(&parts.headers, &String::from_utf8_lossy(&bytes));
+    let sent = std::time::Instant::now();
+    let response = send(parts, bytes, client, upstream).await;
+    state.lock().unwrap().upstream.push((sent, std::time::Instant::now(), action.clone()));
+    if response.status().is_server_error() {
+        // What moto (or the way to it) answered: the SDK shows such an answer as "Unknown".
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        eprintln!("fault proxy: {action} answered {}: {}", parts.status, text.chars().take(600).collect::<String>());
+        return Response::from_parts(parts, Full::new(bytes));
+    }
+    response
+}
+
+async fn send(
     parts: http::request::Parts,
     bytes: Bytes,
     client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,

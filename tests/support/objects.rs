@@ -86,6 +86,7 @@ pub fn context_with(client: Client, cached: MachineTemplate) -> Arc<Context> {
         timing: Timing::default(),
         validations: ValidationCache::default(),
         written: Default::default(),
+        released: Default::default(),
         headroom: Default::default(),
         metrics: Default::default(),
     };
