@@ -14,6 +14,14 @@
 //! Fulfilled, reconciles per second, API writes per request (watch events of the requests) and
 //! the operator process's peak memory (10,000 machines at the defaults).
 //!
+//! `cargo bench --bench scale -- --handler aws-cluster[:ec2-fleet|:run-instances]
+//! [--requests 10,100,1000] [--capacity 5] [--limits default]` needs `ORB_E2E_KUBECONFIG` too
+//! (`tests/e2e/with-apiserver` provides one): the operator binary against that cluster, its
+//! provider pointed at moto through the counting proxy, N requests applied at once per size; it
+//! prints the time to all Fulfilled and to all deleted, AWS calls and request writes per
+//! request, where the time went (emulator, API server, operator CPU), peak memory, and the
+//! growth from each size to the next.
+//!
 //! Printed per run: AWS calls by action, mutating calls per request, DescribeInstances per poll
 //! cycle, time until every request is Fulfilled, AWS calls per minute once steady, time to
 //! release them all, and this process's peak memory (VmHWM).
@@ -265,6 +273,12 @@ async fn aws_cluster(launchers: &[Launcher], sizes: &[usize], capacity: i32, lif
                     .collect();
                 println!("      of which             {}", slowest.join(", "));
                 println!(
+                    "      DescribeInstances    {} instance ids by id ({:.1} per machine), {} tag listings",
+                    cost.ids_described,
+                    cost.ids_described as f64 / (n as f64 * f64::from(capacity)),
+                    cost.listings
+                );
+                println!(
                     "    API server               {:>8.2} s        ({} MachineRequest calls)",
                     cost.apiserver_sum.as_secs_f64(),
                     cost.apiserver_calls
@@ -312,7 +326,7 @@ fn main() {
             ),
         };
         let sizes: Vec<usize> = match arg("--requests") {
-            Some(n) => vec![n.parse().expect("--requests N")],
+            Some(list) => list.split(',').map(|n| n.parse().expect("--requests N[,N...]")).collect(),
             None => vec![10, 100, 1000],
         };
         let capacity = arg("--capacity").map_or(5, |c| c.parse().expect("--capacity C"));

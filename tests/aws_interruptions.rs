@@ -181,7 +181,7 @@ async fn an_empty_queue_costs_one_long_poll_per_wait() {
         name: "idle".into(),
         template: "workers".into(),
     };
-    aws.provider.observe(&owner, &[]).await.unwrap();
+    aws.provider.observe(&owner, &[], false).await.unwrap();
     let before = aws.proxy.all_calls();
     tokio::time::sleep(Duration::from_secs(21)).await;
     let spent = aws.proxy.spent_since(&before);

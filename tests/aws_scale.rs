@@ -70,7 +70,7 @@ async fn fifty_requests_are_refreshed_with_one_describe_per_cycle() {
     .await;
     for (status, error) in &converged {
         assert!(error.is_none(), "{error:?}");
-        assert_eq!((status.phase, live(status)), (Some(Phase::Fulfilled), 2));
+        assert_eq!((status.phase, live(status)), (Some(Phase::Fulfilled), 2), "{status:#?}");
     }
     let tokens: BTreeSet<String> = aws
         .proxy
@@ -121,6 +121,105 @@ async fn fifty_requests_are_refreshed_with_one_describe_per_cycle() {
     for (mr, _) in &requests {
         assert!(aws.live_of(mr).await.is_empty(), "nothing of {} left", mr.metadata.name.as_deref().unwrap());
     }
+}
+
+#[tokio::test]
+async fn a_launch_makes_the_poller_describe_its_own_machines_not_every_settled_one() {
+    let test = "a_launch_makes_the_poller_describe_its_own_machines_not_every_settled_one";
+    // No steady refresh of everything within the test: what a cycle describes is what a launch
+    // made it describe.
+    let Some(aws) = aws_with(test, |s| s.steady_poll_interval = "10m".into()).await else { return };
+    let template = one_subnet(&aws, &[("m5.large", 1)]);
+    let (mut settled, settled_sink) = (request("settled", 3), MemoryStatus::default());
+    let (status, error) = converge(&mut settled, &template, &aws.provider, &settled_sink, 6).await;
+    assert_eq!((status.phase, live(&status), error.map(|e| e.to_string())), (Some(Phase::Fulfilled), 3, None));
+    let settled_ids: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
+
+    let before = aws.proxy.calls("DescribeInstances").len();
+    let (mut new, new_sink) = (request("new", 2), MemoryStatus::default());
+    let (status, error) = converge(&mut new, &template, &aws.provider, &new_sink, 6).await;
+    assert_eq!((status.phase, live(&status), error.map(|e| e.to_string())), (Some(Phase::Fulfilled), 2, None));
+    let describes = aws.proxy.calls("DescribeInstances").split_off(before);
+    let new_ids: Vec<&str> = status.machines.iter().map(|m| m.instance_id.as_str()).collect();
+    assert!(
+        describes.iter().any(|b| new_ids.iter().all(|id| b.contains(id))),
+        "the new request's machines were described: {describes:?}"
+    );
+    for body in &describes {
+        assert!(
+            settled_ids.iter().all(|id| !body.contains(id.as_str())),
+            "a settled request's running machines are not described again for another's launch: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_that_never_launched_is_looked_at_and_released_without_a_describe() {
+    let test = "a_request_that_never_launched_is_looked_at_and_released_without_a_describe";
+    let Some(aws) = aws(test).await else { return };
+    let template = one_subnet(&aws, &[("m5.large", 1)]);
+    let (mut mr, sink) = (request("held", 2), MemoryStatus::default());
+    // Held back from launching: its status records no attempt, so nothing of it can exist.
+    let hold = Some(("Held".to_string(), "held back (test)".to_string()));
+    let target = Target { provider_name: "default", provider: &aws.provider, hold, machines_elsewhere: 0 };
+    let (status, _) =
+        orb_operator::controller::request::drive(&mr, &template, target, &sink, jiff::Timestamp::now()).await.unwrap();
+    assert!(status.attempt.is_none() && status.machines.is_empty(), "{status:#?}");
+    mr.status = sink.current();
+    let (resources, known) = (Resources::default(), vec![]);
+    let holdings = Holdings { known: &known, resources: &resources, launch_templates_in_use: &[], last_attempt: None };
+    assert_eq!(aws.provider.release(&owner_of(&mr), holdings).await, Ok(Released::Done));
+    let describes = aws.proxy.calls("DescribeInstances");
+    assert!(describes.is_empty(), "nothing to list for a request that never launched: {describes:?}");
+}
+
+#[tokio::test]
+async fn a_release_whose_launches_all_answered_lists_nothing_by_tags() {
+    let Some(aws) = aws("a_release_whose_launches_all_answered_lists_nothing_by_tags").await else { return };
+    let template = one_subnet(&aws, &[("m5.large", 1)]);
+    let mut requests: Vec<(MachineRequest, MemoryStatus)> =
+        (0..3).map(|i| (request(&format!("r{i}"), 2), MemoryStatus::default())).collect();
+    for (mr, sink) in &mut requests {
+        let (status, error) = converge(mr, &template, &aws.provider, sink, 6).await;
+        assert_eq!((status.phase, live(&status), error.map(|e| e.to_string())), (Some(Phase::Fulfilled), 2, None));
+    }
+    let before = aws.proxy.calls("DescribeInstances").len();
+    let releases = release_all(&aws, &requests).await;
+    assert!(releases.iter().all(|r| *r == Ok(Released::Done)), "{releases:?}");
+    // The poller listed each request when it first saw it and has tracked every launch since:
+    // there is nothing a listing could add.
+    let listings: Vec<String> =
+        aws.proxy.calls("DescribeInstances")[before..].iter().filter(|b| b.contains("Filter.")).cloned().collect();
+    assert!(listings.is_empty(), "no tag listing to release: {listings:?}");
+    let terminated: usize =
+        aws.proxy.calls("TerminateInstances").iter().map(|b| b.matches("InstanceId.").count()).sum();
+    assert_eq!(terminated, 6, "every machine once");
+    for (mr, _) in &requests {
+        assert!(aws.live_of(mr).await.is_empty(), "nothing of {} left", mr.metadata.name.as_deref().unwrap());
+    }
+}
+
+#[tokio::test]
+async fn an_image_is_described_once_however_many_requests_launch_from_it() {
+    let Some(aws) = aws("an_image_is_described_once_however_many_requests_launch_from_it").await else { return };
+    let mut template = one_subnet(&aws, &[("m5.large", 1)]);
+    template.spec.root_volume = Some(RootVolume { size_gi_b: Some(40), ..Default::default() });
+    aws.provider.validate(&template.spec).await.unwrap();
+    let mut requests: Vec<(MachineRequest, MemoryStatus)> =
+        (0..5).map(|i| (request(&format!("r{i}"), 1), MemoryStatus::default())).collect();
+    for (mr, sink) in &mut requests {
+        let (status, error) = converge(mr, &template, &aws.provider, sink, 6).await;
+        assert_eq!((status.phase, live(&status), error.map(|e| e.to_string())), (Some(Phase::Fulfilled), 1, None));
+    }
+    // The root volume goes on the image's root device: the validation's describe told it, and
+    // no launch asks again.
+    assert_eq!(aws.proxy.calls("DescribeImages").len(), 1, "one describe of the image for five launches");
+    let launches = aws.proxy.calls("RunInstances");
+    assert_eq!(launches.len(), 5);
+    assert!(
+        launches.iter().all(|b| b.contains("BlockDeviceMapping.1.DeviceName=%2Fdev%2Fsda1")),
+        "every launch names the image's root device: {launches:?}"
+    );
 }
 
 #[tokio::test]

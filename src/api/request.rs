@@ -283,6 +283,12 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// Holds something that launches machines of its own (a fleet, a spot fleet request, a
+    /// group): removing it terminates them.
+    pub fn launches_on_its_own(&self) -> bool {
+        !self.fleet_ids.is_empty() || !self.spot_fleet_request_ids.is_empty() || self.asg_name.is_some()
+    }
+
     /// Adds `other`'s ids, keeping every list sorted and free of duplicates.
     pub fn absorb(&mut self, other: Resources) {
         fn union(into: &mut Vec<String>, from: Vec<String>) {

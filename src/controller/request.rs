@@ -254,7 +254,8 @@ pub async fn drive(
     // tags were stripped must not be forgotten (and leaked).
     let known: Vec<String> =
         previous.machines.iter().map(|m| m.instance_id.clone()).chain(fleets.members.iter().cloned()).collect();
-    let mut observed = provider.observe(&owner, &known).await?;
+    let launched = previous.attempt.is_some() || !known.is_empty();
+    let mut observed = provider.observe(&owner, &known, launched).await?;
     for m in &mut observed {
         // A fleet member is known by its fleet, not "lost by its tags".
         m.untagged &= !fleets.members.contains(&m.instance_id);

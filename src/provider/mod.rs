@@ -421,10 +421,14 @@ pub trait Provider: Send + Sync {
     /// its fleets name) that still exist and are not another request's — terminated ones
     /// included while the cloud still reports them. `untagged` marks the machines the tag
     /// listing does not find (a tag policy stripped them, or they carry another cluster id).
+    /// `launched` says whether the request ever launched (its status records an attempt, which
+    /// is written before the first create call): one that never did has nothing in the cloud,
+    /// so its first look lists nothing and waits for no refresh.
     fn observe(
         &self,
         owner: &Owner,
         known: &[String],
+        launched: bool,
     ) -> impl Future<Output = Result<Vec<ObservedMachine>, ProviderError>> + Send;
     /// The request's fleets named in `resources`: their members, what they still launch and
     /// their errors. No call when the request has no fleet.
@@ -502,10 +506,15 @@ impl Provider for AnyProvider {
             Self::Aws(p) => p.provision(request).await,
         }
     }
-    async fn observe(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
+    async fn observe(
+        &self,
+        owner: &Owner,
+        known: &[String],
+        launched: bool,
+    ) -> Result<Vec<ObservedMachine>, ProviderError> {
         match self {
-            Self::Sim(p) => p.observe(owner, known).await,
-            Self::Aws(p) => p.observe(owner, known).await,
+            Self::Sim(p) => p.observe(owner, known, launched).await,
+            Self::Aws(p) => p.observe(owner, known, launched).await,
         }
     }
     async fn describe_fleets(&self, owner: &Owner, resources: &Resources) -> Result<FleetView, ProviderError> {

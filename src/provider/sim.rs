@@ -242,7 +242,7 @@ impl Provider for SimProvider {
         Ok(outcome)
     }
 
-    async fn observe(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
+    async fn observe(&self, owner: &Owner, known: &[String], _: bool) -> Result<Vec<ObservedMachine>, ProviderError> {
         let now = Timestamp::now();
         let mut cloud = self.cloud();
         let settings_terminating = self.settings.terminating();

@@ -57,6 +57,9 @@ pub struct Cost {
     pub apiserver_calls: u64,
     /// The operator process's CPU time.
     pub operator_cpu: Duration,
+    /// DescribeInstances: instance ids named by the calls by id, and the calls listing by tags.
+    pub ids_described: usize,
+    pub listings: usize,
 }
 
 impl Cost {
@@ -145,7 +148,11 @@ impl Meter<'_> {
     async fn since(&self, from: &Mark, done: Instant) -> Cost {
         let (emulator_by_action, emulator_busy) = self.proxy.upstream_time_since(from.at);
         let (apiserver_sum, apiserver_calls) = apiserver_time(self.client).await;
+        let before = from.calls.get("DescribeInstances").copied().unwrap_or(0);
+        let describes = self.proxy.calls("DescribeInstances").split_off(before);
         Cost {
+            ids_described: describes.iter().map(|b| b.matches("InstanceId.").count()).sum(),
+            listings: describes.iter().filter(|b| b.contains("Filter.")).count(),
             took: done - from.at,
             calls: self.proxy.spent_since(&from.calls),
             writes: self.writes.load(std::sync::atomic::Ordering::Relaxed) - from.writes,
@@ -171,6 +178,8 @@ pub async fn run(path: &str, launcher: Launcher, n: usize, capacity: i32, env: &
     let test = format!("aws-cluster {}", launcher.name());
     let (moto, region, _ec2, network) = super::moto::e2e_cloud(&test).await;
     let proxy = FaultProxy::start(&moto.endpoint).await;
+    // As EC2 does: an SDK retry of a create moto answered with a 500 makes nothing new.
+    proxy.honour_client_tokens();
     let client = cluster::client(path).await;
     cluster::apply_crds(&client).await;
     let ns = cluster::TestNamespace::create(&client, path, "orb-aws-scale").await;

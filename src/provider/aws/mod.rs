@@ -93,6 +93,7 @@ impl AwsProvider {
             removed_fleets: Default::default(),
             seen_fleets: Default::default(),
             catalogue: Default::default(),
+            root_devices: Default::default(),
         };
         let intervals = poller::Intervals { poll: settings.poll(), steady: settings.steady_poll() };
         let sweep_every = if cluster_id == crate::config::DEFAULT_CLUSTER_ID {
@@ -340,11 +341,16 @@ impl Provider for AwsProvider {
         outcome
     }
 
-    async fn observe(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
+    async fn observe(
+        &self,
+        owner: &Owner,
+        known: &[String],
+        launched: bool,
+    ) -> Result<Vec<ObservedMachine>, ProviderError> {
         if let Some(queue) = &self.queue {
             queue.start();
         }
-        self.poller.observe(owner, known).await
+        self.poller.observe(owner, known, launched).await
     }
 
     async fn describe_fleets(&self, owner: &Owner, resources: &Resources) -> Result<FleetView, ProviderError> {
@@ -388,6 +394,9 @@ impl Provider for AwsProvider {
     async fn release(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<Released, ProviderError> {
         let mut launch_templates = self.ops.forget_launch_template_uses(&owner.uid);
         let outcome_unknown = holdings.outcome_unknown();
+        // Nothing recorded at all: it never launched (an attempt is written before any create).
+        let launched =
+            holdings.last_attempt.is_some() || !holdings.known.is_empty() || holdings.resources.launches_on_its_own();
         let recent = holdings.launched_within(VISIBILITY_WINDOW, jiff::Timestamp::now());
         let Holdings { known, resources, launch_templates_in_use, .. } = holdings;
         let (mut everything, mut known) = (resources.clone(), known.to_vec());
@@ -409,9 +418,21 @@ impl Provider for AwsProvider {
         ec2_fleet::delete(&self.ops, &everything.fleet_ids).await?;
         spot_fleet::cancel(&self.ops, &everything.spot_fleet_request_ids).await?;
         asg::delete(&self.ops, everything.asg_name.as_deref()).await?;
-        // A fresh tag listing (batched with every other request's), plus the ids the status
-        // knows: the listing may not show instances launched moments ago.
-        let listed = self.poller.relist(owner, &known).await?;
+        if everything.launches_on_its_own() {
+            // Their machines are on their way out with them: look again (by id) before
+            // terminating what they leave, not at a view from before the deletion.
+            self.poller.acted(owner);
+        }
+        // What to tear down: the ids the status knows, and after a lost answer a fresh tag
+        // listing (batched with every other request's) for what no record names. Otherwise the
+        // poller already tracks all there is: what its listing found when it first saw the
+        // request, and every machine launched since (their answers came back), so a release
+        // costs no listing.
+        let listed = if outcome_unknown {
+            self.poller.relist(owner, &known).await?
+        } else {
+            self.poller.observe(owner, &known, launched).await?
+        };
         // Moments after a launch, EC2 may not show what it made yet: an id it does not know is
         // "not yet", not "gone" (else the finalizer would go and the machine run on, untracked).
         // (A fleet or spot fleet request counts as not shown yet only if this process never saw

@@ -55,6 +55,9 @@ pub struct Ops {
     /// The region's instance type catalogue and when it was read, for `instanceRequirements`
     /// (held while it is read: templates validated together read it once).
     pub catalogue: std::sync::Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, Catalogue)>>>,
+    /// AMI id -> its root device name, as DescribeImages answered: an AMI never changes, so
+    /// each is described once, not once per launch.
+    pub root_devices: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Option<String>>>>,
 }
 
 /// The instance types of a region as requirements are checked against them.
@@ -373,10 +376,24 @@ impl Ops {
         })
     }
 
-    /// The root device name of an AMI (where `rootVolume` applies).
-    pub async fn root_device(&self, ami: &str) -> Result<Option<String>, ProviderError> {
+    /// Whether AMI `ami` exists (for this account), remembering its root device name: an AMI
+    /// never changes, so a launch after the template's validation describes nothing.
+    pub async fn describe_image(&self, ami: &str) -> Result<bool, ProviderError> {
         let out = self.ec2.describe_images().image_ids(ami).send().await.map_err(|e| classify("DescribeImages", e))?;
-        Ok(out.images().first().and_then(|i| i.root_device_name()).map(str::to_string))
+        let Some(image) = out.images().first() else { return Ok(false) };
+        let device = image.root_device_name().map(str::to_string);
+        self.root_devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(ami.to_string(), device);
+        Ok(true)
+    }
+
+    /// The root device name of an AMI (where `rootVolume` applies), described once per AMI.
+    pub async fn root_device(&self, ami: &str) -> Result<Option<String>, ProviderError> {
+        let known =
+            |ops: &Self| ops.root_devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(ami).cloned();
+        if known(self).is_none() {
+            self.describe_image(ami).await?;
+        }
+        Ok(known(self).flatten())
     }
 }
 

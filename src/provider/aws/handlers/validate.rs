@@ -109,14 +109,8 @@ pub async fn template(ops: &Ops, t: &MachineTemplateSpec) -> Result<Vec<Instance
     crate::api::shape::check(t).map_err(|e| ProviderError::invalid(e.field, "InvalidParameterValue", e.message))?;
     if let Some(image) = &t.image_id {
         let ami = ops.resolve_image(image).await.map_err(|e| at_index(e, "spec.imageId", "", &[]))?;
-        let found = ops
-            .ec2
-            .describe_images()
-            .image_ids(&ami)
-            .send()
-            .await
-            .map_err(|e| at_index(classify("DescribeImages", e), "spec.imageId", "", &[]))?;
-        if found.images().is_empty() {
+        let exists = ops.describe_image(&ami).await.map_err(|e| at_index(e, "spec.imageId", "", &[]))?;
+        if !exists {
             return Err(ProviderError::invalid(
                 "spec.imageId",
                 "InvalidAMIID.NotFound",

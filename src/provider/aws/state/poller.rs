@@ -4,11 +4,14 @@
 //! grows with instances / 1000, not with requests.
 //!
 //! A cycle runs every `poll` while anything is changing state (or was never seen) and every
-//! `steady` otherwise, or at once when a reconcile needs something the view lacks. A request
-//! the process has not seen yet (first reconcile after a start) and a request being released
-//! are also listed by their tags — batched too: one DescribeInstances filtered on up to 200
-//! request uids — so instances its status does not name (a launch whose answer was lost) are
-//! found. The requests' EC2 fleets, spot fleet requests and Auto Scaling groups are refreshed in
+//! `steady` otherwise, or at once when a reconcile needs something the view lacks. It refreshes
+//! the instances that may have changed — changing state, never described, of a request just
+//! acted on, or named by an EC2 state-change notice — and every tracked instance once per
+//! `steady`: a settled machine costs one describe per `steady`, however many cycles other
+//! requests' launches cause. A request the process has not seen yet (first reconcile after a
+//! start), one whose launch lost its answer, and one released after such a launch are also
+//! listed by their tags — batched too: one DescribeInstances filtered on up to 200 request
+//! uids — so instances its status does not name are found. The requests' EC2 fleets, spot fleet requests and Auto Scaling groups are refreshed in
 //! the same cycle, batched by API (`fleet_state`). A change of an instance, or of a fleet's
 //! members, outstanding units or errors, wakes only the request that owns it.
 
@@ -58,6 +61,17 @@ struct Seen {
     notice: Option<crate::api::MachineNotice>,
 }
 
+impl Seen {
+    /// Changing state, or never described by EC2 (only a launch's answer named it).
+    fn unsettled(&self) -> bool {
+        self.launched_at.is_some()
+            || matches!(
+                self.machine.state,
+                InstanceState::Pending | InstanceState::ShuttingDown | InstanceState::Stopping
+            )
+    }
+}
+
 struct Request {
     key: RequestKey,
     ids: BTreeSet<String>,
@@ -85,6 +99,10 @@ struct State {
     started: u64,
     /// The last cycle that finished without error.
     finished: u64,
+    /// When the last refresh of every tracked instance began (it finished without error).
+    refreshed_all: Option<tokio::time::Instant>,
+    /// Instances EC2 said changed state: refreshed in the next cycle.
+    stale: BTreeSet<String>,
 }
 
 impl State {
@@ -93,14 +111,7 @@ impl State {
             || self.requests.values().any(|r| {
                 r.list
                     || r.needs > self.finished
-                    || r.ids.iter().any(|id| {
-                        self.machines.get(id).is_none_or(|s| {
-                            matches!(
-                                s.machine.state,
-                                InstanceState::Pending | InstanceState::ShuttingDown | InstanceState::Stopping
-                            )
-                        })
-                    })
+                    || r.ids.iter().any(|id| self.machines.get(id).is_none_or(Seen::unsettled))
             })
     }
 
@@ -142,11 +153,18 @@ impl State {
         }
     }
 
-    /// Ids to refresh: every tracked instance not known to be terminated.
-    fn refreshable(&self) -> BTreeSet<String> {
+    /// Ids to refresh: every tracked instance not known to be terminated — or, with `all`
+    /// false, only those that may have changed since they were last described: changing state
+    /// or never described, every instance of a request waiting for a fresh look (it was just
+    /// acted on, or asked about instances the view lacks), and those EC2 said changed.
+    fn refreshable(&self, all: bool) -> BTreeSet<String> {
+        let unsettled = |id: &String| self.machines.get(id).is_none_or(Seen::unsettled);
         self.requests
             .values()
-            .flat_map(|r| r.ids.iter())
+            .flat_map(|r| {
+                let whole = all || r.needs > self.finished;
+                r.ids.iter().filter(move |id| whole || unsettled(id) || self.stale.contains(*id))
+            })
             .filter(|id| self.machines.get(*id).is_none_or(|s| s.machine.state != InstanceState::Terminated))
             .cloned()
             .collect()
@@ -216,14 +234,25 @@ impl Poller {
     /// or its fleets name), as of the last cycle. The first question about a request, and one
     /// naming an instance never described, waits for the next cycle (batched with every other
     /// request asking then). Instances tagged for another request are left out; `untagged`
-    /// marks those the tag listing would not find.
-    pub async fn observe(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
+    /// marks those the tag listing would not find. A request that never `launched` has
+    /// nothing to list or wait for: its answer is at once (and empty).
+    pub async fn observe(
+        &self,
+        owner: &Owner,
+        known: &[String],
+        launched: bool,
+    ) -> Result<Vec<ObservedMachine>, ProviderError> {
         self.start();
         let needs = {
             let mut state = self.state();
             let (next, finished) = (state.started + 1, state.finished);
             let unseen = known.iter().any(|id| !state.machines.contains_key(id));
             let request = state.entry(owner);
+            if !launched {
+                // Its status records no attempt, and one is written before any create call.
+                request.list = false;
+                request.needs = 0;
+            }
             request.ids.extend(known.iter().cloned());
             if unseen {
                 request.needs = request.needs.max(next);
@@ -267,7 +296,7 @@ impl Poller {
     /// The owner's machines after a fresh tag listing: what a release must tear down.
     pub async fn relist(&self, owner: &Owner, known: &[String]) -> Result<Vec<ObservedMachine>, ProviderError> {
         self.list_again(owner);
-        self.observe(owner, known).await
+        self.observe(owner, known, true).await
     }
 
     /// Waits until cycle `cycle` has finished.
@@ -420,9 +449,12 @@ impl Notices {
     /// Instance `id` changed state (EC2 said so): a cycle refreshes it now, not at the steady
     /// interval, and wakes its request if it changed.
     pub fn state_changed(&self, id: &str) -> Noted {
-        if Self::owner_of(&self.state(), id).is_none() {
+        let mut state = self.state();
+        if Self::owner_of(&state, id).is_none() {
             return Noted::Unknown;
         }
+        state.stale.insert(id.to_string());
+        drop(state);
         self.0.kick.notify_one();
         Noted::Applied
     }
@@ -488,6 +520,11 @@ async fn cycle(shared: &Shared, ops: &Ops) {
                 uids.push(uid.clone());
             }
         }
+        // Instances that may have changed every `poll`; all of them every `steady`: a running
+        // machine costs a describe a minute, not one per cycle another request's launch causes.
+        let all = state.refreshed_all.is_none_or(|at| now.duration_since(at) >= shared.intervals.steady);
+        let ids = state.refreshable(all);
+        state.stale.clear();
         let held: Vec<Held> = state.requests.values().map(|r| r.held.clone()).collect();
         let fleets = fleet_state::due(&state.fleets, &held, ops);
         let gone: HashSet<String> = state
@@ -496,9 +533,9 @@ async fn cycle(shared: &Shared, ops: &Ops) {
             .filter(|(_, s)| s.machine.state == InstanceState::Terminated)
             .map(|(id, _)| id.clone())
             .collect();
-        (state.started, uids, state.refreshable(), (fleets, held), state.fleets.clone(), gone)
+        (state.started, uids, ids, (fleets, held), state.fleets.clone(), gone, all.then_some(now))
     };
-    let (number, listed_uids, ids, (fleets, held), book, gone) = snapshot;
+    let (number, listed_uids, ids, (fleets, held), book, gone, full) = snapshot;
     tracing::debug!(provider = %shared.provider, cycle = number, listed = listed_uids.len(), refreshed = ids.len(), fleets = fleets.len(), "poll cycle");
     let result = async {
         let fresh = fleet_state::refresh(ops, &fleets, &book, &gone).await?;
@@ -522,6 +559,7 @@ async fn cycle(shared: &Shared, ops: &Ops) {
             changed.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             changed.dedup();
             state.finished = number;
+            state.refreshed_all = full.or(state.refreshed_all);
             let tracked = state.machines.len();
             drop(state);
             shared.metrics.polled(&shared.provider, tracked);
@@ -538,6 +576,7 @@ async fn cycle(shared: &Shared, ops: &Ops) {
                     request.list = true;
                 }
             }
+            state.stale.extend(ids);
             // Whoever waited for this cycle waits for the next one.
             for request in state.requests.values_mut() {
                 request.needs = request.needs.max(number + 1);
