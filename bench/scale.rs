@@ -70,13 +70,7 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn peak_memory_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
+    support::cluster::peak_memory_kib("self").unwrap_or(0) as f64 / 1024.0
 }
 
 /// Drives one request as the controller would until it is Fulfilled; returns the passes made.

@@ -692,6 +692,37 @@ async fn every_sdk_call_waits_on_the_providers_budget() {
 }
 
 #[tokio::test]
+async fn launches_queued_behind_the_budget_for_seconds_are_each_sent_once() {
+    let test = "launches_queued_behind_the_budget_for_seconds_are_each_sent_once";
+    let Some(aws) = aws_with(test, |s| {
+        s.mutate_rate = Some(1);
+        s.mutate_burst = Some(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let template = one_subnet(&aws, &[("m5.large", 1)]);
+    // Twelve launches at once against one mutating token a second: the last ones wait longer
+    // than the SDK's 5 s grace for an upload that makes no progress (its stalled-upload check
+    // is off for that reason; this run does not trip it even with the check on, but the
+    // whole-operator benchmark did, at default limits).
+    let mut requests: Vec<(MachineRequest, MemoryStatus)> =
+        (0..12).map(|i| (request(&format!("q{i:02}"), 1), MemoryStatus::default())).collect();
+    let converged = futures::future::join_all(
+        requests.iter_mut().map(|(mr, sink)| converge(mr, &template, &aws.provider, sink, 6)),
+    )
+    .await;
+    for (status, error) in &converged {
+        assert_eq!(
+            (status.phase, live(status), error.as_ref().map(|e| e.to_string())),
+            (Some(Phase::Fulfilled), 1, None)
+        );
+    }
+    assert_eq!(aws.proxy.calls("RunInstances").len(), 12, "each launch sent once: nothing timed out and was replayed");
+}
+
+#[tokio::test]
 async fn what_a_request_deleted_with_deletion_policy_orphan_leaves_is_never_swept() {
     let Some(aws) =
         aws_sweeping_at_once("what_a_request_deleted_with_deletion_policy_orphan_leaves_is_never_swept").await

@@ -39,13 +39,24 @@ fn sim_named<'a>(ctx: &'a Context, name: &str) -> &'a orb_operator::provider::si
 
 /// Launches `units` machines for the test request straight through provider `name`.
 async fn launch_in(ctx: &Context, name: &str, units: u32) -> Vec<orb_operator::provider::ObservedMachine> {
+    launch_with_token(ctx, name, units, "fixture").await
+}
+
+/// `launch_in` with client token `token` (the simulated cloud answers a repeated token with the
+/// first launch).
+async fn launch_with_token(
+    ctx: &Context,
+    name: &str,
+    units: u32,
+    token: &str,
+) -> Vec<orb_operator::provider::ObservedMachine> {
     let owner = request::owner_of(&request_object(true, false)).unwrap();
     let template = ready_template();
     let launch = orb_operator::provider::ProvisionRequest {
         owner: &owner,
         template: &template.spec,
         mix: orb_operator::provider::MarketMix { on_demand: units, spot: 0 },
-        client_token: "fixture",
+        client_token: token,
         resources: &Default::default(),
         target_units: units,
         replay: false,
@@ -187,6 +198,41 @@ async fn deletion_releases_every_machine_then_removes_the_finalizer() {
     assert_eq!(action, Action::await_change());
     server.await.unwrap();
     assert_eq!(sim(&ctx).live_count(UID), 0, "every machine was released");
+}
+
+#[tokio::test]
+async fn a_released_request_the_watch_brings_back_is_not_released_again() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, NS));
+    launch_in(&ctx, "default", 2).await;
+    let mut mr = request_object(true, true);
+    mr.status = Some(MachineRequestStatus {
+        provider: Some("default".into()),
+        phase: Some(Phase::Fulfilled),
+        ..Default::default()
+    });
+    let echo = mr.clone();
+    let server = tokio::spawn(async move {
+        expect_deleting(&mut handle, &echo).await;
+        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
+        assert_eq!(event["reason"], "Released");
+        respond(send, &event);
+        expect_finalizer_removed(&mut handle, &echo).await;
+        // The same object again, as a watch event queued before the finalizer's removal
+        // delivers it: only the finalizer's removal is sent again — no Deleting write, no
+        // second "Released" Event.
+        expect_finalizer_removed(&mut handle, &echo).await;
+    });
+    let object = Arc::new(DeserializeGuard(Ok(mr)));
+    assert_eq!(request::reconcile(object.clone(), ctx.clone()).await.unwrap(), Action::await_change());
+    assert_eq!(sim(&ctx).live_count(UID), 0);
+    // A machine tagged with the request appears after its release: a second release would
+    // take it (the leak sweep's job, not a release's), so its survival shows none was made.
+    launch_with_token(&ctx, "default", 1, "after-release").await;
+    assert_eq!(sim(&ctx).live_count(UID), 1);
+    assert_eq!(request::reconcile(object, ctx.clone()).await.unwrap(), Action::await_change());
+    server.await.unwrap();
+    assert_eq!(sim(&ctx).live_count(UID), 1, "no second release");
 }
 
 #[tokio::test]

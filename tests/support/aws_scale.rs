@@ -234,18 +234,7 @@ pub async fn run(path: &str, launcher: Launcher, n: usize, capacity: i32, env: &
     let limit = Duration::from_secs(120 + n as u64);
 
     let start = meter.mark().await;
-    futures::stream::iter(0..n)
-        .for_each_concurrent(32, |i| {
-            let (requests, template_name) = (&requests, &template_name);
-            async move {
-                let mut mr: MachineRequest = cluster::example("aws/request.yaml");
-                mr.metadata.name = Some(format!("r{i:05}"));
-                mr.spec.template_ref.name = template_name.clone();
-                mr.spec.capacity = capacity;
-                requests.create(&PostParams::default(), &mr).await.unwrap();
-            }
-        })
-        .await;
+    cluster::create_requests(&requests, "aws/request.yaml", &template_name, n, capacity).await;
     let fulfilled = tokio::time::timeout(limit, seen.wait_for(|m| m.fulfilled.is_some())).await;
     let done = fulfilled.expect("every request Fulfilled in time").unwrap().fulfilled.unwrap();
     let create = meter.since(&start, done).await;
@@ -257,11 +246,7 @@ pub async fn run(path: &str, launcher: Launcher, n: usize, capacity: i32, env: &
     let delete = meter.since(&start, done).await;
     watch.abort();
 
-    let status = std::fs::read_to_string(format!("/proc/{}/status", operator.pid())).unwrap_or_default();
-    let peak_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+    let peak_kib = cluster::peak_memory_kib(&operator.pid().to_string());
     let left = super::moto::leftovers(moto, region, cluster_id).await;
     assert!(left.is_empty(), "left behind after deletion: {left:?}");
     Figures { launcher, requests: n, capacity, create, delete, peak_kib }

@@ -171,3 +171,33 @@ pub fn example<T: serde::de::DeserializeOwned>(path: &str) -> T {
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(path)).unwrap();
     serde_yaml::from_str(&text).unwrap()
 }
+
+/// Creates `n` requests from example `example` (`sim/request.yaml`, say), named `r00000` on,
+/// of `capacity`, for template `template`: 32 at a time, as one `kubectl apply` of many does.
+pub async fn create_requests(
+    requests: &Api<MachineRequest>,
+    example_path: &str,
+    template: &str,
+    n: usize,
+    capacity: i32,
+) {
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .for_each_concurrent(32, |i| async move {
+            let mut mr: MachineRequest = example(example_path);
+            mr.metadata.name = Some(format!("r{i:05}"));
+            mr.spec.template_ref.name = template.to_string();
+            mr.spec.capacity = capacity;
+            requests.create(&PostParams::default(), &mr).await.unwrap();
+        })
+        .await;
+}
+
+/// The peak resident memory (VmHWM) of process `pid` (`self`: this one), in KiB.
+pub fn peak_memory_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

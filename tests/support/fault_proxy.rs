@@ -5,7 +5,11 @@
 //! moto ignores `ClientToken`; with `honour_client_tokens` the proxy does what EC2 does: a
 //! RunInstances, CreateFleet, RequestSpotFleet or CreateLaunchTemplate call repeating a token
 //! gets the first call's answer (nothing new is made), and one repeating a token with other
-//! parameters gets `IdempotentParameterMismatch`.
+//! parameters gets `IdempotentParameterMismatch`. An HTTP 5xx from moto is repeated for
+//! `SERVER_ERROR_KEPT` (the SDK's own retries see it, so the operator meets an unknown
+//! outcome) and then forgotten: the operator's later replay is forwarded, as EC2 would either
+//! answer it with what the first call made (the operator adopts that by its tags before
+//! replaying) or make it now.
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -64,8 +68,12 @@ struct Rule {
     fault: Fault,
 }
 
-/// The first call made with a client token: its body and, once moto answered, the answer.
-type TokenEntry = (String, Arc<tokio::sync::OnceCell<(u16, Bytes)>>);
+/// The first call made with a client token: its body and, once moto answered, the answer and
+/// when it came.
+type TokenEntry = (String, Arc<tokio::sync::OnceCell<(u16, Bytes, std::time::Instant)>>);
+
+/// How long a 5xx answer under a client token is repeated before the token is forgotten.
+const SERVER_ERROR_KEPT: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct State {
@@ -285,6 +293,14 @@ async fn pass_on(
     let Some(token) = token else { return forward(parts, bytes, client, upstream, state).await };
     let (first_body, answer) = {
         let mut state = state.lock().unwrap();
+        let failed_a_while_ago = state
+            .tokens
+            .get(&token)
+            .and_then(|(_, answer)| answer.get())
+            .is_some_and(|(status, _, at)| *status >= 500 && at.elapsed() > SERVER_ERROR_KEPT);
+        if failed_a_while_ago {
+            state.tokens.remove(&token);
+        }
         state.tokens.entry(token).or_insert_with(|| (text.clone(), Default::default())).clone()
     };
     if first_body != text {
@@ -294,11 +310,12 @@ async fn pass_on(
             .body(Full::new(Bytes::from(error_body(&text, "IdempotentParameterMismatch", message))))
             .unwrap();
     }
-    let (status, body) = answer
+    let (status, body, _) = answer
         .get_or_init(|| async {
             let response = forward(parts, bytes, client, upstream, state).await;
             let status = response.status().as_u16();
-            (status, response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default())
+            let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            (status, body, std::time::Instant::now())
         })
         .await
         .clone();

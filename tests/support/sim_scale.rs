@@ -67,18 +67,7 @@ pub async fn run(path: &str, n: usize, capacity: i32) -> Figures {
     }));
 
     let started = Instant::now();
-    futures::stream::iter(0..n)
-        .for_each_concurrent(32, |i| {
-            let (requests, template_name) = (&requests, &template_name);
-            async move {
-                let mut mr: MachineRequest = cluster::example("sim/request.yaml");
-                mr.metadata.name = Some(format!("r{i:05}"));
-                mr.spec.template_ref.name = template_name.clone();
-                mr.spec.capacity = capacity;
-                requests.create(&PostParams::default(), &mr).await.unwrap();
-            }
-        })
-        .await;
+    cluster::create_requests(&requests, "sim/request.yaml", &template_name, n, capacity).await;
     let limit = Duration::from_secs(60 + n as u64);
     // A busy API server may refuse a list now and then (429, 5xx): that is "not yet".
     until("every request Fulfilled", limit, || async {
@@ -105,11 +94,7 @@ pub async fn run(path: &str, n: usize, capacity: i32) -> Figures {
     })
     .await;
     let to_deleted = started.elapsed();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", operator.pid())).unwrap_or_default();
-    let peak_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+    let peak_kib = cluster::peak_memory_kib(&operator.pid().to_string());
     watch.abort();
     Figures {
         requests: n,

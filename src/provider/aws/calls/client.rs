@@ -6,6 +6,7 @@
 
 use crate::config::AwsSettings;
 use aws_config::retry::RetryConfig;
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use std::time::Duration;
@@ -26,7 +27,12 @@ pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
                 .operation_timeout(OPERATION_TIMEOUT)
                 .connect_timeout(Duration::from_secs(5))
                 .build(),
-        );
+        )
+        // The SDK starts timing an upload before the provider's rate limiter lets it go, so a
+        // call queued behind the budget for its 5 s grace would fail as a stalled upload —
+        // for a create, an unknown outcome and a replay. A request body here is a few KiB;
+        // each attempt is bounded once sent (`limits`), and stalled downloads are still caught.
+        .stalled_stream_protection(StalledStreamProtectionConfig::enabled().upload_enabled(false).build());
     if let Some(profile) = &settings.profile {
         loader = loader.profile_name(profile);
     }

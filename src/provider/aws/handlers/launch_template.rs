@@ -353,31 +353,34 @@ impl Ops {
         unused
     }
 
-    /// Every launch template this cluster made for `owner`'s template (all its generations):
-    /// what a create whose answer was lost may have made and recorded nowhere. One listing,
-    /// made only for such a release.
-    pub async fn launch_templates_of_template(&self, owner: &Owner) -> Result<Vec<String>, ProviderError> {
-        let filters = [
-            (tags::CLUSTER, self.cluster_id.clone()),
-            (tags::TEMPLATE, ops::fit_tag_value(&owner.template)),
-            (NAMESPACE_TAG, ops::fit_tag_value(&owner.namespace)),
-        ]
-        .into_iter()
-        .map(|(key, value)| aws_sdk_ec2::types::Filter::builder().name(format!("tag:{key}")).values(value).build())
-        .collect();
+    /// This cluster's launch templates carrying every tag of `with` (all pages).
+    pub async fn cluster_launch_templates(
+        &self,
+        with: &[(&str, String)],
+    ) -> Result<Vec<aws_sdk_ec2::types::LaunchTemplate>, ProviderError> {
+        let filters = [(tags::CLUSTER, self.cluster_id.clone())]
+            .iter()
+            .chain(with)
+            .map(|(key, value)| aws_sdk_ec2::types::Filter::builder().name(format!("tag:{key}")).values(value).build())
+            .collect();
         let mut pages = self.ec2.describe_launch_templates().set_filters(Some(filters)).into_paginator().send();
         let mut found = vec![];
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("DescribeLaunchTemplates", e))?;
-            found.extend(page.launch_templates().iter().filter_map(|lt| lt.launch_template_id()).map(str::to_string));
+            found.extend(page.map_err(|e| classify("DescribeLaunchTemplates", e))?.launch_templates().iter().cloned());
         }
         Ok(found)
     }
 
-    /// The name of operator-made launch template `id`, if this process knows it.
-    pub fn launch_template_name(&self, id: &str) -> Option<String> {
-        let managed = self.managed_templates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        managed.iter().find(|(_, v)| v.as_str() == id).map(|(name, _)| name.clone())
+    /// Every launch template this cluster made for `owner`'s template (all its generations):
+    /// what a create whose answer was lost may have made and recorded nowhere. One listing,
+    /// made only for such a release.
+    pub async fn launch_templates_of_template(&self, owner: &Owner) -> Result<Vec<String>, ProviderError> {
+        let with = [
+            (tags::TEMPLATE, ops::fit_tag_value(&owner.template)),
+            (NAMESPACE_TAG, ops::fit_tag_value(&owner.namespace)),
+        ];
+        let found = self.cluster_launch_templates(&with).await?;
+        Ok(found.iter().filter_map(|lt| lt.launch_template_id()).map(str::to_string).collect())
     }
 
     /// Deletes launch template `id` (one already gone is fine) and forgets it: nothing may

@@ -19,7 +19,7 @@ use crate::provider::aws::calls::ops::{self, Ops};
 use crate::provider::aws::handlers::{asg, ec2_fleet, launch_template, spot_fleet};
 use crate::provider::{Leak, Live, ProviderError, tags};
 use aws_sdk_ec2::types::Filter;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -198,24 +198,23 @@ pub async fn launch_templates_in_use(ops: &Ops) -> Result<BTreeSet<String>, Prov
 /// fleet request or group launches from by AWS's listings — each listing made once for every id
 /// given together.
 pub async fn delete_unless_in_use(ops: &Ops, ids: &[String]) -> Result<(), ProviderError> {
-    let mut ours = BTreeSet::new();
-    let mut pages = ops.ec2.describe_launch_templates().filters(cluster_filter(ops)).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| classify("DescribeLaunchTemplates", e))?;
-        ours.extend(page.launch_templates().iter().filter_map(|lt| lt.launch_template_id()).map(str::to_string));
-    }
-    let ids: Vec<&String> = ids.iter().filter(|id| ours.contains(*id)).collect();
-    if ids.is_empty() {
+    let ours: BTreeMap<String, Option<String>> = ops
+        .cluster_launch_templates(&[])
+        .await?
+        .iter()
+        .filter_map(|lt| Some((lt.launch_template_id()?.to_string(), lt.launch_template_name().map(str::to_string))))
+        .filter(|(id, _)| ids.contains(id))
+        .collect();
+    if ours.is_empty() {
         return Ok(());
     }
     let referenced = launch_templates_in_use(ops).await?;
-    for id in ids {
-        let name = ops.launch_template_name(id);
-        if referenced.contains(id) || name.is_some_and(|n| referenced.contains(&n)) {
+    for (id, name) in ours {
+        if referenced.contains(&id) || name.is_some_and(|n| referenced.contains(&n)) {
             tracing::info!(launch_template = %id, "kept: an active fleet or group launches from it");
             continue;
         }
-        ops.delete_launch_template(id).await?;
+        ops.delete_launch_template(&id).await?;
     }
     Ok(())
 }
@@ -297,22 +296,18 @@ async fn groups(ops: &Ops, in_use: &mut BTreeSet<String>) -> Result<Vec<Found>, 
 
 /// This cluster's operator-made launch templates that nothing in `in_use` launches from.
 async fn launch_templates(ops: &Ops, in_use: &BTreeSet<String>) -> Result<Vec<Found>, ProviderError> {
-    let mut pages = ops.ec2.describe_launch_templates().filters(cluster_filter(ops)).into_paginator().send();
     let mut out = vec![];
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| classify("DescribeLaunchTemplates", e))?;
-        for lt in page.launch_templates() {
-            if [lt.launch_template_id(), lt.launch_template_name()].into_iter().flatten().any(|r| in_use.contains(r)) {
-                continue;
-            }
-            let tags: Vec<_> = lt.tags().iter().map(|t| (t.key(), t.value())).collect();
-            // Shared by a template's requests: no request uid; named after its template.
-            let Some(mut f) = found(ops, "launch-template", lt.launch_template_id(), &tags) else { continue };
-            f.namespace = tag(tags.iter().copied(), launch_template::NAMESPACE_TAG);
-            f.request = tag(tags.iter().copied(), tags::TEMPLATE)
-                .map(|t| format!("template {}/{t}", f.namespace.clone().unwrap_or_default()));
-            out.push(f);
+    for lt in ops.cluster_launch_templates(&[]).await? {
+        if [lt.launch_template_id(), lt.launch_template_name()].into_iter().flatten().any(|r| in_use.contains(r)) {
+            continue;
         }
+        let tags: Vec<_> = lt.tags().iter().map(|t| (t.key(), t.value())).collect();
+        // Shared by a template's requests: no request uid; named after its template.
+        let Some(mut f) = found(ops, "launch-template", lt.launch_template_id(), &tags) else { continue };
+        f.namespace = tag(tags.iter().copied(), launch_template::NAMESPACE_TAG);
+        f.request = tag(tags.iter().copied(), tags::TEMPLATE)
+            .map(|t| format!("template {}/{t}", f.namespace.clone().unwrap_or_default()));
+        out.push(f);
     }
     Ok(out)
 }
