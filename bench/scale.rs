@@ -39,7 +39,7 @@ use orb_operator::provider::aws::calls::limits::CallClass;
 use orb_operator::provider::{Holdings, Provider, Released};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use support::aws_scale::Launcher;
+use support::aws_scale::{Cost, Launcher};
 use support::driver::{MemoryStatus, ready, request};
 
 /// How long the steady phase is watched.
@@ -214,6 +214,56 @@ async fn sim_cluster(n: usize, capacity: i32) {
     }
 }
 
+/// One phase of a whole-operator run, printed as soon as it ends.
+fn print_phase(phase: &str, cost: &Cost, n: usize, capacity: i32) {
+    let per = |x: usize| x as f64 / n as f64;
+    match &cost.unfinished {
+        Some(how_far) => println!("  {phase}: DID NOT END ({how_far}); its costs until then"),
+        None => println!("  {phase}"),
+    }
+    println!("    time                     {:>8.2} s", cost.took.as_secs_f64());
+    println!(
+        "    AWS calls per request    {:>8.2}   (describes {:.2}, mutating {:.2})",
+        per(cost.total_calls()),
+        per(cost.describes()),
+        per(cost.total_calls() - cost.describes())
+    );
+    println!("    request writes per req.  {:>8.2}", per(cost.writes));
+    println!(
+        "    emulator                 {:>8.2} s busy   ({:.2} s over its calls)",
+        cost.emulator_busy.as_secs_f64(),
+        cost.emulator_sum().as_secs_f64()
+    );
+    let mut slowest: Vec<_> = cost.emulator_by_action.iter().collect();
+    slowest.sort_by_key(|(_, t)| std::cmp::Reverse(**t));
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(4)
+        .map(|(a, t)| {
+            format!(
+                "{a} {:.2} s / {} = {:.0} ms",
+                t.as_secs_f64(),
+                cost.calls.get(*a).copied().unwrap_or(0),
+                t.as_secs_f64() * 1e3 / cost.calls.get(*a).copied().unwrap_or(1).max(1) as f64
+            )
+        })
+        .collect();
+    println!("      of which             {}", slowest.join(", "));
+    println!(
+        "      DescribeInstances    {} instance ids by id ({:.1} per machine), {} tag listings",
+        cost.ids_described,
+        cost.ids_described as f64 / (n as f64 * f64::from(capacity)),
+        cost.listings
+    );
+    println!(
+        "    API server               {:>8.2} s        ({} MachineRequest calls)",
+        cost.apiserver_sum.as_secs_f64(),
+        cost.apiserver_calls
+    );
+    println!("    operator CPU             {:>8.2} s", cost.operator_cpu.as_secs_f64());
+    println!("    calls by action: {:?}", cost.calls);
+}
+
 /// The whole operator against moto and a real cluster, for each API and size; then the growth
 /// from each size to the next.
 async fn aws_cluster(launchers: &[Launcher], sizes: &[usize], capacity: i32, lifted: bool) {
@@ -230,56 +280,12 @@ async fn aws_cluster(launchers: &[Launcher], sizes: &[usize], capacity: i32, lif
     for &launcher in launchers {
         let mut runs = vec![];
         for &n in sizes {
-            let f = support::aws_scale::run(&path, launcher, n, capacity, env).await;
             println!(
                 "== {} x {n} requests of {capacity}, the operator binary on a real cluster ({limits})",
                 launcher.name()
             );
-            for (phase, cost) in [("create (until all Fulfilled)", &f.create), ("delete (until all gone)", &f.delete)] {
-                let per = |x: usize| x as f64 / n as f64;
-                println!("  {phase}");
-                println!("    time                     {:>8.2} s", cost.took.as_secs_f64());
-                println!(
-                    "    AWS calls per request    {:>8.2}   (describes {:.2}, mutating {:.2})",
-                    per(cost.total_calls()),
-                    per(cost.describes()),
-                    per(cost.total_calls() - cost.describes())
-                );
-                println!("    request writes per req.  {:>8.2}", per(cost.writes));
-                println!(
-                    "    emulator                 {:>8.2} s busy   ({:.2} s over its calls)",
-                    cost.emulator_busy.as_secs_f64(),
-                    cost.emulator_sum().as_secs_f64()
-                );
-                let mut slowest: Vec<_> = cost.emulator_by_action.iter().collect();
-                slowest.sort_by_key(|(_, t)| std::cmp::Reverse(**t));
-                let slowest: Vec<String> = slowest
-                    .iter()
-                    .take(4)
-                    .map(|(a, t)| {
-                        format!(
-                            "{a} {:.2} s / {} = {:.0} ms",
-                            t.as_secs_f64(),
-                            cost.calls.get(*a).copied().unwrap_or(0),
-                            t.as_secs_f64() * 1e3 / cost.calls.get(*a).copied().unwrap_or(1).max(1) as f64
-                        )
-                    })
-                    .collect();
-                println!("      of which             {}", slowest.join(", "));
-                println!(
-                    "      DescribeInstances    {} instance ids by id ({:.1} per machine), {} tag listings",
-                    cost.ids_described,
-                    cost.ids_described as f64 / (n as f64 * f64::from(capacity)),
-                    cost.listings
-                );
-                println!(
-                    "    API server               {:>8.2} s        ({} MachineRequest calls)",
-                    cost.apiserver_sum.as_secs_f64(),
-                    cost.apiserver_calls
-                );
-                println!("    operator CPU             {:>8.2} s", cost.operator_cpu.as_secs_f64());
-                println!("    calls by action: {:?}", cost.calls);
-            }
+            let report = |phase: &str, cost: &Cost| print_phase(phase, cost, n, capacity);
+            let f = support::aws_scale::run(&path, launcher, n, capacity, env, &report).await;
             match f.peak_kib {
                 Some(kib) => println!("  operator peak memory       {:>8.1} MiB", kib as f64 / 1024.0),
                 None => println!("  operator peak memory       unknown (no /proc)"),
@@ -287,14 +293,17 @@ async fn aws_cluster(launchers: &[Launcher], sizes: &[usize], capacity: i32, lif
             runs.push(f);
         }
         for pair in runs.windows(2) {
-            let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64().max(1e-3);
+            let ratio = |a: &Cost, b: &Cost| match (&a.unfinished, &b.unfinished) {
+                (None, None) => format!("x{:.1}", b.took.as_secs_f64() / a.took.as_secs_f64().max(1e-3)),
+                _ => "unknown (a phase did not end)".to_string(),
+            };
             println!(
-                "== {} growth {} -> {} requests: create x{:.1}, delete x{:.1}",
+                "== {} growth {} -> {} requests: create {}, delete {}",
                 launcher.name(),
                 pair[0].requests,
                 pair[1].requests,
-                ratio(pair[0].create.took, pair[1].create.took),
-                ratio(pair[0].delete.took, pair[1].delete.took)
+                ratio(&pair[0].create, &pair[1].create),
+                ratio(&pair[0].delete, &pair[1].delete)
             );
         }
     }

@@ -56,22 +56,36 @@ fn live(status: &MachineRequestStatus) -> usize {
     status.machines.iter().filter(|m| m.counts_as_live()).count()
 }
 
+/// `n` requests named `{prefix}00` on, of `capacity`, converged together (at most `rounds`
+/// passes each); every one must end Fulfilled with its capacity live and no error.
+async fn fulfil_together(
+    aws: &Aws,
+    template: &MachineTemplate,
+    prefix: &str,
+    n: usize,
+    capacity: i32,
+    rounds: usize,
+) -> Vec<(MachineRequest, MemoryStatus)> {
+    let mut requests: Vec<(MachineRequest, MemoryStatus)> =
+        (0..n).map(|i| (request(&format!("{prefix}{i:02}"), capacity), MemoryStatus::default())).collect();
+    let converged = futures::future::join_all(
+        requests.iter_mut().map(|(mr, sink)| converge(mr, template, &aws.provider, sink, rounds)),
+    )
+    .await;
+    for (status, error) in &converged {
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!((status.phase, live(status)), (Some(Phase::Fulfilled), capacity as usize), "{status:#?}");
+    }
+    requests
+}
+
 #[tokio::test]
 async fn fifty_requests_are_refreshed_with_one_describe_per_cycle() {
     let Some(aws) = aws("fifty_requests_are_refreshed_with_one_describe_per_cycle").await else { return };
     // As EC2 does: an SDK retry of a slow launch (same token) is answered, not launched again.
     aws.proxy.honour_client_tokens();
     let template = one_subnet(&aws, &[("m5.large", 1)]);
-    let mut requests: Vec<(MachineRequest, MemoryStatus)> =
-        (0..50).map(|i| (request(&format!("r{i:02}"), 2), MemoryStatus::default())).collect();
-    let converged = futures::future::join_all(
-        requests.iter_mut().map(|(mr, sink)| converge(mr, &template, &aws.provider, sink, 10)),
-    )
-    .await;
-    for (status, error) in &converged {
-        assert!(error.is_none(), "{error:?}");
-        assert_eq!((status.phase, live(status)), (Some(Phase::Fulfilled), 2), "{status:#?}");
-    }
+    let mut requests = fulfil_together(&aws, &template, "r", 50, 2, 10).await;
     let tokens: BTreeSet<String> = aws
         .proxy
         .calls("RunInstances")
@@ -707,18 +721,7 @@ async fn launches_queued_behind_the_budget_for_seconds_are_each_sent_once() {
     // than the SDK's 5 s grace for an upload that makes no progress (its stalled-upload check
     // is off for that reason; this run does not trip it even with the check on, but the
     // whole-operator benchmark did, at default limits).
-    let mut requests: Vec<(MachineRequest, MemoryStatus)> =
-        (0..12).map(|i| (request(&format!("q{i:02}"), 1), MemoryStatus::default())).collect();
-    let converged = futures::future::join_all(
-        requests.iter_mut().map(|(mr, sink)| converge(mr, &template, &aws.provider, sink, 6)),
-    )
-    .await;
-    for (status, error) in &converged {
-        assert_eq!(
-            (status.phase, live(status), error.as_ref().map(|e| e.to_string())),
-            (Some(Phase::Fulfilled), 1, None)
-        );
-    }
+    fulfil_together(&aws, &template, "q", 12, 1, 6).await;
     assert_eq!(aws.proxy.calls("RunInstances").len(), 12, "each launch sent once: nothing timed out and was replayed");
 }
 

@@ -98,6 +98,16 @@ async fn expect_deleting(handle: &mut ApiHandle, echo: &MachineRequest) {
     respond(send, &event);
 }
 
+/// The next calls release the request: `Deleting` (status, Event), the `Released` Event, then
+/// the finalizer's removal; answered with `echo`.
+async fn expect_released(handle: &mut ApiHandle, echo: &MachineRequest) {
+    expect_deleting(handle, echo).await;
+    let (event, send) = expect(handle, Method::POST, EVENTS_PATH).await;
+    assert_eq!(event["reason"], "Released");
+    respond(send, &event);
+    expect_finalizer_removed(handle, echo).await;
+}
+
 /// The next call removes the finalizer; answered with `echo`.
 async fn expect_finalizer_removed(handle: &mut ApiHandle, echo: &MachineRequest) {
     let (patch, send) = expect(handle, Method::PATCH, MR_PATH).await;
@@ -188,11 +198,7 @@ async fn deletion_releases_every_machine_then_removes_the_finalizer() {
     });
     let echo = mr.clone();
     let server = tokio::spawn(async move {
-        expect_deleting(&mut handle, &echo).await;
-        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
-        assert_eq!(event["reason"], "Released");
-        respond(send, &event);
-        expect_finalizer_removed(&mut handle, &echo).await;
+        expect_released(&mut handle, &echo).await;
     });
     let action = request::reconcile(Arc::new(DeserializeGuard(Ok(mr))), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -213,11 +219,7 @@ async fn a_released_request_the_watch_brings_back_is_not_released_again() {
     });
     let echo = mr.clone();
     let server = tokio::spawn(async move {
-        expect_deleting(&mut handle, &echo).await;
-        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
-        assert_eq!(event["reason"], "Released");
-        respond(send, &event);
-        expect_finalizer_removed(&mut handle, &echo).await;
+        expect_released(&mut handle, &echo).await;
         // The same object again, as a watch event queued before the finalizer's removal
         // delivers it: only the finalizer's removal is sent again — no Deleting write, no
         // second "Released" Event.

@@ -11,9 +11,10 @@
 //! requests' launches cause. A request the process has not seen yet (first reconcile after a
 //! start), one whose launch lost its answer, and one released after such a launch are also
 //! listed by their tags — batched too: one DescribeInstances filtered on up to 200 request
-//! uids — so instances its status does not name are found. The requests' EC2 fleets, spot fleet requests and Auto Scaling groups are refreshed in
-//! the same cycle, batched by API (`fleet_state`). A change of an instance, or of a fleet's
-//! members, outstanding units or errors, wakes only the request that owns it.
+//! uids — so instances its status does not name are found. The requests' EC2 fleets, spot
+//! fleet requests and Auto Scaling groups are refreshed in the same cycle, batched by API
+//! (`fleet_state`). A change of an instance, or of a fleet's members, outstanding units or
+//! errors, wakes only the request that owns it.
 
 use super::fleet_state::{self, Held};
 use crate::provider::aws::calls::ops::{self, Ops};
