@@ -168,6 +168,26 @@ async fn a_launch_makes_the_poller_describe_its_own_machines_not_every_settled_o
 }
 
 #[tokio::test]
+async fn a_describe_that_gets_no_answer_in_time_is_split_so_the_refresh_goes_on() {
+    let test = "a_describe_that_gets_no_answer_in_time_is_split_so_the_refresh_goes_on";
+    let Some(aws) = aws(test).await else { return };
+    let template = one_subnet(&aws, &[("m5.large", 1)]);
+    // Every DescribeInstances naming nine ids or more is answered only after the attempt's 10 s,
+    // as moto answers a thousand ids while thousands of machines keep it busy. Before, the
+    // poller sent the same call every cycle and never saw the machines run.
+    aws.proxy.inject("DescribeInstances", Some("InstanceId.9="), usize::MAX, Fault::Delay(Duration::from_secs(11)));
+    let (mut mr, sink) = (request("twelve", 12), MemoryStatus::default());
+    let converged =
+        tokio::time::timeout(Duration::from_secs(150), converge(&mut mr, &template, &aws.provider, &sink, 6));
+    let (status, error) = converged.await.expect("the refresh goes on in calls of fewer ids");
+    assert_eq!((status.phase, live(&status), error.map(|e| e.to_string())), (Some(Phase::Fulfilled), 12, None));
+    let describes = aws.proxy.calls("DescribeInstances");
+    let first_small = describes.iter().position(|b| b.contains("InstanceId.1=") && !b.contains("InstanceId.9="));
+    let after = &describes[first_small.expect("a call of fewer ids was sent")..];
+    assert!(after.iter().all(|b| !b.contains("InstanceId.7=")), "six ids per call from then on: {after:?}");
+}
+
+#[tokio::test]
 async fn a_request_that_never_launched_is_looked_at_and_released_without_a_describe() {
     let test = "a_request_that_never_launched_is_looked_at_and_released_without_a_describe";
     let Some(aws) = aws(test).await else { return };

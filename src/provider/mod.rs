@@ -387,6 +387,11 @@ impl ProviderError {
         matches!(self, Self::Transient { .. } | Self::Throttled { .. })
     }
 
+    /// The call got no answer within its attempt's time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Transient { code, .. } if code == "Timeout")
+    }
+
     pub fn invalid(field: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid { field: field.into(), code: code.into(), message: message.into() }
     }

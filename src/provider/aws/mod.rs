@@ -94,6 +94,7 @@ impl AwsProvider {
             seen_fleets: Default::default(),
             catalogue: Default::default(),
             root_devices: Default::default(),
+            id_lists: std::sync::Arc::new(calls::id_lists::IdLists::new(ops::PAGE)),
         };
         let intervals = poller::Intervals { poll: settings.poll(), steady: settings.steady_poll() };
         let sweep_every = if cluster_id == crate::config::DEFAULT_CLUSTER_ID {

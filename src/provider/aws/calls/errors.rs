@@ -130,6 +130,11 @@ where
         SdkError::TimeoutError(_) => {
             ProviderError::Transient { code: "Timeout".into(), message: format!("{call}: no answer in time") }
         }
+        // The attempt's own time ran out (`limits`): no answer, which a caller may act on.
+        SdkError::DispatchFailure(d) if d.is_timeout() => ProviderError::Transient {
+            code: "Timeout".into(),
+            message: format!("{call}: no answer in time: {:?}", d.as_connector_error()),
+        },
         SdkError::DispatchFailure(d) => ProviderError::Transient {
             code: "DispatchFailure".into(),
             message: format!("{call}: cannot reach the endpoint: {:?}", d.as_connector_error()),

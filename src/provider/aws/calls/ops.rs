@@ -58,6 +58,8 @@ pub struct Ops {
     /// AMI id -> its root device name, as DescribeImages answered: an AMI never changes, so
     /// each is described once, not once per launch.
     pub root_devices: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Option<String>>>>,
+    /// Ids per DescribeInstances by id: 1000, fewer for a while after one got no answer.
+    pub id_lists: std::sync::Arc<super::id_lists::IdLists>,
 }
 
 /// The instance types of a region as requirements are checked against them.
@@ -323,13 +325,24 @@ impl Ops {
             .collect())
     }
 
-    /// The given instances, in id lists of at most 1000, following NextToken; ids EC2 no longer
-    /// knows are left out.
+    /// The given instances, in id lists of at most 1000 (fewer after a call got no answer in
+    /// time: see `id_lists`), following NextToken; ids EC2 no longer knows are left out.
     pub async fn describe_by_ids(&self, ids: &[String]) -> Result<Vec<Instance>, ProviderError> {
         let mut instances = vec![];
-        for chunk in ids.chunks(PAGE) {
-            let found = without_missing(chunk, |ids| self.describe_ids_once(ids)).await?;
-            instances.extend(found.unwrap_or_default());
+        let mut rest = ids;
+        while !rest.is_empty() {
+            let (chunk, after) = rest.split_at(self.id_lists.size().min(rest.len()));
+            match without_missing(chunk, |ids| self.describe_ids_once(ids)).await {
+                Ok(found) => {
+                    instances.extend(found.unwrap_or_default());
+                    rest = after;
+                }
+                Err(error) if error.is_timeout() => {
+                    let Some(size) = self.id_lists.timed_out(chunk.len()) else { return Err(error) };
+                    tracing::info!(sent = chunk.len(), next = size, %error, "DescribeInstances got no answer in time; naming fewer ids per call for a while");
+                }
+                Err(error) => return Err(error),
+            }
         }
         Ok(instances)
     }

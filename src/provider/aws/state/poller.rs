@@ -1,7 +1,8 @@
 //! The batched instance poller of one AWS provider: it tracks every instance of every request
 //! the provider serves and refreshes them all together — DescribeInstances by id, up to 1000
-//! ids per call — so a reconcile reads its machines from memory instead of asking EC2. The cost
-//! grows with instances / 1000, not with requests.
+//! ids per call (fewer for a while after one got no answer: `calls::id_lists`) — so a
+//! reconcile reads its machines from memory instead of asking EC2. The cost grows with
+//! instances / 1000, not with requests.
 //!
 //! A cycle runs every `poll` while anything is changing state (or was never seen) and every
 //! `steady` otherwise, or at once when a reconcile needs something the view lacks. It refreshes
