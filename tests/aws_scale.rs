@@ -182,9 +182,56 @@ async fn a_describe_that_gets_no_answer_in_time_is_split_so_the_refresh_goes_on(
     let (status, error) = converged.await.expect("the refresh goes on in calls of fewer ids");
     assert_eq!((status.phase, live(&status), error.map(|e| e.to_string())), (Some(Phase::Fulfilled), 12, None));
     let describes = aws.proxy.calls("DescribeInstances");
+    let large = describes.iter().filter(|b| b.contains("InstanceId.9=")).count();
+    assert_eq!(large, 1, "a describe that got no answer in time is not sent again as it was (the SDK's retries)");
     let first_small = describes.iter().position(|b| b.contains("InstanceId.1=") && !b.contains("InstanceId.9="));
     let after = &describes[first_small.expect("a call of fewer ids was sent")..];
     assert!(after.iter().all(|b| !b.contains("InstanceId.7=")), "six ids per call from then on: {after:?}");
+}
+
+#[tokio::test]
+async fn a_tag_listing_that_gets_no_answer_holds_back_only_its_own_request() {
+    let test = "a_tag_listing_that_gets_no_answer_holds_back_only_its_own_request";
+    let Some(aws) = aws(test).await else { return };
+    let template = one_subnet(&aws, &[("m5.large", 1)]);
+    let mut requests = [(request("slow", 2), MemoryStatus::default()), (request("quick", 2), MemoryStatus::default())];
+    for (mr, sink) in &mut requests {
+        let (status, error) = converge(mr, &template, &aws.provider, sink, 6).await;
+        assert_eq!((status.phase, live(&status), error.map(|e| e.to_string())), (Some(Phase::Fulfilled), 2, None));
+    }
+    // A restarted operator lists both by their tags in one cycle; every listing naming "slow"
+    // gets its answer only after the attempt's 10 s. Before, that failed the whole cycle, and
+    // "quick" waited with it for as long as "slow"'s listing did.
+    let restarted = aws.restarted().await;
+    let slow_uid = requests[0].0.metadata.uid.clone().unwrap();
+    aws.proxy.inject("DescribeInstances", Some(&slow_uid), usize::MAX, Fault::Delay(Duration::from_secs(11)));
+    let [(slow, slow_sink), (quick, quick_sink)] = &mut requests;
+    let looks = async {
+        tokio::join!(
+            converge(slow, &template, &restarted, slow_sink, 1),
+            converge(quick, &template, &restarted, quick_sink, 1)
+        )
+    };
+    let ((_, slow_error), (quick_status, quick_error)) =
+        tokio::time::timeout(Duration::from_secs(150), looks).await.expect("both looks end");
+    assert_eq!(
+        (quick_status.phase, live(&quick_status), quick_error.map(|e| e.to_string())),
+        (Some(Phase::Fulfilled), 2, None),
+        "the other request's look lands"
+    );
+    let slow_error = slow_error.expect("the slow listing fails its own request's look").to_string();
+    assert!(slow_error.contains("Timeout"), "{slow_error}");
+    let listings: Vec<String> =
+        aws.proxy.calls("DescribeInstances").into_iter().filter(|b| b.contains("Filter.")).collect();
+    let quick_uid = quick.metadata.uid.clone().unwrap();
+    assert!(
+        listings.iter().any(|b| b.contains(&quick_uid) && !b.contains(&slow_uid)),
+        "the listing was sent again as halves: {listings:?}"
+    );
+    // Once EC2 answers again, the slow request is listed at the next cycle.
+    aws.proxy.clear("DescribeInstances");
+    let (status, error) = converge(slow, &template, &restarted, slow_sink, 6).await;
+    assert_eq!((status.phase, live(&status), error.map(|e| e.to_string())), (Some(Phase::Fulfilled), 2, None));
 }
 
 #[tokio::test]

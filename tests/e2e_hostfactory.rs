@@ -75,12 +75,7 @@ async fn hostfactory_scripts_drive_a_request_and_a_return_against_a_real_cluster
     let template_id = template.metadata.name.clone().unwrap();
     let templates: Api<MachineTemplate> = Api::namespaced(client.clone(), &ns.name);
     templates.create(&PostParams::default(), &template).await.unwrap();
-    let ready = |t: Option<&MachineTemplate>| {
-        t.and_then(|t| t.status.as_ref())
-            .and_then(|s| orb_operator::api::conditions::find(&s.conditions, "Ready"))
-            .is_some_and(|c| c.status == "True")
-    };
-    cluster::wait(&templates, &template_id, ready, 60).await;
+    cluster::wait(&templates, &template_id, cluster::template_ready, 60).await;
 
     let offered = call("getAvailableTemplates", json!({}), &path, &ns.name, dir.path());
     let entry = offered["templates"].as_array().unwrap().iter().find(|t| t["templateId"] == template_id.as_str());

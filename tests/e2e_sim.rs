@@ -116,12 +116,7 @@ async fn templates_by_attributes_resolve_and_launch_against_a_real_cluster() {
     let template: MachineTemplate = cluster::example("sim/template-by-attributes.yaml");
     let name = template.metadata.name.clone().unwrap();
     templates.create(&PostParams::default(), &template).await.unwrap();
-    let ready = |t: Option<&MachineTemplate>| {
-        t.and_then(|t| t.status.as_ref())
-            .and_then(|s| conditions::find(&s.conditions, "Ready"))
-            .is_some_and(|c| c.status == "True")
-    };
-    let template = cluster::wait(&templates, &name, ready, 60).await.unwrap();
+    let template = cluster::wait(&templates, &name, cluster::template_ready, 60).await.unwrap();
     let status = template.status.unwrap();
     let resolved = status.instance_types;
     assert!(!resolved.is_empty(), "resolved types in the status");

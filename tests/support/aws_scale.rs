@@ -166,6 +166,26 @@ impl Meter<'_> {
             unfinished: None,
         }
     }
+
+    /// The costs of a phase that began at `from`: until the moment `ended` reads from the
+    /// milestones, or, past `limit`, until then, saying how far it got.
+    async fn phase(
+        &self,
+        from: &Mark,
+        limit: Duration,
+        seen: &mut tokio::sync::watch::Receiver<Milestones>,
+        ended: fn(&Milestones) -> Option<Instant>,
+        how_far: impl Fn(&Milestones) -> String,
+    ) -> Cost {
+        let reached = tokio::time::timeout(limit, seen.wait_for(|m| ended(m).is_some())).await.map(|m| *m.unwrap());
+        match reached.ok().and_then(|m| ended(&m)) {
+            Some(at) => self.since(from, at).await,
+            None => {
+                let unfinished = Some(format!("{} after {limit:?}", how_far(&seen.borrow())));
+                Cost { unfinished, ..self.since(from, Instant::now()).await }
+            }
+        }
+    }
 }
 
 /// How many requests a watch has seen Fulfilled and gone, and when all were.
@@ -190,7 +210,8 @@ pub async fn run(
     report: &dyn Fn(&str, &Cost),
 ) -> Figures {
     let test = format!("aws-cluster {}", launcher.name());
-    let (moto, region, _ec2, network) = super::moto::e2e_cloud(&test).await;
+    let (moto, region, ec2, network) = super::moto::e2e_cloud(&test).await;
+    let network = super::moto::wide_network(&ec2, region, network).await;
     let proxy = FaultProxy::start(&moto.endpoint).await;
     // As EC2 does: an SDK retry of a create moto answered with a 500 makes nothing new.
     proxy.honour_client_tokens();
@@ -214,6 +235,9 @@ pub async fn run(
     let template_name = template.metadata.name.clone().unwrap();
     templates.create(&PostParams::default(), &template).await.unwrap();
     let operator = cluster::Operator::start_with(path, &ns.name, &operator_env, &["--leader-elect=false"]);
+    // Requests are applied against a Ready template, as users do: the template's validation
+    // (its image, subnets, groups, types described once) is not a cost of the requests.
+    cluster::wait(&templates, &template_name, cluster::template_ready, 60).await;
 
     // One watch counts every change to a request and notes when all were Fulfilled, and when
     // all were gone.
@@ -250,25 +274,15 @@ pub async fn run(
 
     let start = meter.mark().await;
     cluster::create_requests(&requests, "aws/request.yaml", &template_name, n, capacity).await;
-    let create = match tokio::time::timeout(limit, seen.wait_for(|m| m.fulfilled.is_some())).await.map(|m| *m.unwrap())
-    {
-        Ok(m) => meter.since(&start, m.fulfilled.unwrap()).await,
-        Err(_) => Cost {
-            unfinished: Some(format!("{} of {n} Fulfilled after {limit:?}", seen.borrow().fulfilled_count)),
-            ..meter.since(&start, Instant::now()).await
-        },
-    };
+    let create = meter
+        .phase(&start, limit, &mut seen, |m| m.fulfilled, |m| format!("{} of {n} Fulfilled", m.fulfilled_count))
+        .await;
     report("create (until all Fulfilled)", &create);
 
     let start = meter.mark().await;
     requests.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
-    let delete = match tokio::time::timeout(limit, seen.wait_for(|m| m.deleted.is_some())).await.map(|m| *m.unwrap()) {
-        Ok(m) => meter.since(&start, m.deleted.unwrap()).await,
-        Err(_) => Cost {
-            unfinished: Some(format!("{} of {n} gone after {limit:?}", seen.borrow().deleted_count)),
-            ..meter.since(&start, Instant::now()).await
-        },
-    };
+    let delete =
+        meter.phase(&start, limit, &mut seen, |m| m.deleted, |m| format!("{} of {n} gone", m.deleted_count)).await;
     report("delete (until all gone)", &delete);
     watch.abort();
 

@@ -154,6 +154,14 @@ impl Drop for Operator {
     }
 }
 
+/// A condition: the template's Ready condition is True (the operator validated it).
+pub fn template_ready(template: Option<&orb_operator::api::MachineTemplate>) -> bool {
+    template
+        .and_then(|t| t.status.as_ref())
+        .and_then(|s| orb_operator::api::conditions::find(&s.conditions, "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
 /// Waits up to `secs` for `condition` on the named object.
 pub async fn wait<K>(api: &Api<K>, name: &str, condition: impl Condition<K>, secs: u64) -> Option<K>
 where

@@ -1,5 +1,5 @@
 //! A fault-injecting HTTP proxy between the AWS SDK and moto. It records every call (action
-//! and body) and how long moto took to answer it, and can answer chosen calls with an AWS error (e.g. `InsufficientInstanceCapacity`,
+//! and body) and how long moto took to answer it (a call whose client gave up included), and can answer chosen calls with an AWS error (e.g. `InsufficientInstanceCapacity`,
 //! `RequestLimitExceeded`), an HTTP 500, or a delay before forwarding.
 //!
 //! moto ignores `ClientToken`; with `honour_client_tokens` the proxy does what EC2 does: a
@@ -127,7 +127,10 @@ impl FaultProxy {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (client, upstream, state) = (client.clone(), upstream.clone(), state.clone());
-                        async move { Ok::<_, hyper::Error>(handle(req, &client, &upstream, &state).await) }
+                        // Its own task: a call whose client gave up (an attempt timeout) still
+                        // runs to moto's answer, and its time is recorded.
+                        let call = tokio::spawn(async move { handle(req, &client, &upstream, &state).await });
+                        async move { Ok::<_, hyper::Error>(call.await.expect("the proxy's handler panicked")) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)

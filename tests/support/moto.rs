@@ -5,7 +5,9 @@
 //! moto gaps the tests work around: it ignores ClientToken (a repeated token launches again, so
 //! crash safety is proven by the tag lookup), instances are `running` at once, RunInstances
 //! accepts images that do not exist (our validation must refuse them), and it has no real
-//! capacity or throttling (the fault proxy injects those).
+//! capacity or throttling (the fault proxy injects those). Its tag lookup scans every tag of the
+//! region for each instance, which makes tag listings quadratic; `moto_site/sitecustomize.py`
+//! makes it a lookup (same answers) in the moto this starts.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -69,8 +71,11 @@ fn start() -> Option<Moto> {
     let script = r#"m="$1"; p="$2"; parent="$3"; "$m" -H 127.0.0.1 -p "$p" >/dev/null 2>&1 & child=$!
         trap 'kill $child 2>/dev/null' EXIT
         while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5; done"#;
+    // moto's tag lookup made a dict lookup (see the file): tag listings cost what EC2's do.
+    let site = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/moto_site");
     let mut watchdog = Command::new("bash")
         .args(["-c", script, "moto-watchdog"])
+        .env("PYTHONPATH", site)
         .arg(&binary)
         .arg(port.to_string())
         .arg(std::process::id().to_string())
@@ -154,6 +159,24 @@ pub async fn network(ec2: &aws_sdk_ec2::Client) -> Network {
         subnets: subnets.subnets().iter().take(2).map(|s| s.subnet_id().unwrap().to_string()).collect(),
         group: groups.security_groups()[0].group_id().unwrap().to_string(),
     }
+}
+
+/// `network` with two subnets of 32,763 addresses (halves of a new VPC 10.0.0.0/16, in zones a
+/// and b) and that VPC's default security group: moto's default subnets are /20s of 4,091
+/// addresses, and a full one makes its launches fail with HTTP 500 — too few for a benchmark of
+/// 1,000 requests of 5.
+pub async fn wide_network(ec2: &aws_sdk_ec2::Client, region: &str, network: Network) -> Network {
+    let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.unwrap();
+    let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+    let mut subnets = vec![];
+    for (cidr, zone) in [("10.0.0.0/17", "a"), ("10.0.128.0/17", "b")] {
+        let subnet = ec2.create_subnet().vpc_id(&vpc).cidr_block(cidr).availability_zone(format!("{region}{zone}"));
+        subnets.push(subnet.send().await.unwrap().subnet().unwrap().subnet_id().unwrap().to_string());
+    }
+    let in_vpc = aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(&vpc).build();
+    let groups = ec2.describe_security_groups().filters(in_vpc).send().await.unwrap();
+    let group = groups.security_groups()[0].group_id().unwrap().to_string();
+    Network { subnets, group, ..network }
 }
 
 /// Everything of `cluster` still alive in a test's own region: Auto Scaling groups, active

@@ -95,6 +95,7 @@ impl AwsProvider {
             catalogue: Default::default(),
             root_devices: Default::default(),
             id_lists: std::sync::Arc::new(calls::id_lists::IdLists::new(ops::PAGE)),
+            uid_lists: std::sync::Arc::new(calls::id_lists::IdLists::new(ops::TAG_VALUES)),
         };
         let intervals = poller::Intervals { poll: settings.poll(), steady: settings.steady_poll() };
         let sweep_every = if cluster_id == crate::config::DEFAULT_CLUSTER_ID {

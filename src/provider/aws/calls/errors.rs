@@ -115,6 +115,11 @@ pub fn classify_code(code: &str, message: &str, http_status: Option<u16>) -> Pro
     }
 }
 
+/// Whether a connector error is a describe that got no answer in time (`limits::NoAnswer`).
+fn no_answer(error: Option<&aws_smithy_runtime_api::client::result::ConnectorError>) -> bool {
+    error.and_then(std::error::Error::source).is_some_and(|e| e.is::<super::limits::NoAnswer>())
+}
+
 /// Classifies any SDK error. `call` names the AWS operation for the message.
 pub fn classify<E>(call: &str, error: SdkError<E>) -> ProviderError
 where
@@ -131,10 +136,13 @@ where
             ProviderError::Transient { code: "Timeout".into(), message: format!("{call}: no answer in time") }
         }
         // The attempt's own time ran out (`limits`): no answer, which a caller may act on.
-        SdkError::DispatchFailure(d) if d.is_timeout() => ProviderError::Transient {
-            code: "Timeout".into(),
-            message: format!("{call}: no answer in time: {:?}", d.as_connector_error()),
-        },
+        SdkError::DispatchFailure(d) if d.is_timeout() || no_answer(d.as_connector_error()) => {
+            let why = d.as_connector_error().and_then(std::error::Error::source).map(ToString::to_string);
+            ProviderError::Transient {
+                code: "Timeout".into(),
+                message: format!("{call}: {}", why.as_deref().unwrap_or("no answer in time")),
+            }
+        }
         SdkError::DispatchFailure(d) => ProviderError::Transient {
             code: "DispatchFailure".into(),
             message: format!("{call}: cannot reach the endpoint: {:?}", d.as_connector_error()),

@@ -1,10 +1,12 @@
-//! How many instance ids one DescribeInstances names. EC2 takes 1000, and answers that quickly;
-//! but an answer naming a thousand instances is large, and where the service is slow to build
-//! it (a struggling region, an emulator with thousands of machines) it can outlast the
-//! attempt's time again and again — and a poller that sends the same call every cycle then
-//! never refreshes anything. A call that got no answer in time is sent again as two halves
-//! (down to one id), and the smaller size is kept for `HOLD` before going back to 1000.
+//! How many ids one DescribeInstances names: instance ids (EC2 takes 1000) or request uids in
+//! a tag filter (200). EC2 answers that quickly; but an answer naming a thousand instances is
+//! large, and where the service is slow to build it (a struggling region, an emulator with
+//! thousands of machines) it can outlast the attempt's time again and again — and a poller
+//! that sends the same call every cycle then never refreshes anything. A call that got no
+//! answer in time is sent again as two halves (down to one id), and the smaller size is kept
+//! for `HOLD` before going back to the most.
 
+use crate::provider::ProviderError;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -12,7 +14,7 @@ use tokio::time::Instant;
 /// How long a size learnt from a timeout is kept.
 const HOLD: Duration = Duration::from_secs(10 * 60);
 
-/// The ids per call, shared by every describe of one provider.
+/// The ids per call, shared by every describe of one kind (by id, by uid) of one provider.
 #[derive(Debug)]
 pub struct IdLists {
     most: usize,
@@ -27,13 +29,9 @@ impl IdLists {
 
     /// Ids to name in the next call.
     pub fn size(&self) -> usize {
-        let mut shrunk = self.shrunk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match *shrunk {
+        match *self.shrunk.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
             Some((size, until)) if Instant::now() < until => size,
-            _ => {
-                *shrunk = None;
-                self.most
-            }
+            _ => self.most,
         }
     }
 
@@ -51,6 +49,37 @@ impl IdLists {
         };
         *shrunk = Some((smaller, Instant::now() + HOLD));
         Some(smaller)
+    }
+
+    /// Sends `ids` through `call` in lists of `size()`; a list that got no answer in time is
+    /// sent again at once as halves (logged at info). Returns each list sent and what its call
+    /// came to, in order: a list that failed otherwise does not stop the ones after it.
+    pub async fn each<T, F, Fut>(
+        &self,
+        what: &str,
+        ids: &[String],
+        call: F,
+    ) -> Vec<(Vec<String>, Result<T, ProviderError>)>
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        let mut outcomes = vec![];
+        let mut rest = ids;
+        while !rest.is_empty() {
+            let (list, after) = rest.split_at(self.size().min(rest.len()));
+            let outcome = call(list.to_vec()).await;
+            if let Err(error) = &outcome
+                && error.is_timeout()
+                && let Some(size) = self.timed_out(list.len())
+            {
+                tracing::info!(sent = list.len(), next = size, %error, "{what} got no answer in time; naming fewer ids per call for a while");
+                continue;
+            }
+            outcomes.push((list.to_vec(), outcome));
+            rest = after;
+        }
+        outcomes
     }
 }
 
@@ -73,5 +102,35 @@ mod tests {
         assert_eq!(lists.size(), 1000);
         assert_eq!(lists.timed_out(3), Some(2));
         assert_eq!(lists.timed_out(1), None, "one id cannot be split");
+    }
+
+    fn timeout() -> ProviderError {
+        ProviderError::Transient { code: "Timeout".into(), message: "no answer within 10s".into() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_list_is_sent_once_halves_after_a_timeout_and_a_failure_holds_back_only_its_own() {
+        let lists = IdLists::new(4);
+        let ids: Vec<String> = (0..7).map(|i| format!("i-{i}")).collect();
+        let sent = Mutex::new(vec![]);
+        let outcomes = lists
+            .each("DescribeInstances", &ids, |list| {
+                sent.lock().unwrap().push(list.len());
+                let outcome = match list.as_slice() {
+                    // The first list of four never gets an answer; "i-2" always fails.
+                    [first, _, _, _] if first == "i-0" => Err(timeout()),
+                    _ if list.contains(&"i-2".to_string()) => {
+                        Err(ProviderError::Transient { code: "InternalError".into(), message: "no".into() })
+                    }
+                    _ => Ok(list.len()),
+                };
+                std::future::ready(outcome)
+            })
+            .await;
+        assert_eq!(*sent.lock().unwrap(), vec![4, 2, 2, 2, 1], "4 timed out, then lists of 2");
+        let summary: Vec<(usize, bool)> =
+            outcomes.iter().map(|(list, outcome)| (list.len(), outcome.is_ok())).collect();
+        assert_eq!(summary, vec![(2, true), (2, false), (2, true), (1, true)]);
+        assert_eq!(lists.size(), 2);
     }
 }

@@ -7,7 +7,13 @@
 //! An interceptor names the class of each call (from its operation name) on the HTTP request;
 //! a wrapper around the provider's HTTP client waits for that class's bucket before sending, and
 //! times the attempt from then on (`CallClass::attempt_timeout`), so a call queued behind the budget never
-//! fails as a timeout.
+//! fails as a timeout. A describe that got no answer in time is not sent again by the SDK: the
+//! service is most likely still building that answer, and the same call at once only adds to
+//! its load (against a struggling region or an emulator, each abandoned describe keeps it busy,
+//! and three at a time for every one the operator needs turn slowness into a standstill). Its
+//! caller tries again — the poller at its next cycle, in smaller lists (`id_lists`). A
+//! mutating call's attempt is retried: its client token makes that safe, and an unknown
+//! outcome costs more than a repeat.
 //! The buckets are `governor`'s, read through the tokio clock so tests can pause time.
 
 use super::call_metrics::CallMetrics;
@@ -35,6 +41,19 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// emulator), a second launch. EC2 can take several seconds to answer a large RunInstances or
 /// CreateFleet under load; a slow answer is waited for rather than turned into a replay.
 pub const MUTATE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A describe that got no answer within its attempt's time (`errors::classify` names it
+/// `Timeout`). A connector error of no kind, which the SDK's retry classifiers leave alone.
+#[derive(Debug)]
+pub struct NoAnswer(pub Duration);
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no answer within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for NoAnswer {}
 
 /// The two kinds of AWS calls EC2 budgets separately.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,11 +221,11 @@ impl HttpConnector for PacedConnector {
             // The attempt's own time starts once it may go out: a call queued behind the
             // budget is not a timed-out call (which would look like an unknown outcome).
             let limit = class.attempt_timeout();
-            match tokio::time::timeout(limit, inner.call(request)).await {
-                Ok(answer) => answer,
-                Err(_) => Err(aws_smithy_runtime_api::client::result::ConnectorError::timeout(
-                    format!("no answer within {limit:?}").into(),
-                )),
+            use aws_smithy_runtime_api::client::result::ConnectorError;
+            match (tokio::time::timeout(limit, inner.call(request)).await, class) {
+                (Ok(answer), _) => answer,
+                (Err(_), CallClass::Describe) => Err(ConnectorError::other(NoAnswer(limit).into(), None)),
+                (Err(_), CallClass::Mutate) => Err(ConnectorError::timeout(NoAnswer(limit).into())),
             }
         })
     }

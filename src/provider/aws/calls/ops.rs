@@ -10,6 +10,15 @@ use std::collections::BTreeMap;
 
 /// DescribeInstances page size and id-list size; TerminateInstances batch size.
 pub const PAGE: usize = 1000;
+/// Values of one tag filter in a listing call (EC2 accepts up to 200).
+pub const TAG_VALUES: usize = 200;
+
+/// What a listing by request uids found, and the uids whose listing failed (and why).
+#[derive(Debug, Default)]
+pub struct Listed {
+    pub found: Vec<(Option<String>, Instance)>,
+    pub failed: Vec<(String, ProviderError)>,
+}
 
 /// The AWS clients of one provider (EC2, SSM, IAM, Auto Scaling), plus the cluster id every
 /// resource is tagged with.
@@ -60,6 +69,8 @@ pub struct Ops {
     pub root_devices: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Option<String>>>>,
     /// Ids per DescribeInstances by id: 1000, fewer for a while after one got no answer.
     pub id_lists: std::sync::Arc<super::id_lists::IdLists>,
+    /// Request uids per listing by tags: 200, fewer for a while after one got no answer.
+    pub uid_lists: std::sync::Arc<super::id_lists::IdLists>,
 }
 
 /// The instance types of a region as requirements are checked against them.
@@ -307,14 +318,26 @@ impl Ops {
         out.subnets().first().and_then(|s| s.availability_zone()).map(str::to_string)
     }
 
-    /// Every instance of this cluster tagged with one of the request uids `uids` (at most 200),
-    /// in all states EC2 still reports, with its reservation.
-    pub async fn describe_by_uids(&self, uids: &[String]) -> Result<Vec<(Option<String>, Instance)>, ProviderError> {
-        if uids.is_empty() {
-            return Ok(vec![]);
+    /// Every instance of this cluster tagged with one of the request uids `uids`, in all
+    /// states EC2 still reports, with its reservation: in calls filtering on at most 200 uids
+    /// (fewer for a while after one got no answer in time: see `id_lists`). A call that fails
+    /// fails only its own uids: the others' instances are found all the same.
+    pub async fn list_by_uids(&self, uids: &[String]) -> Listed {
+        let mut listed = Listed::default();
+        for (list, outcome) in
+            self.uid_lists.each("DescribeInstances by request uid", uids, |list| self.list_once(list)).await
+        {
+            match outcome {
+                Ok(found) => listed.found.extend(found),
+                Err(error) => listed.failed.extend(list.into_iter().map(|uid| (uid, error.clone()))),
+            }
         }
+        listed
+    }
+
+    async fn list_once(&self, uids: Vec<String>) -> Result<Vec<(Option<String>, Instance)>, ProviderError> {
         let filters = vec![
-            filter(&format!("tag:{}", tags::REQUEST_UID), uids.iter().cloned()),
+            filter(&format!("tag:{}", tags::REQUEST_UID), uids),
             filter(&format!("tag:{}", tags::CLUSTER), [self.cluster_id.clone()]),
         ];
         let call = self.ec2.describe_instances().set_filters(Some(filters)).max_results(PAGE as i32);
@@ -329,20 +352,11 @@ impl Ops {
     /// time: see `id_lists`), following NextToken; ids EC2 no longer knows are left out.
     pub async fn describe_by_ids(&self, ids: &[String]) -> Result<Vec<Instance>, ProviderError> {
         let mut instances = vec![];
-        let mut rest = ids;
-        while !rest.is_empty() {
-            let (chunk, after) = rest.split_at(self.id_lists.size().min(rest.len()));
-            match without_missing(chunk, |ids| self.describe_ids_once(ids)).await {
-                Ok(found) => {
-                    instances.extend(found.unwrap_or_default());
-                    rest = after;
-                }
-                Err(error) if error.is_timeout() => {
-                    let Some(size) = self.id_lists.timed_out(chunk.len()) else { return Err(error) };
-                    tracing::info!(sent = chunk.len(), next = size, %error, "DescribeInstances got no answer in time; naming fewer ids per call for a while");
-                }
-                Err(error) => return Err(error),
-            }
+        let lists = self.id_lists.each("DescribeInstances", ids, |list| async move {
+            without_missing(&list, |ids| self.describe_ids_once(ids)).await
+        });
+        for (_, outcome) in lists.await {
+            instances.extend(outcome?.unwrap_or_default());
         }
         Ok(instances)
     }

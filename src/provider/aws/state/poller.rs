@@ -5,17 +5,23 @@
 //! instances / 1000, not with requests.
 //!
 //! A cycle runs every `poll` while anything is changing state (or was never seen) and every
-//! `steady` otherwise, or at once when a reconcile needs something the view lacks. It refreshes
-//! the instances that may have changed — changing state, never described, of a request just
-//! acted on, or named by an EC2 state-change notice — and every tracked instance once per
-//! `steady`: a settled machine costs one describe per `steady`, however many cycles other
-//! requests' launches cause. A request the process has not seen yet (first reconcile after a
-//! start), one whose launch lost its answer, and one released after such a launch are also
-//! listed by their tags — batched too: one DescribeInstances filtered on up to 200 request
-//! uids — so instances its status does not name are found. The requests' EC2 fleets, spot
-//! fleet requests and Auto Scaling groups are refreshed in the same cycle, batched by API
-//! (`fleet_state`). A change of an instance, or of a fleet's members, outstanding units or
-//! errors, wakes only the request that owns it.
+//! `steady` otherwise, or when a reconcile needs something the view lacks (at most one cycle
+//! starts per `SPACING`, so launches let out one by one share cycles). It refreshes the
+//! instances that may have changed — changing state, never described, of a request just acted
+//! on, or named by an EC2 state-change notice — and each settled instance once per `steady`: a
+//! settled machine costs one describe per `steady`, however many cycles other requests'
+//! launches cause. A cycle takes at most one call's worth of settled instances (those
+//! described longest ago) and leaves the rest to the next cycles, at `poll`: a reconcile
+//! waiting for a cycle never waits for every machine of the provider to be described.
+//!
+//! A request the process has not seen yet (first reconcile after a start), one whose launch
+//! lost its answer, and one released after such a launch are also listed by their tags —
+//! batched too: one DescribeInstances filtered on up to 200 request uids — so instances its
+//! status does not name are found. A listing that fails (after being sent again as smaller
+//! lists if it got no answer in time) fails the look of its own requests only; the rest of the
+//! cycle lands. The requests' EC2 fleets, spot fleet requests and Auto Scaling groups are
+//! refreshed in the same cycle, batched by API (`fleet_state`). A change of an instance, or of
+//! a fleet's members, outstanding units or errors, wakes only the request that owns it.
 
 use super::fleet_state::{self, Held};
 use crate::provider::aws::calls::ops::{self, Ops};
@@ -27,12 +33,13 @@ use tokio::sync::{Notify, broadcast, watch};
 
 /// How long a cycle waits after being woken, so that reconciles running together share it.
 const GATHER: Duration = Duration::from_millis(50);
+/// The least time between the starts of two cycles: launches trickling out one by one (a
+/// rate limit lets out a few a second) share a cycle rather than each causing its own.
+const SPACING: Duration = Duration::from_secs(1);
 /// How long a terminated instance stays in the view, as EC2 keeps listing it for about an hour.
 const TERMINATED_RETENTION: Duration = Duration::from_secs(60 * 60);
 /// How long EC2's describe may not know an instance its launch returned.
 const VISIBILITY_LAG: Duration = Duration::from_secs(120);
-/// Values per tag filter in one listing call (EC2 accepts up to 200).
-const UIDS_PER_LISTING: usize = 200;
 /// A request no reconcile has asked about for this long is forgotten (it was deleted with
 /// `deletionPolicy: Orphan`, or by another process): live requests are reconciled every few
 /// minutes.
@@ -59,6 +66,8 @@ struct Seen {
     terminated_at: Option<tokio::time::Instant>,
     /// When a launch's answer put it in the view (EC2's describe may not know it yet).
     launched_at: Option<tokio::time::Instant>,
+    /// When a cycle that described it began (None: only a launch's answer named it).
+    described_at: Option<tokio::time::Instant>,
     /// What AWS announced about it (the interruption queue): kept while it is in the view.
     notice: Option<crate::api::MachineNotice>,
 }
@@ -101,15 +110,16 @@ struct State {
     started: u64,
     /// The last cycle that finished without error.
     finished: u64,
-    /// When the last refresh of every tracked instance began (it finished without error).
-    refreshed_all: Option<tokio::time::Instant>,
+    /// The last cycle left settled instances due for their refresh to the next ones.
+    behind: bool,
     /// Instances EC2 said changed state: refreshed in the next cycle.
     stale: BTreeSet<String>,
 }
 
 impl State {
     fn busy(&self) -> bool {
-        fleet_state::busy(&self.fleets)
+        self.behind
+            || fleet_state::busy(&self.fleets)
             || self.requests.values().any(|r| {
                 r.list
                     || r.needs > self.finished
@@ -155,29 +165,48 @@ impl State {
         }
     }
 
-    /// Ids to refresh: every tracked instance not known to be terminated — or, with `all`
-    /// false, only those that may have changed since they were last described: changing state
-    /// or never described, every instance of a request waiting for a fresh look (it was just
-    /// acted on, or asked about instances the view lacks), and those EC2 said changed.
-    fn refreshable(&self, all: bool) -> BTreeSet<String> {
-        let unsettled = |id: &String| self.machines.get(id).is_none_or(Seen::unsettled);
-        self.requests
-            .values()
-            .flat_map(|r| {
-                let whole = all || r.needs > self.finished;
-                r.ids.iter().filter(move |id| whole || unsettled(id) || self.stale.contains(*id))
-            })
-            .filter(|id| self.machines.get(*id).is_none_or(|s| s.machine.state != InstanceState::Terminated))
-            .cloned()
-            .collect()
+    /// Ids to refresh, of the tracked instances not known to be terminated: those that may
+    /// have changed since they were last described — changing state or never described, every
+    /// instance of a request waiting for a fresh look (it was just acted on, or asked about
+    /// instances the view lacks), and those EC2 said changed — and, of the others, those not
+    /// described for `steady`, oldest first, at most `most`. Says too whether any of those
+    /// were left for a later cycle.
+    fn refreshable(&self, now: tokio::time::Instant, steady: Duration, most: usize) -> (BTreeSet<String>, bool) {
+        let mut changing = BTreeSet::new();
+        let mut due = vec![];
+        for request in self.requests.values() {
+            let whole = request.needs > self.finished;
+            for id in &request.ids {
+                match self.machines.get(id) {
+                    Some(seen) if seen.machine.state == InstanceState::Terminated => {}
+                    Some(seen) if !whole && !seen.unsettled() && !self.stale.contains(id) => {
+                        let described = seen.described_at.filter(|at| now.duration_since(*at) < steady);
+                        if described.is_none() {
+                            due.push((seen.described_at, id));
+                        }
+                    }
+                    _ => {
+                        changing.insert(id.clone());
+                    }
+                }
+            }
+        }
+        due.sort();
+        due.dedup();
+        due.retain(|(_, id)| !changing.contains(*id));
+        let behind = due.len() > most;
+        changing.extend(due.into_iter().take(most).map(|(_, id)| id.clone()));
+        (changing, behind)
     }
 }
 
-/// The last finished cycle: its number and, if it failed, why.
+/// The last finished cycle: its number and, if it failed, why — as a whole, or for the
+/// requests (by uid) whose tag listing failed.
 #[derive(Clone, Debug, Default)]
 struct Done {
     cycle: u64,
     error: Option<ProviderError>,
+    unlisted: Arc<HashMap<String, ProviderError>>,
 }
 
 struct Shared {
@@ -262,7 +291,7 @@ impl Poller {
             (request.needs > finished).then_some(request.needs)
         };
         if let Some(cycle) = needs {
-            self.cycle_done(cycle).await?;
+            self.cycle_done(cycle, &owner.uid).await?;
         }
         Ok(self.view(owner))
     }
@@ -283,7 +312,7 @@ impl Poller {
             (request.needs > finished && !held.is_empty()).then_some(request.needs)
         };
         if let Some(cycle) = needs {
-            self.cycle_done(cycle).await?;
+            self.cycle_done(cycle, &owner.uid).await?;
         }
         let state = self.state();
         if let Some(id) = fleet_state::unlisted(&state.fleets, &held) {
@@ -301,8 +330,8 @@ impl Poller {
         self.observe(owner, known, true).await
     }
 
-    /// Waits until cycle `cycle` has finished.
-    async fn cycle_done(&self, cycle: u64) -> Result<(), ProviderError> {
+    /// Waits until cycle `cycle` has finished, and says whether it looked at request `uid`.
+    async fn cycle_done(&self, cycle: u64, uid: &str) -> Result<(), ProviderError> {
         let mut done = self.shared.done.subscribe();
         self.shared.kick.notify_one();
         let finished = done
@@ -310,7 +339,11 @@ impl Poller {
             .await
             .map_err(|_| ProviderError::Transient { code: "PollerStopped".into(), message: "the poller ended".into() })?
             .clone();
-        finished.error.map_or(Ok(()), Err)
+        match (finished.error, finished.unlisted.get(uid)) {
+            (Some(error), _) => Err(error),
+            (None, Some(error)) => Err(error.clone()),
+            (None, None) => Ok(()),
+        }
     }
 
     fn view(&self, owner: &Owner) -> Vec<ObservedMachine> {
@@ -353,6 +386,7 @@ impl Poller {
                 ours: true,
                 terminated_at: None,
                 launched_at: Some(tokio::time::Instant::now()),
+                described_at: None,
                 notice: None,
             };
             state.machines.insert(m.instance_id.clone(), seen);
@@ -471,6 +505,7 @@ impl Drop for Poller {
 
 /// The poller's loop; it ends when the poller is dropped.
 async fn run(shared: Arc<Shared>, ops: Ops) {
+    let mut last_began: Option<tokio::time::Instant> = None;
     loop {
         let Intervals { poll, steady } = shared.intervals;
         let busy = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).busy();
@@ -483,8 +518,10 @@ async fn run(shared: Arc<Shared>, ops: Ops) {
             return;
         }
         if kicked {
-            tokio::time::sleep(GATHER).await;
+            let spaced = last_began.map_or(Duration::ZERO, |at| SPACING.saturating_sub(at.elapsed()));
+            tokio::time::sleep(GATHER.max(spaced)).await;
         }
+        last_began = Some(tokio::time::Instant::now());
         cycle(&shared, &ops).await;
     }
 }
@@ -522,10 +559,10 @@ async fn cycle(shared: &Shared, ops: &Ops) {
                 uids.push(uid.clone());
             }
         }
-        // Instances that may have changed every `poll`; all of them every `steady`: a running
+        // Instances that may have changed every `poll`; the others every `steady`: a running
         // machine costs a describe a minute, not one per cycle another request's launch causes.
-        let all = state.refreshed_all.is_none_or(|at| now.duration_since(at) >= shared.intervals.steady);
-        let ids = state.refreshable(all);
+        let ids;
+        (ids, state.behind) = state.refreshable(now, shared.intervals.steady, ops.id_lists.size());
         state.stale.clear();
         let held: Vec<Held> = state.requests.values().map(|r| r.held.clone()).collect();
         let fleets = fleet_state::due(&state.fleets, &held, ops);
@@ -535,9 +572,9 @@ async fn cycle(shared: &Shared, ops: &Ops) {
             .filter(|(_, s)| s.machine.state == InstanceState::Terminated)
             .map(|(id, _)| id.clone())
             .collect();
-        (state.started, uids, ids, (fleets, held), state.fleets.clone(), gone, all.then_some(now))
+        (state.started, uids, ids, (fleets, held), state.fleets.clone(), gone, now)
     };
-    let (number, listed_uids, ids, (fleets, held), book, gone, full) = snapshot;
+    let (number, listed_uids, ids, (fleets, held), book, gone, began) = snapshot;
     tracing::debug!(provider = %shared.provider, cycle = number, listed = listed_uids.len(), refreshed = ids.len(), fleets = fleets.len(), "poll cycle");
     let result = async {
         let fresh = fleet_state::refresh(ops, &fleets, &book, &gone).await?;
@@ -545,12 +582,23 @@ async fn cycle(shared: &Shared, ops: &Ops) {
     }
     .await;
     let mut state = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut unlisted = HashMap::new();
     let error = match result {
-        Ok((fresh, found)) => {
+        Ok((fresh, (found, failed))) => {
+            if let Some((_, error)) = failed.first() {
+                tracing::warn!(provider = %shared.provider, requests = failed.len(), %error, "tag listing failed; those requests are listed again at the next cycle");
+            }
+            for (uid, error) in failed {
+                if let Some(request) = state.requests.get_mut(&uid) {
+                    request.list = true;
+                    request.needs = request.needs.max(number + 1);
+                }
+                unlisted.insert(uid, error);
+            }
             let before = state.fleet_views();
             state.fleets = fleet_state::merged(std::mem::take(&mut state.fleets), fresh, &fleets, &held);
             let after = state.fleet_views();
-            let mut changed = merge(&mut state, found, &ids, &ops.cluster_id);
+            let mut changed = merge(&mut state, found, &ids, &ops.cluster_id, began);
             for (uid, view) in &after {
                 if before.get(uid) != Some(view)
                     && let Some(request) = state.requests.get(uid)
@@ -561,7 +609,6 @@ async fn cycle(shared: &Shared, ops: &Ops) {
             changed.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             changed.dedup();
             state.finished = number;
-            state.refreshed_all = full.or(state.refreshed_all);
             let tracked = state.machines.len();
             drop(state);
             shared.metrics.polled(&shared.provider, tracked);
@@ -586,26 +633,35 @@ async fn cycle(shared: &Shared, ops: &Ops) {
             Some(error)
         }
     };
-    shared.done.send_replace(Done { cycle: number, error });
+    shared.done.send_replace(Done { cycle: number, error, unlisted: Arc::new(unlisted) });
 }
 
 /// An instance a cycle found, with its reservation when the call named it.
 type Found = (Option<String>, aws_sdk_ec2::types::Instance);
 
-/// The instances found by the listing of `uids` and by `ids`.
-async fn describe(ops: &Ops, uids: &[String], ids: &BTreeSet<String>) -> Result<Vec<Found>, ProviderError> {
-    let mut found = vec![];
-    for chunk in uids.chunks(UIDS_PER_LISTING) {
-        found.extend(ops.describe_by_uids(chunk).await?);
-    }
+/// The instances found by the listing of `uids` and by `ids`, and the uids whose listing
+/// failed (their ids are described by id all the same).
+async fn describe(
+    ops: &Ops,
+    uids: &[String],
+    ids: &BTreeSet<String>,
+) -> Result<(Vec<Found>, Vec<(String, ProviderError)>), ProviderError> {
+    let ops::Listed { mut found, failed } = ops.list_by_uids(uids).await;
     let listed: BTreeSet<&str> = found.iter().filter_map(|(_, i)| i.instance_id()).collect();
     let rest: Vec<String> = ids.iter().filter(|id| !listed.contains(id.as_str())).cloned().collect();
     found.extend(ops.describe_by_ids(&rest).await?.into_iter().map(|i| (None, i)));
-    Ok(found)
+    Ok((found, failed))
 }
 
-/// Puts what a cycle found into the view; returns the requests whose machines changed.
-fn merge(state: &mut State, found: Vec<Found>, asked: &BTreeSet<String>, cluster_id: &str) -> Vec<RequestKey> {
+/// Puts what a cycle that `began` then found into the view; returns the requests whose
+/// machines changed.
+fn merge(
+    state: &mut State,
+    found: Vec<Found>,
+    asked: &BTreeSet<String>,
+    cluster_id: &str,
+    began: tokio::time::Instant,
+) -> Vec<RequestKey> {
     let mut changed: BTreeSet<String> = BTreeSet::new();
     let mut described: BTreeSet<String> = BTreeSet::new();
     for (reservation, instance) in &found {
@@ -640,7 +696,8 @@ fn merge(state: &mut State, found: Vec<Found>, asked: &BTreeSet<String>, cluster
             _ => None,
         };
         let notice = state.machines.get(&id).and_then(|s| s.notice.clone());
-        state.machines.insert(id, Seen { machine, uid, ours, terminated_at, launched_at: None, notice });
+        let seen = Seen { machine, uid, ours, terminated_at, launched_at: None, described_at: Some(began), notice };
+        state.machines.insert(id, seen);
     }
     // Asked for and not returned: EC2 does not know them yet (launched a moment ago: the view
     // has them from the launch's answer), or no longer (terminated long ago, or removed with
@@ -661,4 +718,73 @@ fn merge(state: &mut State, found: Vec<Found>, asked: &BTreeSet<String>, cluster
         }
     }
     state.requests.values().filter(|r| r.ids.iter().any(|id| changed.contains(id))).map(|r| r.key.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    fn machine(id: &str, state: InstanceState, described_at: Option<Instant>) -> Seen {
+        let machine = ObservedMachine::new(id, state);
+        Seen { machine, uid: None, ours: true, terminated_at: None, launched_at: None, described_at, notice: None }
+    }
+
+    fn request(ids: &[&str], needs: u64) -> Request {
+        Request {
+            key: RequestKey { namespace: "ns".into(), name: ids[0].into() },
+            ids: ids.iter().map(|id| id.to_string()).collect(),
+            list: false,
+            list_until: None,
+            needs,
+            asked: Instant::now(),
+            held: Held::default(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cycle_takes_one_calls_worth_of_settled_machines_described_longest_ago() {
+        let steady = Duration::from_secs(60);
+        let mut state = State { finished: 1, ..State::default() };
+        for id in ["a1", "a2", "a3", "a4", "a5"] {
+            // Described a second apart: a1 longest ago.
+            state.machines.insert(id.into(), machine(id, InstanceState::Running, Some(Instant::now())));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        state.machines.insert("a6".into(), machine("a6", InstanceState::Pending, Some(Instant::now())));
+        state.machines.insert("gone".into(), machine("gone", InstanceState::Terminated, None));
+        state.requests.insert("a".into(), request(&["a1", "a2", "a3", "a4", "a5", "a6", "gone"], 1));
+        // A request waiting for a fresh look: all of its machines, however recently described.
+        state.machines.insert("b1".into(), machine("b1", InstanceState::Running, Some(Instant::now())));
+        state.requests.insert("b".into(), request(&["b1"], 2));
+
+        let now = Instant::now();
+        let (ids, behind) = state.refreshable(now, steady, 2);
+        assert_eq!(ids, ["a6", "b1"].map(String::from).into(), "nothing settled is due yet");
+        assert!(!behind);
+
+        tokio::time::advance(steady - Duration::from_secs(4)).await;
+        let (ids, behind) = state.refreshable(Instant::now(), steady, 2);
+        assert_eq!(ids, ["a1", "a2", "a6", "b1"].map(String::from).into(), "two due, at most two taken");
+        assert!(!behind);
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let (ids, behind) = state.refreshable(Instant::now(), steady, 2);
+        assert_eq!(ids, ["a1", "a2", "a6", "b1"].map(String::from).into(), "the two described longest ago");
+        assert!(behind, "a3..a5 are left for the next cycles");
+        for id in ["a1", "a2"] {
+            state.machines.get_mut(id).unwrap().described_at = Some(Instant::now());
+        }
+        let (ids, behind) = state.refreshable(Instant::now(), steady, 2);
+        assert_eq!(ids, ["a3", "a4", "a6", "b1"].map(String::from).into());
+        assert!(behind);
+
+        // Once nothing is changing, a poller still behind cycles at the short interval.
+        let a6 = state.machines.get_mut("a6").unwrap();
+        (a6.machine.state, a6.described_at) = (InstanceState::Running, Some(Instant::now()));
+        state.requests.get_mut("b").unwrap().needs = 1;
+        assert!(!state.busy());
+        state.behind = true;
+        assert!(state.busy());
+    }
 }
