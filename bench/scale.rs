@@ -175,7 +175,7 @@ async fn run(handler: Handler, n: usize, capacity: i32, mutate_rate: Option<u32>
                 launch_templates_in_use: &[],
                 last_attempt: None,
             };
-            while aws.provider.release(&owner, holdings).await != Ok(Released::Done) {
+            while support::aws::release(&aws.provider, &owner, holdings).await != Ok(Released::Done) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

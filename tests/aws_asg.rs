@@ -42,7 +42,10 @@ async fn release(aws: &Aws, mr: &MachineRequest, sink: &MemoryStatus) {
     let holdings =
         Holdings { known: &known, resources: &status.resources, launch_templates_in_use: &[], last_attempt: None };
     let owner = orb_operator::controller::request::owner_of(mr).unwrap();
-    assert_eq!(aws.provider.release(&owner, holdings).await.unwrap(), orb_operator::provider::Released::Done);
+    assert_eq!(
+        support::aws::release(&aws.provider, &owner, holdings).await.unwrap(),
+        orb_operator::provider::Released::Done
+    );
 }
 
 #[tokio::test]
@@ -244,7 +247,11 @@ async fn an_orphaned_group_marks_what_it_launches_later_and_keeps_its_launch_tem
         last_attempt: None,
     };
     let owner = orb_operator::controller::request::owner_of(&other).unwrap();
-    assert_eq!(aws.restarted().await.release(&owner, holdings).await.unwrap(), orb_operator::provider::Released::Done);
+    let restarted = aws.restarted().await;
+    assert_eq!(
+        support::aws::release(&restarted, &owner, holdings).await.unwrap(),
+        orb_operator::provider::Released::Done
+    );
     let found = aws.ec2.describe_launch_templates().launch_template_ids(&lt).send().await.unwrap();
     assert_eq!(found.launch_templates().len(), 1, "the kept group's launch template was deleted");
     // The sweep takes none of it for a leak.

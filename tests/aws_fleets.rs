@@ -12,7 +12,7 @@ mod support;
 
 use orb_operator::api::*;
 use orb_operator::controller::request::StatusSink;
-use orb_operator::provider::{AnyProvider, Holdings, Provider};
+use orb_operator::provider::{AnyProvider, Holdings, Provider, Released};
 use support::aws::{Aws, aws};
 use support::driver::{MemoryStatus, converge, edited, quiet_passes, ready, request};
 use support::fault_proxy::Fault;
@@ -48,8 +48,8 @@ async fn release_by(provider: &AnyProvider, mr: &MachineRequest, sink: &MemorySt
         launch_templates_in_use: in_use,
         last_attempt: status.attempt.as_ref(),
     };
-    let released = provider.release(&owner_of(mr), holdings).await.unwrap();
-    assert_eq!(released, orb_operator::provider::Released::Done);
+    let released = support::aws::release(provider, &owner_of(mr), holdings).await.unwrap();
+    assert_eq!(released, Released::Done);
 }
 
 /// Nothing the request made is left: nothing of the cluster alive in the test's region (no
@@ -148,6 +148,71 @@ async fn an_instant_fleet_is_one_call_counted_in_units_and_leaves_nothing() {
     );
     assert_eq!(aws.live_of(&b).await.len(), live_ids(&status_b).len(), "the other request keeps its machines");
     release(&aws, &b, &sink_b, &[]).await;
+    assert_nothing_left(&aws, &a, &sink_a.current().unwrap()).await;
+    assert_nothing_left(&aws, &b, &sink_b.current().unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_release_is_one_pass_without_a_describe_and_never_holds_a_worker_while_the_poller_looks() {
+    let Some(aws) =
+        aws("a_release_is_one_pass_without_a_describe_and_never_holds_a_worker_while_the_poller_looks").await
+    else {
+        return;
+    };
+    let template = fleet_template(&aws, Api::Ec2Fleet, FleetType::Instant, &[("m5.large", 1)]);
+    let (mut a, sink_a) = (request("quick", 2), MemoryStatus::default());
+    let (mut b, sink_b) = (request("after-restart", 2), MemoryStatus::default());
+    for (mr, sink) in [(&mut a, &sink_a), (&mut b, &sink_b)] {
+        let (status, error) = converge(mr, &template, &aws.provider, sink, 6).await;
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(status.phase, Some(Phase::Fulfilled), "{:?}", status.conditions);
+    }
+    let holdings_of = |status: &MachineRequestStatus| -> (Vec<String>, Resources, Option<Attempt>) {
+        (live_ids(status), status.resources.clone(), status.attempt.clone())
+    };
+
+    // The poller's view is fresh: the fleet is deleted and the machines of the view terminated
+    // (EC2 takes that as done for those on their way out) in one pass, with no look again.
+    let (known, resources, attempt) = holdings_of(&sink_a.current().unwrap());
+    let holdings =
+        Holdings { known: &known, resources: &resources, launch_templates_in_use: &[], last_attempt: attempt.as_ref() };
+    let describes = aws.proxy.calls("DescribeInstances").len();
+    let released = aws.provider.release(&owner_of(&a), holdings).await.unwrap();
+    assert_eq!(released, Released::Done);
+    assert_eq!(aws.proxy.calls("DescribeInstances").len(), describes, "before, it described the machines again");
+    assert_eq!(aws.proxy.calls("DeleteFleets").len(), 1);
+    assert!(aws.live_of(&a).await.is_empty());
+
+    // A restarted operator's poller has not looked at the request yet: the release returns
+    // rather than wait for that look (a controller worker is not held while a cycle runs)...
+    let restarted = aws.restarted().await;
+    let AnyProvider::Aws(restarted_aws) = &restarted else { unreachable!() };
+    let mut changes = restarted_aws.changes();
+    let denied = Fault::Error {
+        status: 403,
+        code: "UnauthorizedOperation".into(),
+        message: "You are not authorized to perform this operation (injected).".into(),
+    };
+    aws.proxy.inject("DescribeInstances", None, usize::MAX, denied);
+    let (known, resources, attempt) = holdings_of(&sink_b.current().unwrap());
+    let holdings =
+        Holdings { known: &known, resources: &resources, launch_templates_in_use: &[], last_attempt: attempt.as_ref() };
+    let first = restarted.release(&owner_of(&b), holdings).await.unwrap();
+    assert_eq!(first, Released::AwaitingWake, "before, the release waited for the cycle");
+    // ...the poller wakes the request when that look has run, and a look that failed says why.
+    support::aws::changed(&mut changes, &b).await;
+    let error = restarted.release(&owner_of(&b), holdings).await.unwrap_err();
+    assert_eq!(error.code(), "UnauthorizedOperation", "{error}");
+    aws.proxy.clear("DescribeInstances");
+    let mut released = Err(error);
+    for _ in 0..3 {
+        support::aws::changed(&mut changes, &b).await;
+        released = restarted.release(&owner_of(&b), holdings).await;
+        if released == Ok(Released::Done) {
+            break;
+        }
+    }
+    assert_eq!(released, Ok(Released::Done));
     assert_nothing_left(&aws, &a, &sink_a.current().unwrap()).await;
     assert_nothing_left(&aws, &b, &sink_b.current().unwrap()).await;
 }
@@ -427,8 +492,8 @@ async fn release_with_nothing_recorded(aws: &Aws, owner: &orb_operator::provider
         launch_templates_in_use: &[],
         last_attempt: Some(&lost_attempt()),
     };
-    let released = aws.provider.release(owner, holdings).await.unwrap();
-    assert_eq!(released, orb_operator::provider::Released::Done);
+    let released = support::aws::release(&aws.provider, owner, holdings).await.unwrap();
+    assert_eq!(released, Released::Done);
     let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
     assert!(left.is_empty(), "left behind after a release that had lost the create's answer: {left:?}");
 }
@@ -531,22 +596,22 @@ async fn a_release_moments_after_a_fleet_was_made_waits_for_ec2_to_show_it() {
         launch_templates_in_use: &[],
         last_attempt: status.attempt.as_ref(),
     };
-    let released = restarted.release(&owner_of(&mr), holdings()).await.unwrap();
+    let released = support::aws::release(&restarted, &owner_of(&mr), holdings()).await.unwrap();
     assert!(
-        matches!(&released, orb_operator::provider::Released::InProgress(left) if left.contains(&fleet)),
+        matches!(&released, Released::InProgress(left) if left.contains(&fleet)),
         "a fleet not shown moments after its creation is not gone: {released:?}"
     );
     aws.proxy.clear("DescribeFleets");
     aws.proxy.clear("DeleteFleets");
     // Shown now: deleted, and a later pass does not wait for the fleet it deleted itself.
-    let mut released = restarted.release(&owner_of(&mr), holdings()).await.unwrap();
+    let mut released = support::aws::release(&restarted, &owner_of(&mr), holdings()).await.unwrap();
     for _ in 0..3 {
-        if released == orb_operator::provider::Released::Done {
+        if released == Released::Done {
             break;
         }
-        released = restarted.release(&owner_of(&mr), holdings()).await.unwrap();
+        released = support::aws::release(&restarted, &owner_of(&mr), holdings()).await.unwrap();
     }
-    assert_eq!(released, orb_operator::provider::Released::Done);
+    assert_eq!(released, Released::Done);
     assert_nothing_left(&aws, &mr, &sink.current().unwrap()).await;
 }
 

@@ -455,7 +455,7 @@ async fn a_machine_whose_tags_were_stripped_is_kept_by_id_and_released() {
     assert_eq!(aws.live_of(&mr).await.len(), 1, "the listing sees one; nothing was relaunched for the other");
     // Release terminates it too: it is in no listing, only in the status.
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
-    aws.provider.release(&owner_of(&mr), holdings(&known)).await.unwrap();
+    support::aws::release(&aws.provider, &owner_of(&mr), holdings(&known)).await.unwrap();
     let after = aws.ec2.describe_instances().instance_ids(&stripped).send().await.unwrap();
     let state = after.reservations()[0].instances()[0].state().unwrap().name().unwrap().as_str().to_string();
     assert!(state == "terminated" || state == "shutting-down", "{state}");
@@ -561,7 +561,7 @@ async fn release_leaves_nothing_running_and_never_touches_other_requests() {
     let mut known: Vec<String> = sink.current().unwrap().machines.iter().map(|m| m.instance_id.clone()).collect();
     known.push(foreign.clone());
     assert_eq!(
-        aws.provider.release(&owner_of(&mine), holdings(&known)).await.unwrap(),
+        support::aws::release(&aws.provider, &owner_of(&mine), holdings(&known)).await.unwrap(),
         orb_operator::provider::Released::Done
     );
     assert!(aws.live_of(&mine).await.is_empty(), "no pending or running instance carries the request's uid");
@@ -579,7 +579,7 @@ async fn release_terminates_machines_the_tag_lookup_does_not_list_yet() {
     aws.proxy.inject("DescribeInstances", Some("tag%3Aorb.dev%2Frequest-uid"), 1, Fault::empty_listing());
     let known: Vec<String> = sink.current().unwrap().machines.iter().map(|m| m.instance_id.clone()).collect();
     assert_eq!(known.len(), 2);
-    aws.provider.release(&owner_of(&mr), holdings(&known)).await.unwrap();
+    support::aws::release(&aws.provider, &owner_of(&mr), holdings(&known)).await.unwrap();
     assert!(aws.live_of(&mr).await.is_empty(), "the ids status knew were terminated");
 }
 
@@ -668,7 +668,7 @@ async fn a_machine_whose_tags_were_stripped_and_termination_refused_holds_back_n
     };
     aws.proxy.inject("TerminateInstances", Some(&format!("={stripped}")), 100, refusal);
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
-    let error = aws.provider.release(&owner_of(&mr), holdings(&known)).await.unwrap_err();
+    let error = support::aws::release(&aws.provider, &owner_of(&mr), holdings(&known)).await.unwrap_err();
     let text = error.to_string();
     assert_eq!(error.code(), "UnauthorizedOperation");
     assert!(text.contains(&stripped) && text.contains("administrator") && text.contains("orb.dev/cluster="), "{text}");
@@ -702,7 +702,7 @@ async fn a_release_moments_after_a_launch_waits_for_ec2_to_show_its_machines() {
         launch_templates_in_use: &[],
         last_attempt: status.attempt.as_ref(),
     };
-    let released = restarted.release(&owner_of(&mr), holdings()).await.unwrap();
+    let released = support::aws::release(&restarted, &owner_of(&mr), holdings()).await.unwrap();
     assert!(
         matches!(&released, Released::InProgress(left) if left.contains(&known[0])),
         "not found moments after the launch is not gone: {released:?}"
@@ -710,7 +710,7 @@ async fn a_release_moments_after_a_launch_waits_for_ec2_to_show_its_machines() {
     aws.proxy.clear("DescribeInstances");
     assert_eq!(aws.live_of(&mr).await.len(), 2, "nothing was given up");
     // Once EC2 shows them, the release finishes.
-    let released = restarted.release(&owner_of(&mr), holdings()).await.unwrap();
+    let released = support::aws::release(&restarted, &owner_of(&mr), holdings()).await.unwrap();
     assert_eq!(released, Released::Done);
     assert!(aws.live_of(&mr).await.is_empty());
 }

@@ -46,7 +46,7 @@ async fn release_all(aws: &Aws, requests: &[(MachineRequest, MemoryStatus)]) -> 
             let resources = Resources::default();
             let holdings =
                 Holdings { known: &known, resources: &resources, launch_templates_in_use: &[], last_attempt: None };
-            aws.provider.release(&owner, holdings).await
+            support::aws::release(&aws.provider, &owner, holdings).await
         }
     }))
     .await
@@ -249,7 +249,7 @@ async fn a_request_that_never_launched_is_looked_at_and_released_without_a_descr
     mr.status = sink.current();
     let (resources, known) = (Resources::default(), vec![]);
     let holdings = Holdings { known: &known, resources: &resources, launch_templates_in_use: &[], last_attempt: None };
-    assert_eq!(aws.provider.release(&owner_of(&mr), holdings).await, Ok(Released::Done));
+    assert_eq!(support::aws::release(&aws.provider, &owner_of(&mr), holdings).await, Ok(Released::Done));
     let describes = aws.proxy.calls("DescribeInstances");
     assert!(describes.is_empty(), "nothing to list for a request that never launched: {describes:?}");
 }
@@ -396,7 +396,7 @@ async fn spot_fleets_and_groups_are_described_together_once_per_cycle() {
                 launch_templates_in_use: &[],
                 last_attempt: None,
             };
-            aws.provider.release(&owner, holdings).await
+            support::aws::release(&aws.provider, &owner, holdings).await
         }
     }))
     .await;
@@ -739,10 +739,10 @@ async fn a_crash_during_release_leaves_nothing_behind() {
     let holdings = Holdings { known: &known, resources: &resources, launch_templates_in_use: &[], last_attempt: None };
     // Every answer to TerminateInstances is lost (the calls take effect): the release fails.
     aws.proxy.inject("TerminateInstances", None, 3, Fault::Lost);
-    assert!(aws.provider.release(&owner_of(&mr), holdings).await.is_err());
+    assert!(support::aws::release(&aws.provider, &owner_of(&mr), holdings).await.is_err());
     // The operator restarts and releases again.
     let restarted = aws.restarted().await;
-    assert_eq!(restarted.release(&owner_of(&mr), holdings).await, Ok(Released::Done));
+    assert_eq!(support::aws::release(&restarted, &owner_of(&mr), holdings).await, Ok(Released::Done));
     assert_eq!(aws.live_of(&mr).await, [], "nothing of the request runs");
     let left = support::moto::leftovers(aws.moto, aws.region, CLUSTER).await;
     assert!(left.is_empty(), "{left:?}");

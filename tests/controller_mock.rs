@@ -88,20 +88,9 @@ fn respond(send: SendResponse<Response<Body>>, object: &impl serde::Serialize) {
     send.send_response(Response::builder().body(Body::from(serde_json::to_vec(object).unwrap())).unwrap());
 }
 
-/// The next calls mark the request `Deleting` (status, then its Event); answered with `echo`.
-async fn expect_deleting(handle: &mut ApiHandle, echo: &MachineRequest) {
-    let (status, send) = expect(handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
-    assert_eq!(status["status"]["phase"], "Deleting");
-    respond(send, echo);
-    let (event, send) = expect(handle, Method::POST, EVENTS_PATH).await;
-    assert_eq!(event["reason"], "Deleting");
-    respond(send, &event);
-}
-
-/// The next calls release the request: `Deleting` (status, Event), the `Released` Event, then
-/// the finalizer's removal; answered with `echo`.
+/// The next calls release a request whose release finishes at once: the `Released` Event, then
+/// the finalizer's removal (no `Deleting` write: the request goes at once); answered with `echo`.
 async fn expect_released(handle: &mut ApiHandle, echo: &MachineRequest) {
-    expect_deleting(handle, echo).await;
     let (event, send) = expect(handle, Method::POST, EVENTS_PATH).await;
     assert_eq!(event["reason"], "Released");
     respond(send, &event);
@@ -431,13 +420,16 @@ async fn a_release_that_fails_says_why_in_the_ready_condition() {
     });
     let echo = mr.clone();
     let server = tokio::spawn(async move {
-        expect_deleting(&mut handle, &echo).await;
         // The person on call reads the AWS error in `kubectl describe mr`, not only in an Event.
         let (status, send) = expect(&mut handle, Method::PATCH, &format!("{MR_PATH}/status")).await;
+        assert_eq!(status["status"]["phase"], "Deleting");
         let ready = status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
         assert_eq!(ready["reason"], "ReleaseFailed", "{ready}");
         assert!(ready["message"].as_str().unwrap().contains("AuthFailure"), "{ready}");
         respond(send, &echo);
+        let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
+        assert_eq!(event["reason"], "Deleting", "the phase's Event");
+        respond(send, &event);
         let (event, send) = expect(&mut handle, Method::POST, EVENTS_PATH).await;
         assert_eq!(event["type"], "Warning");
         respond(send, &event);

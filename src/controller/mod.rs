@@ -62,6 +62,12 @@ impl Timing {
     }
 }
 
+/// Reconciles of one kind run at once. A reconcile mostly waits — on the API server, on a
+/// shared AWS call gathered across requests, on the rate limiter — so deleting or creating a
+/// hundred requests together goes in two rounds, not seven (at 16, deleting 100 took 7.4 s
+/// with nothing to wait for but the workers).
+const WORKERS: u16 = 64;
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
@@ -415,7 +421,7 @@ pub async fn run(
         None => (Api::<Templates>::all(client.clone()), Api::<Requests>::all(client.clone())),
     };
     check_crds(&templates, &requests).await?;
-    let cfg = controller::Config::default().concurrency(16);
+    let cfg = controller::Config::default().concurrency(WORKERS);
 
     let template_ctrl = Controller::new(templates.clone(), watcher::Config::default()).with_config(cfg.clone());
     // The request cache keeps no managedFields: the operator never reads them, and with 10,000

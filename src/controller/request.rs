@@ -583,20 +583,6 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
         provider: provider_name.clone(),
         configured: ctx.registry.names().join(", "),
     })?;
-    let deleting_with = |from: &MachineRequestStatus, reason: &str, message: String| {
-        let mut deleting = from.clone();
-        deleting.phase = Some(Phase::Deleting);
-        let now = Time(jiff::Timestamp::now());
-        let ready = Cond::new(conditions::READY, false, reason, message);
-        conditions::upsert(&mut deleting.conditions, ready, mr.meta().generation, &now);
-        deleting
-    };
-    let mut current = status.clone();
-    if status.phase != Some(Phase::Deleting) {
-        current = deleting_with(&status, "Deleting", "request deleted; releasing every machine it owns".into());
-        sink(mr, api, ctx).write(&current).await?;
-        announce(ctx, mr, &status, &current).await;
-    }
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
     let in_use = ctx.launch_templates_in_use(&owner.uid);
     let holdings = Holdings {
@@ -605,19 +591,11 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
         launch_templates_in_use: &in_use,
         last_attempt: status.attempt.as_ref(),
     };
-    let released = match provider.release(&owner, holdings).await {
-        Ok(released) => released,
-        Err(error) => {
-            // What `kubectl describe mr` shows while it retries: the AWS error and what to do.
-            let failing = deleting_with(&current, "ReleaseFailed", format!("release failed, retrying: {error}"));
-            if failing != current {
-                sink(mr, api, ctx).write(&failing).await?;
-            }
-            return Err(error.into());
-        }
-    };
-    match released {
-        Released::Done => {
+    // The status says `Deleting` only when the release does not finish in this pass: one that
+    // does lets the request go at once, and two API calls (the write and its Event) per
+    // request are what deleting many together waits on.
+    let (reason, message, outcome) = match provider.release(&owner, holdings).await {
+        Ok(Released::Done) => {
             ctx.released.record(&owner.uid);
             ctx.written.forget(&owner.uid);
             ctx.headroom.forget(&owner.uid);
@@ -631,11 +609,33 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
                 "Release",
             )
             .await;
-            Ok(Action::await_change())
+            return Ok(Action::await_change());
         }
-        Released::InProgress(left) => Err(Error::ReleaseInProgress { object: owner.key(), left }),
+        Ok(Released::InProgress(left)) => {
+            ("Deleting", RELEASING.to_string(), Error::ReleaseInProgress { object: owner.key(), left })
+        }
+        // Woken by the provider's `changes` (the requeue only backs that up).
+        Ok(Released::AwaitingWake) => {
+            let left = "removals sent; waiting for the provider's next look at its machines".into();
+            ("Deleting", RELEASING.to_string(), Error::ReleaseInProgress { object: owner.key(), left })
+        }
+        // What `kubectl describe mr` shows while it retries: the AWS error and what to do.
+        Err(error) => ("ReleaseFailed", format!("release failed, retrying: {error}"), error.into()),
+    };
+    let mut deleting = status.clone();
+    deleting.phase = Some(Phase::Deleting);
+    let now = Time(jiff::Timestamp::now());
+    let ready = Cond::new(conditions::READY, false, reason, message);
+    conditions::upsert(&mut deleting.conditions, ready, mr.meta().generation, &now);
+    if deleting != status {
+        sink(mr, api, ctx).write(&deleting).await?;
+        announce(ctx, mr, &status, &deleting).await;
     }
+    Err(outcome)
 }
+
+/// The Ready message of a request whose release goes on.
+const RELEASING: &str = "request deleted; releasing every machine it owns";
 
 /// An Event for each phase transition, and for each notice a machine gets.
 async fn announce(ctx: &Context, mr: &MachineRequest, before: &MachineRequestStatus, after: &MachineRequestStatus) {

@@ -319,6 +319,9 @@ pub enum Released {
     Done,
     /// Teardown started; call again later. The text says what is left.
     InProgress(String),
+    /// Removals sent; what is left waits on the provider's next look at the request's
+    /// machines, which wakes the request (`Registry::changes`): call again then.
+    AwaitingWake,
 }
 
 /// Provider errors, classified (DESIGN §4.6). Each carries the cloud's error code and message.

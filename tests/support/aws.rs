@@ -6,8 +6,8 @@ use super::moto;
 use aws_sdk_ec2::types::Filter;
 use orb_operator::api::*;
 use orb_operator::config::AwsSettings;
-use orb_operator::provider::AnyProvider;
 use orb_operator::provider::aws::AwsProvider;
+use orb_operator::provider::{AnyProvider, Provider};
 use std::collections::BTreeMap;
 
 pub const CLUSTER: &str = "orb-test";
@@ -167,17 +167,39 @@ impl Aws {
     }
 }
 
+/// Releases `owner` as the controller's finalizer does: a release that waits for the poller's
+/// next look is done again once the poller wakes the request (at most 10 s each time).
+pub async fn release(
+    provider: &AnyProvider,
+    owner: &orb_operator::provider::Owner,
+    holdings: orb_operator::provider::Holdings<'_>,
+) -> Result<orb_operator::provider::Released, orb_operator::provider::ProviderError> {
+    let AnyProvider::Aws(aws) = provider else { unreachable!("the harness builds an AWS provider") };
+    // Subscribed before the first pass: its wake may come before it returns.
+    let mut changes = aws.changes();
+    loop {
+        match provider.release(owner, holdings).await? {
+            orb_operator::provider::Released::AwaitingWake => woken(&mut changes, &owner.name).await,
+            released => return Ok(released),
+        }
+    }
+}
+
 /// Waits (at most 10 s) until the poller reports a change of `mr`'s machines on `changes`.
 pub async fn changed(
     changes: &mut tokio::sync::broadcast::Receiver<orb_operator::provider::RequestKey>,
     mr: &MachineRequest,
 ) {
     use kube::ResourceExt;
-    let wanted = mr.name_any();
+    woken(changes, &mr.name_any()).await;
+}
+
+/// Waits (at most 10 s) until the poller wakes request `name` on `changes`.
+async fn woken(changes: &mut tokio::sync::broadcast::Receiver<orb_operator::provider::RequestKey>, name: &str) {
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
             match changes.recv().await {
-                Ok(key) if key.name == wanted => return,
+                Ok(key) if key.name == name => return,
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(closed) => panic!("the poller ended: {closed}"),
             }

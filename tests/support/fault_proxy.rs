@@ -1,5 +1,6 @@
 //! A fault-injecting HTTP proxy between the AWS SDK and moto. It records every call (action
-//! and body) and how long moto took to answer it (a call whose client gave up included), and can answer chosen calls with an AWS error (e.g. `InsufficientInstanceCapacity`,
+//! and body) and how long moto took to answer it (a call whose client gave up included), and
+//! can answer chosen calls with an AWS error (e.g. `InsufficientInstanceCapacity`,
 //! `RequestLimitExceeded`), an HTTP 500, or a delay before forwarding.
 //!
 //! moto ignores `ClientToken`; with `honour_client_tokens` the proxy does what EC2 does: a

@@ -148,7 +148,8 @@ impl AwsProvider {
         self.queue.as_ref()?.problem()
     }
 
-    /// Requests whose machines the poller saw change.
+    /// Requests whose machines the poller saw change, and those whose release waits for its
+    /// next look (`Released::AwaitingWake`) once that look is done.
     pub fn changes(&self) -> tokio::sync::broadcast::Receiver<super::RequestKey> {
         self.poller.changes()
     }
@@ -394,6 +395,8 @@ impl Provider for AwsProvider {
     }
 
     async fn release(&self, owner: &Owner, holdings: Holdings<'_>) -> Result<Released, ProviderError> {
+        // Forgotten at once, not when done: requests released together would each count the
+        // others' recent launches as uses of a shared launch template and all keep it.
         let mut launch_templates = self.ops.forget_launch_template_uses(&owner.uid);
         let outcome_unknown = holdings.outcome_unknown();
         // Nothing recorded at all: it never launched (an attempt is written before any create).
@@ -416,25 +419,30 @@ impl Provider for AwsProvider {
             // A lost create (a group's, say) may have made one that nothing names: look for it.
             launch_templates.extend(self.ops.launch_templates_of_template(owner).await?);
         }
-        // Fleets first, or a maintain fleet would replace what is terminated below.
-        ec2_fleet::delete(&self.ops, &everything.fleet_ids).await?;
-        spot_fleet::cancel(&self.ops, &everything.spot_fleet_request_ids).await?;
-        asg::delete(&self.ops, everything.asg_name.as_deref()).await?;
-        if everything.launches_on_its_own() {
-            // Their machines are on their way out with them: look again (by id) before
-            // terminating what they leave, not at a view from before the deletion.
-            self.poller.acted(owner);
-        }
         // What to tear down: the ids the status knows, and after a lost answer a fresh tag
         // listing (batched with every other request's) for what no record names. Otherwise the
         // poller already tracks all there is: what its listing found when it first saw the
         // request, and every machine launched since (their answers came back), so a release
-        // costs no listing.
+        // costs no listing; and when the poller has not looked at the request yet (a restart),
+        // the release comes back once it has (it wakes the request) rather than hold a
+        // controller worker while it looks.
         let listed = if outcome_unknown {
             self.poller.relist(owner, &known).await?
         } else {
-            self.poller.observe(owner, &known, launched).await?
+            match self.poller.look(owner, &known, launched)? {
+                Some(listed) => listed,
+                None => return Ok(Released::AwaitingWake),
+            }
         };
+        // Fleets first, or a maintain fleet would replace what is terminated below; each is
+        // removed once per process (a release that comes back sends nothing for it again).
+        // What they launched goes with them, and a fleet launches nothing after its deletion:
+        // the live machines of the view are terminated below all the same (one call shared
+        // with the other releases; EC2 takes it as done for a machine already on its way out),
+        // so nothing is left to look at again and wait for.
+        ec2_fleet::delete(&self.ops, &everything.fleet_ids).await?;
+        spot_fleet::cancel(&self.ops, &everything.spot_fleet_request_ids).await?;
+        asg::delete(&self.ops, everything.asg_name.as_deref()).await?;
         // Moments after a launch, EC2 may not show what it made yet: an id it does not know is
         // "not yet", not "gone" (else the finalizer would go and the machine run on, untracked).
         // (A fleet or spot fleet request counts as not shown yet only if this process never saw
@@ -451,6 +459,8 @@ impl Provider for AwsProvider {
         let live: Vec<ObservedMachine> = listed.into_iter().filter(|m| m.state.can_terminate()).collect();
         self.terminate_tagged_apart(owner, live).await?;
         if !unseen.is_empty() {
+            // The next pass looks again: at a view after these removals.
+            self.poller.acted(owner);
             return Ok(Released::InProgress(format!(
                 "waiting for EC2 to show {unseen:?}, made moments ago, before letting the request go"
             )));

@@ -53,7 +53,9 @@ impl IdLists {
 
     /// Sends `ids` through `call` in lists of `size()`; a list that got no answer in time is
     /// sent again at once as halves (logged at info). Returns each list sent and what its call
-    /// came to, in order: a list that failed otherwise does not stop the ones after it.
+    /// came to, in order. A list that got no answer even alone fails on its own; one that
+    /// failed otherwise (throttled, refused: the SDK has already retried it) ends the sending,
+    /// and the ids not sent share its error.
     pub async fn each<T, F, Fut>(
         &self,
         what: &str,
@@ -76,8 +78,15 @@ impl IdLists {
                 tracing::info!(sent = list.len(), next = size, %error, "{what} got no answer in time; naming fewer ids per call for a while");
                 continue;
             }
+            let ends = outcome.as_ref().err().filter(|error| !error.is_timeout()).cloned();
             outcomes.push((list.to_vec(), outcome));
             rest = after;
+            if let Some(error) = ends
+                && !rest.is_empty()
+            {
+                outcomes.push((rest.to_vec(), Err(error)));
+                break;
+            }
         }
         outcomes
     }
@@ -109,7 +118,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn each_list_is_sent_once_halves_after_a_timeout_and_a_failure_holds_back_only_its_own() {
+    async fn each_list_is_sent_once_halves_after_a_timeout_and_another_failure_ends_the_sending() {
         let lists = IdLists::new(4);
         let ids: Vec<String> = (0..7).map(|i| format!("i-{i}")).collect();
         let sent = Mutex::new(vec![]);
@@ -127,10 +136,10 @@ mod tests {
                 std::future::ready(outcome)
             })
             .await;
-        assert_eq!(*sent.lock().unwrap(), vec![4, 2, 2, 2, 1], "4 timed out, then lists of 2");
+        assert_eq!(*sent.lock().unwrap(), vec![4, 2, 2], "4 timed out, then lists of 2 until one failed");
         let summary: Vec<(usize, bool)> =
             outcomes.iter().map(|(list, outcome)| (list.len(), outcome.is_ok())).collect();
-        assert_eq!(summary, vec![(2, true), (2, false), (2, true), (1, true)]);
+        assert_eq!(summary, vec![(2, true), (2, false), (3, false)], "the ids not sent share the failure");
         assert_eq!(lists.size(), 2);
     }
 }

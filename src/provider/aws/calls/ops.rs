@@ -50,8 +50,9 @@ pub struct Ops {
     pub terminations: std::sync::Arc<super::gather::Gathered<Ops>>,
     pub fleet_deletions: std::sync::Arc<super::gather::Gathered<Ops>>,
     pub spot_cancellations: std::sync::Arc<super::gather::Gathered<Ops>>,
-    /// Fleets and spot fleet requests this process deleted or cancelled: a release done again
-    /// (waiting for EC2 to show what it made) sends nothing for them.
+    /// Fleets, spot fleet requests and groups this process deleted or cancelled: a release
+    /// done again (it came back for a fresh look at the machines, or for EC2 to show what it
+    /// made) sends nothing for them.
     pub removed_fleets: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     /// Deletions of launch templates releases found unused, gathered too: requests released
     /// together check AWS's listings once and delete a shared launch template once.
@@ -248,8 +249,8 @@ where
 }
 
 impl Ops {
-    /// Records fleets or spot fleet requests deleted or cancelled (see `removed_fleets`): EC2
-    /// knew them, so they count as seen too.
+    /// Records fleets, spot fleet requests or groups deleted or cancelled (see
+    /// `removed_fleets`): EC2 knew them, so they count as seen too.
     pub fn removed(&self, ids: &[String]) {
         self.saw_fleets(ids.iter().map(String::as_str));
         let mut removed = self.removed_fleets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

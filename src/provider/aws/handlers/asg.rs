@@ -286,21 +286,23 @@ pub fn launch_templates(g: &AutoScalingGroup) -> impl Iterator<Item = &LaunchTem
     g.launch_template().into_iter().chain(mixed.and_then(|lt| lt.launch_template_specification()))
 }
 
-/// Deletes the request's group with its instances.
+/// Deletes the request's group with its instances (once per process: see `Ops::removed`).
 pub async fn delete(ops: &Ops, name: Option<&str>) -> Result<(), ProviderError> {
     let Some(name) = name else { return Ok(()) };
-    if describe(ops, name).await?.is_none() {
+    let name = [name.to_string()];
+    if ops.not_removed(&name).is_empty() || describe(ops, &name[0]).await?.is_none() {
         return Ok(());
     }
-    tracing::info!(group = name, "deleting the Auto Scaling group with its instances");
+    tracing::info!(group = name[0], "deleting the Auto Scaling group with its instances");
     ops.autoscaling
         .delete_auto_scaling_group()
-        .auto_scaling_group_name(name)
+        .auto_scaling_group_name(&name[0])
         .force_delete(true)
         .send()
         .await
-        .map(drop)
-        .map_err(|e| classify("DeleteAutoScalingGroup", e))
+        .map_err(|e| classify("DeleteAutoScalingGroup", e))?;
+    ops.removed(&name);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -98,6 +98,9 @@ struct Request {
     asked: tokio::time::Instant,
     /// Its fleets, spot fleet requests and group, refreshed with the instances.
     held: Held,
+    /// The cycle a look that did not wait (`Poller::look`) asked for: the request is woken
+    /// after each cycle from that one on, until a look takes the answer.
+    awaiting: Option<u64>,
 }
 
 #[derive(Default)]
@@ -139,9 +142,34 @@ impl State {
             needs: next,
             asked: tokio::time::Instant::now(),
             held: Held::default(),
+            awaiting: None,
         });
         request.asked = tokio::time::Instant::now();
         request
+    }
+
+    /// What the owner's look needs: records its `known` ids and returns the cycle it must
+    /// wait for, if any.
+    fn ask(&mut self, owner: &Owner, known: &[String], launched: bool) -> Option<u64> {
+        let (next, finished) = (self.started + 1, self.finished);
+        let unseen = known.iter().any(|id| !self.machines.contains_key(id));
+        let request = self.entry(owner);
+        if !launched {
+            // Its status records no attempt, and one is written before any create call.
+            request.list = false;
+            request.needs = 0;
+        }
+        request.ids.extend(known.iter().cloned());
+        if unseen {
+            request.needs = request.needs.max(next);
+        }
+        (request.needs > finished).then_some(request.needs)
+    }
+
+    /// The requests to wake after cycle `number`: those whose look did not wait for it (or
+    /// for an earlier one), served or failed — their next look takes the answer.
+    fn woken(&self, number: u64) -> Vec<RequestKey> {
+        self.requests.values().filter(|r| r.awaiting.is_some_and(|c| c <= number)).map(|r| r.key.clone()).collect()
     }
 
     /// The fleet view of every request.
@@ -246,7 +274,7 @@ impl Poller {
         Self { shared: Arc::new(shared), ops, started: std::sync::Once::new() }
     }
 
-    /// Requests whose machines changed, as they change.
+    /// Requests whose machines changed, as they change, and those a `look` owes a wake.
     pub fn changes(&self) -> broadcast::Receiver<RequestKey> {
         self.shared.changes.subscribe()
     }
@@ -274,26 +302,52 @@ impl Poller {
         launched: bool,
     ) -> Result<Vec<ObservedMachine>, ProviderError> {
         self.start();
-        let needs = {
-            let mut state = self.state();
-            let (next, finished) = (state.started + 1, state.finished);
-            let unseen = known.iter().any(|id| !state.machines.contains_key(id));
-            let request = state.entry(owner);
-            if !launched {
-                // Its status records no attempt, and one is written before any create call.
-                request.list = false;
-                request.needs = 0;
-            }
-            request.ids.extend(known.iter().cloned());
-            if unseen {
-                request.needs = request.needs.max(next);
-            }
-            (request.needs > finished).then_some(request.needs)
-        };
+        let needs = self.state().ask(owner, known, launched);
         if let Some(cycle) = needs {
             self.cycle_done(cycle, &owner.uid).await?;
         }
         Ok(self.view(owner))
+    }
+
+    /// `observe` without the wait: the owner's machines if the view is fresh enough for it,
+    /// else `None` — the next cycle is asked for, and from then on each cycle wakes the owner
+    /// (`changes`) until a look takes the answer: the view once that cycle has looked at it
+    /// (as `observe` returns it after its wait), or the error of a cycle that failed it. A
+    /// caller holds nothing while the cycle runs.
+    pub fn look(
+        &self,
+        owner: &Owner,
+        known: &[String],
+        launched: bool,
+    ) -> Result<Option<Vec<ObservedMachine>>, ProviderError> {
+        self.start();
+        let mut state = self.state();
+        let finished = state.finished;
+        let request = state.entry(owner);
+        let waits = match request.awaiting {
+            Some(cycle) if cycle <= finished && request.needs <= finished => {
+                request.awaiting = None;
+                None
+            }
+            Some(cycle) => {
+                drop(state);
+                let done = self.shared.done.borrow().clone();
+                let failed = done.error.or_else(|| done.unlisted.get(&owner.uid).cloned());
+                return match failed {
+                    Some(error) if done.cycle >= cycle => Err(error),
+                    _ => Ok(None),
+                };
+            }
+            None => state.ask(owner, known, launched),
+        };
+        if let Some(cycle) = waits {
+            state.entry(owner).awaiting = Some(cycle);
+            drop(state);
+            self.shared.kick.notify_one();
+            return Ok(None);
+        }
+        drop(state);
+        Ok(Some(self.view(owner)))
     }
 
     /// The state of the owner's fleets, spot fleet requests and group, as of the last cycle.
@@ -583,7 +637,7 @@ async fn cycle(shared: &Shared, ops: &Ops) {
     .await;
     let mut state = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut unlisted = HashMap::new();
-    let error = match result {
+    let (error, mut wake) = match result {
         Ok((fresh, (found, failed))) => {
             if let Some((_, error)) = failed.first() {
                 tracing::warn!(provider = %shared.provider, requests = failed.len(), %error, "tag listing failed; those requests are listed again at the next cycle");
@@ -606,17 +660,9 @@ async fn cycle(shared: &Shared, ops: &Ops) {
                     changed.push(request.key.clone());
                 }
             }
-            changed.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-            changed.dedup();
             state.finished = number;
-            let tracked = state.machines.len();
-            drop(state);
-            shared.metrics.polled(&shared.provider, tracked);
-            for key in changed {
-                // Nobody listening (tests, a controller not started yet) is fine.
-                let _ = shared.changes.send(key);
-            }
-            None
+            shared.metrics.polled(&shared.provider, state.machines.len());
+            (None, changed)
         }
         Err(error) => {
             tracing::warn!(provider = %shared.provider, %error, "instance refresh failed; retrying at the next cycle");
@@ -630,10 +676,20 @@ async fn cycle(shared: &Shared, ops: &Ops) {
             for request in state.requests.values_mut() {
                 request.needs = request.needs.max(number + 1);
             }
-            Some(error)
+            (Some(error), vec![])
         }
     };
+    // Looks that did not wait, woken after the cycle's outcome is published: to their view,
+    // or to its error.
+    wake.extend(state.woken(number));
+    drop(state);
     shared.done.send_replace(Done { cycle: number, error, unlisted: Arc::new(unlisted) });
+    wake.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    wake.dedup();
+    for key in wake {
+        // Nobody listening (tests, a controller not started yet) is fine.
+        let _ = shared.changes.send(key);
+    }
 }
 
 /// An instance a cycle found, with its reservation when the call named it.
@@ -739,7 +795,24 @@ mod tests {
             needs,
             asked: Instant::now(),
             held: Held::default(),
+            awaiting: None,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_look_that_did_not_wait_is_woken_by_each_cycle_from_the_one_it_asked_for() {
+        let mut state = State::default();
+        for (name, awaiting) in [("asked-3", Some(3)), ("asked-4", Some(4)), ("waited", None)] {
+            state.requests.insert(name.into(), Request { awaiting, ..request(&[name], 3) });
+        }
+        let woken = |state: &State, number| {
+            let mut names: Vec<String> = state.woken(number).into_iter().map(|k| k.name).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(woken(&state, 2), Vec::<String>::new(), "before the cycle it asked for");
+        assert_eq!(woken(&state, 3), ["asked-3"]);
+        assert_eq!(woken(&state, 4), ["asked-3", "asked-4"], "until a look takes the answer");
     }
 
     #[tokio::test(start_paused = true)]
