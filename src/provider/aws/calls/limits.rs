@@ -13,7 +13,8 @@
 //! and three at a time for every one the operator needs turn slowness into a standstill). Its
 //! caller tries again — the poller at its next cycle, in smaller lists (`id_lists`). A
 //! mutating call's attempt is retried: its client token makes that safe, and an unknown
-//! outcome costs more than a repeat.
+//! outcome costs more than a repeat. At most `MUTATING_IN_FLIGHT` mutating calls are out at
+//! once, however many reconciles run.
 //! The buckets are `governor`'s, read through the tokio clock so tests can pause time.
 
 use super::call_metrics::CallMetrics;
@@ -41,6 +42,13 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// emulator), a second launch. EC2 can take several seconds to answer a large RunInstances or
 /// CreateFleet under load; a slow answer is waited for rather than turned into a replay.
 pub const MUTATE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Mutating calls of one provider in flight at once. EC2 takes many at once, but an endpoint
+/// that answers one call after another (a struggling region, an emulator) answers the last of
+/// a burst late — and each mutating answer given up on is an unknown outcome, which costs a
+/// replay and a listing to find what it made. Sixteen at a time still sends the budget's burst
+/// of 40 within a second where a call takes a fifth of one.
+pub const MUTATING_IN_FLIGHT: usize = 16;
 
 /// A describe that got no answer within its attempt's time (`errors::classify` names it
 /// `Timeout`). A connector error of no kind, which the SDK's retry classifiers leave alone.
@@ -125,6 +133,8 @@ fn bucket(rate: u32, burst: u32) -> Bucket {
 pub struct Budget {
     describe: Bucket,
     mutate: Bucket,
+    /// `MUTATING_IN_FLIGHT` permits, one held by each mutating call while it is out.
+    mutating: tokio::sync::Semaphore,
     calls: CallMetrics,
 }
 
@@ -139,15 +149,18 @@ impl Budget {
         Self {
             describe: bucket(rates.describe_rate, rates.describe_burst),
             mutate: bucket(rates.mutate_rate, rates.mutate_burst),
+            mutating: tokio::sync::Semaphore::new(MUTATING_IN_FLIGHT),
             calls,
         }
     }
 
-    /// Waits until a call of `class` may go out.
-    pub async fn acquire(&self, class: CallClass) {
-        let bucket = match class {
-            CallClass::Describe => &self.describe,
-            CallClass::Mutate => &self.mutate,
+    /// Waits until a call of `class` may go out; a mutating call holds the permit returned
+    /// while it is out. (The permit first: a call waiting for one spends no token meanwhile.)
+    pub async fn acquire(&self, class: CallClass) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let (bucket, permit) = match class {
+            CallClass::Describe => (&self.describe, None),
+            // Never closed: `acquire` fails only on a closed semaphore.
+            CallClass::Mutate => (&self.mutate, self.mutating.acquire().await.ok()),
         };
         let started = tokio::time::Instant::now();
         let mut waited = false;
@@ -158,6 +171,7 @@ impl Budget {
         if waited {
             self.calls.metrics.budget_wait(&self.calls.provider, class.as_str(), started.elapsed());
         }
+        permit
     }
 }
 
@@ -217,7 +231,7 @@ impl HttpConnector for PacedConnector {
         let class = request.extension::<CallClass>().copied().unwrap_or(CallClass::Mutate);
         let (inner, budget) = (self.inner.clone(), self.budget.clone());
         HttpConnectorFuture::new(async move {
-            budget.acquire(class).await;
+            let _out = budget.acquire(class).await;
             // The attempt's own time starts once it may go out: a call queued behind the
             // budget is not a timed-out call (which would look like an unknown outcome).
             let limit = class.attempt_timeout();
@@ -298,6 +312,54 @@ mod tests {
             Duration::from_secs(1) + MUTATE_ATTEMPT_TIMEOUT,
             "the wait is not part of the attempt"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_sixteen_mutating_calls_are_out_at_once_and_describes_are_not_held() {
+        /// A server that answers each call after a second, counting the calls it holds.
+        #[derive(Debug, Default)]
+        struct Slow {
+            out: std::sync::atomic::AtomicUsize,
+            most: std::sync::atomic::AtomicUsize,
+        }
+        #[derive(Debug)]
+        struct SlowConnector(Arc<Slow>);
+        impl HttpConnector for SlowConnector {
+            fn call(&self, _request: HttpRequest) -> HttpConnectorFuture {
+                use std::sync::atomic::Ordering::SeqCst;
+                let slow = self.0.clone();
+                HttpConnectorFuture::new(async move {
+                    let now = slow.out.fetch_add(1, SeqCst) + 1;
+                    slow.most.fetch_max(now, SeqCst);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    slow.out.fetch_sub(1, SeqCst);
+                    Ok(aws_smithy_runtime_api::http::Response::new(
+                        200.try_into().unwrap(),
+                        aws_smithy_types::body::SdkBody::empty(),
+                    ))
+                })
+            }
+        }
+        let lifted = Rates { describe_rate: 1000, describe_burst: 1000, mutate_rate: 1000, mutate_burst: 1000 };
+        for (class, most, took) in [(CallClass::Mutate, MUTATING_IN_FLIGHT, 3), (CallClass::Describe, 40, 1)] {
+            let slow = Arc::new(Slow::default());
+            let connector = Arc::new(PacedConnector {
+                inner: SharedHttpConnector::new(SlowConnector(slow.clone())),
+                budget: Arc::new(budget(lifted).0),
+            });
+            let start = tokio::time::Instant::now();
+            let calls = (0..40).map(|_| {
+                let mut request = HttpRequest::new(aws_smithy_types::body::SdkBody::empty());
+                request.add_extension(class);
+                connector.call(request)
+            });
+            for answer in futures::future::join_all(calls).await {
+                answer.expect("answered");
+            }
+            let most_out = slow.most.load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(most_out, most, "{class:?}: most calls out at once");
+            assert_eq!(start.elapsed(), Duration::from_secs(took), "{class:?}: 40 calls of 1 s");
+        }
     }
 
     #[tokio::test(start_paused = true)]
