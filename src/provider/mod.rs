@@ -319,8 +319,9 @@ pub enum Released {
     Done,
     /// Teardown started; call again later. The text says what is left.
     InProgress(String),
-    /// Removals sent; what is left waits on the provider's next look at the request's
-    /// machines, which wakes the request (`Registry::changes`): call again then.
+    /// Nothing removed yet: the release waits on the provider's first look at the request's
+    /// machines (after a restart), which wakes the request (`Registry::changes`): call again
+    /// then.
     AwaitingWake,
 }
 

@@ -237,6 +237,13 @@ struct Done {
     unlisted: Arc<HashMap<String, ProviderError>>,
 }
 
+impl Done {
+    /// Why this cycle did not look at request `uid`: it failed as a whole, or its listing did.
+    fn failed(&self, uid: &str) -> Option<ProviderError> {
+        self.error.clone().or_else(|| self.unlisted.get(uid).cloned())
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     kick: Notify,
@@ -332,8 +339,7 @@ impl Poller {
             Some(cycle) => {
                 drop(state);
                 let done = self.shared.done.borrow().clone();
-                let failed = done.error.or_else(|| done.unlisted.get(&owner.uid).cloned());
-                return match failed {
+                return match done.failed(&owner.uid) {
                     Some(error) if done.cycle >= cycle => Err(error),
                     _ => Ok(None),
                 };
@@ -393,11 +399,7 @@ impl Poller {
             .await
             .map_err(|_| ProviderError::Transient { code: "PollerStopped".into(), message: "the poller ended".into() })?
             .clone();
-        match (finished.error, finished.unlisted.get(uid)) {
-            (Some(error), _) => Err(error),
-            (None, Some(error)) => Err(error.clone()),
-            (None, None) => Ok(()),
-        }
+        finished.failed(uid).map_or(Ok(()), Err)
     }
 
     fn view(&self, owner: &Owner) -> Vec<ObservedMachine> {
