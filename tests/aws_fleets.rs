@@ -516,6 +516,51 @@ async fn a_spot_fleet_whose_create_answer_was_lost_is_adopted_and_released() {
     a_lost_create_is_adopted_on_replay_and_released(test, Api::SpotFleet, FleetType::Maintain).await;
 }
 
+/// After a burst of lost create answers every request looks for what its create made in a
+/// listing of every fleet of the account (DescribeFleets filters by no tag): the requests
+/// replaying at the same moment share one listing, each adopting its own fleet from it.
+#[tokio::test]
+async fn requests_replaying_lost_creates_together_share_one_listing_of_the_accounts_fleets() {
+    let test = "requests_replaying_lost_creates_together_share_one_listing_of_the_accounts_fleets";
+    let Some(aws) = aws(test).await else { return };
+    let template = fleet_template(&aws, Api::Ec2Fleet, FleetType::Request, &[("t3.medium", 1)]);
+    let nothing = Resources::default();
+    let owners: Vec<_> = ["lost-a", "lost-b", "lost-c"].iter().map(|name| owner_of(&request(name, 1))).collect();
+    let launch = |owner, replay| orb_operator::provider::ProvisionRequest {
+        owner,
+        template: &template.spec,
+        mix: orb_operator::provider::MarketMix { on_demand: 1, spot: 0 },
+        client_token: "orb-1-lost",
+        resources: &nothing,
+        target_units: 1,
+        replay,
+        left_out: &[],
+    };
+    let mut made = vec![];
+    for owner in &owners {
+        made.push(aws.provider.provision(&launch(owner, false)).await.unwrap().resources.fleet_ids);
+    }
+    // Every answer was lost: all three replay at once.
+    let listings = aws.proxy.calls("DescribeFleets").len();
+    let asks: Vec<_> = owners.iter().map(|owner| launch(owner, true)).collect();
+    let replays = futures::future::join_all(asks.iter().map(|ask| aws.provider.provision(ask))).await;
+    for (replayed, made) in replays.into_iter().zip(&made) {
+        assert_eq!(&replayed.unwrap().resources.fleet_ids, made, "each request adopts the fleet its own create made");
+    }
+    assert_eq!(aws.proxy.calls("CreateFleet").len(), 3, "no replay created again");
+    assert_eq!(aws.proxy.calls("DescribeFleets").len() - listings, 1, "one listing for the three replays");
+    // Deleted before anything was recorded, together: each release finds its own fleet.
+    let lost = lost_attempt();
+    let holdings =
+        || Holdings { known: &[], resources: &nothing, launch_templates_in_use: &[], last_attempt: Some(&lost) };
+    let released =
+        futures::future::join_all(owners.iter().map(|owner| support::aws::release(&aws.provider, owner, holdings())))
+            .await;
+    assert!(released.iter().all(|r| r == &Ok(Released::Done)), "{released:?}");
+    let left = support::moto::leftovers(aws.moto, aws.region, support::aws::CLUSTER).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 #[tokio::test]
 async fn an_auto_scaling_group_whose_create_answer_was_lost_is_released() {
     let test = "an_auto_scaling_group_whose_create_answer_was_lost_is_released";

@@ -66,7 +66,7 @@ impl Timing {
 /// shared AWS call gathered across requests, on the rate limiter — so deleting or creating a
 /// hundred requests together goes in two rounds, not seven (at 16, deleting 100 took 7.4 s
 /// with nothing to wait for but the workers).
-const WORKERS: u16 = 64;
+pub const WORKERS: u16 = 64;
 
 /// Shared by every reconcile.
 pub struct Context {

@@ -616,7 +616,7 @@ async fn cleanup(mr: &MachineRequest, api: &Api<MachineRequest>, ctx: &Context) 
         }
         // Woken by the provider's `changes` (the requeue only backs that up).
         Ok(Released::AwaitingWake) => {
-            let left = "waiting for the provider's first look at its machines".into();
+            let left = "waiting for the provider's next look at its machines".into();
             ("Deleting", RELEASING.to_string(), Error::ReleaseInProgress { object: owner.key(), left })
         }
         // What `kubectl describe mr` shows while it retries: the AWS error and what to do.

@@ -319,9 +319,9 @@ pub enum Released {
     Done,
     /// Teardown started; call again later. The text says what is left.
     InProgress(String),
-    /// Nothing removed yet: the release waits on the provider's first look at the request's
-    /// machines (after a restart), which wakes the request (`Registry::changes`): call again
-    /// then.
+    /// The release waits on the provider's next look at the request's machines (its first
+    /// after a restart, or one after removals that left machines it has not seen go), which
+    /// wakes the request (`Registry::changes`): call again then.
     AwaitingWake,
 }
 

@@ -86,6 +86,12 @@ impl AwsProvider {
             spot_cancellations: gather::Gathered::new(|ops, ids| {
                 Box::pin(async move { spot_fleet::cancel_now(&ops, &ids).await })
             }),
+            fleet_listing: gather::SharedListing::new(|ops| {
+                Box::pin(async move { ec2_fleet::list_active(&ops).await })
+            }),
+            spot_fleet_listing: gather::SharedListing::new(|ops| {
+                Box::pin(async move { spot_fleet::list_active(&ops).await })
+            }),
             template_deletions: gather::Gathered::new(|ops, ids| {
                 Box::pin(async move { sweep::delete_unless_in_use(&ops, &ids).await })
             }),

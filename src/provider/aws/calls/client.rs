@@ -4,6 +4,7 @@
 //! bound lives in `limits`, after the rate limiter's wait). Every client of
 //! a provider is built from it and shares its HTTP connection pool.
 
+use super::limits;
 use crate::config::AwsSettings;
 use aws_config::retry::RetryConfig;
 use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
@@ -13,18 +14,17 @@ use std::time::Duration;
 
 /// Attempts per call when the config does not say (the SDK's standard mode default).
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-/// Longest a call may take, retries and waits for the provider's rate limiter included (each
-/// attempt is bounded by `limits::CallClass::attempt_timeout` once it is sent).
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Builds the SDK configuration for one provider.
 pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
+    let attempts = settings.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(settings.region.clone()))
-        .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS)))
+        .retry_config(RetryConfig::standard().with_max_attempts(attempts))
         .timeout_config(
             TimeoutConfig::builder()
-                .operation_timeout(OPERATION_TIMEOUT)
+                // Long enough for a call queued behind the provider's budget (see there).
+                .operation_timeout(limits::operation_timeout(attempts, settings.rates()))
                 .connect_timeout(Duration::from_secs(5))
                 .build(),
         )

@@ -53,9 +53,12 @@ impl IdLists {
 
     /// Sends `ids` through `call` in lists of `size()`; a list that got no answer in time is
     /// sent again at once as halves (logged at info). Returns each list sent and what its call
-    /// came to, in order. A list that got no answer even alone fails on its own; one that
-    /// failed otherwise (throttled, refused: the SDK has already retried it) ends the sending,
-    /// and the ids not sent share its error.
+    /// came to, in order. A list that got no answer even alone fails on its own — once: a
+    /// second in a row means the service answers nothing, not that answers are too large, so
+    /// it ends the sending (each id alone would cost an attempt's time: hours for a thousand)
+    /// and the size learnt is dropped. A list that failed otherwise (throttled, refused: the
+    /// SDK has already retried it) ends the sending too. The ids not sent share the error that
+    /// ended it.
     pub async fn each<T, F, Fut>(
         &self,
         what: &str,
@@ -68,17 +71,32 @@ impl IdLists {
     {
         let mut outcomes = vec![];
         let mut rest = ids;
+        let mut alone_unanswered = false;
         while !rest.is_empty() {
             let (list, after) = rest.split_at(self.size().min(rest.len()));
             let outcome = call(list.to_vec()).await;
-            if let Err(error) = &outcome
-                && error.is_timeout()
+            let timed_out = outcome.as_ref().err().filter(|error| error.is_timeout());
+            if let Some(error) = timed_out
                 && let Some(size) = self.timed_out(list.len())
             {
                 tracing::info!(sent = list.len(), next = size, %error, "{what} got no answer in time; naming fewer ids per call for a while");
                 continue;
             }
-            let ends = outcome.as_ref().err().filter(|error| !error.is_timeout()).cloned();
+            let ends = match timed_out {
+                Some(error) if alone_unanswered => {
+                    tracing::info!(%error, "{what} got no answer even for one id, twice in a row: the service is not answering; the rest waits for the next try");
+                    *self.shrunk.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                    Some(error.clone())
+                }
+                Some(_) => {
+                    alone_unanswered = true;
+                    None
+                }
+                None => {
+                    alone_unanswered = false;
+                    outcome.as_ref().err().cloned()
+                }
+            };
             outcomes.push((list.to_vec(), outcome));
             rest = after;
             if let Some(error) = ends
@@ -141,5 +159,43 @@ mod tests {
             outcomes.iter().map(|(list, outcome)| (list.len(), outcome.is_ok())).collect();
         assert_eq!(summary, vec![(2, true), (2, false), (3, false)], "the ids not sent share the failure");
         assert_eq!(lists.size(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_ids_in_a_row_unanswered_alone_end_the_sending_and_the_size_comes_back() {
+        let lists = IdLists::new(4);
+        let ids: Vec<String> = (0..1000).map(|i| format!("i-{i}")).collect();
+        let sent = Mutex::new(vec![]);
+        // The service answers nothing at all.
+        let outcomes = lists
+            .each("DescribeInstances", &ids, |list| {
+                sent.lock().unwrap().push(list.len());
+                std::future::ready(Err::<usize, _>(timeout()))
+            })
+            .await;
+        assert_eq!(*sent.lock().unwrap(), vec![4, 2, 1, 1], "halved down to one id, then one more alone");
+        let summary: Vec<usize> = outcomes.iter().map(|(list, _)| list.len()).collect();
+        assert_eq!(summary, vec![1, 1, 998], "the ids not sent share the timeout");
+        assert!(outcomes.iter().all(|(_, outcome)| outcome.as_ref().is_err_and(ProviderError::is_timeout)));
+        assert_eq!(lists.size(), 4, "the size was not what held the answers back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_id_unanswered_alone_fails_on_its_own_and_the_others_are_sent() {
+        let lists = IdLists::new(2);
+        let ids: Vec<String> = ["slow", "a", "b", "c"].map(String::from).to_vec();
+        let outcomes = lists
+            .each("DescribeInstances by request uid", &ids, |list| {
+                let outcome = if list.contains(&"slow".to_string()) { Err(timeout()) } else { Ok(list.len()) };
+                std::future::ready(outcome)
+            })
+            .await;
+        let summary: Vec<(Vec<String>, bool)> =
+            outcomes.into_iter().map(|(list, outcome)| (list, outcome.is_ok())).collect();
+        let list = |ids: &[&str]| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            summary,
+            vec![(list(&["slow"]), false), (list(&["a"]), true), (list(&["b"]), true), (list(&["c"]), true)]
+        );
     }
 }

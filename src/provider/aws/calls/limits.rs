@@ -50,6 +50,23 @@ pub const MUTATE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// of 40 within a second where a call takes a fifth of one.
 pub const MUTATING_IN_FLIGHT: usize = 16;
 
+/// The longest the SDK's standard retry mode waits between two attempts of a call.
+const SDK_MOST_BACKOFF: Duration = Duration::from_secs(20);
+
+/// Longest the SDK lets one call take, its waits in this budget and its retries included (its
+/// operation timeout): a backstop, as each attempt is bounded once sent. It outlasts the
+/// longest a mutating call can queue here before it is sent — behind every reconcile's call,
+/// `MUTATING_IN_FLIGHT` at a time, each waiting for its token and then out for at most an
+/// attempt's time — and then its own `attempts`: a call given up on while still queued would
+/// look like one whose answer was lost (an unknown outcome: a listing and a replay for a call
+/// AWS never received). 278 s with the defaults.
+pub fn operation_timeout(attempts: u32, rates: Rates) -> Duration {
+    let tokens = Duration::from_secs(MUTATING_IN_FLIGHT as u64).div_f64(f64::from(rates.mutate_rate.max(1)));
+    let round = MUTATE_ATTEMPT_TIMEOUT + tokens;
+    let rounds_ahead = u32::from(crate::controller::WORKERS).div_ceil(MUTATING_IN_FLIGHT as u32);
+    round * (rounds_ahead + attempts) + SDK_MOST_BACKOFF * attempts.saturating_sub(1)
+}
+
 /// A describe that got no answer within its attempt's time (`errors::classify` names it
 /// `Timeout`). A connector error of no kind, which the SDK's retry classifiers leave alone.
 #[derive(Debug)]
@@ -312,6 +329,35 @@ mod tests {
             Duration::from_secs(1) + MUTATE_ATTEMPT_TIMEOUT,
             "the wait is not part of the attempt"
         );
+    }
+
+    /// Every reconcile sends a mutating call at once to an endpoint that takes an attempt's
+    /// whole time to answer each: the last is sent, and has its own attempts' time, well
+    /// within the operation timeout — else the SDK would give it up while still queued, and a
+    /// call never sent would look like a lost answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_mutating_call_queued_behind_every_worker_is_sent_within_the_operation_timeout() {
+        const ATTEMPTS: u32 = 3;
+        for rates in [Rates::default(), Rates { mutate_rate: 1, mutate_burst: 1, ..Rates::default() }] {
+            let budget = Arc::new(budget(rates).0);
+            let start = tokio::time::Instant::now();
+            let calls = (0..crate::controller::WORKERS).map(|_| {
+                let budget = budget.clone();
+                tokio::spawn(async move {
+                    let _out = budget.acquire(CallClass::Mutate).await;
+                    let sent = start.elapsed();
+                    tokio::time::sleep(MUTATE_ATTEMPT_TIMEOUT).await;
+                    sent
+                })
+            });
+            let last_sent = futures::future::join_all(calls).await.into_iter().map(Result::unwrap).max().unwrap();
+            let timeout = operation_timeout(ATTEMPTS, rates);
+            assert!(
+                timeout >= last_sent + (MUTATE_ATTEMPT_TIMEOUT + SDK_MOST_BACKOFF) * ATTEMPTS,
+                "{rates:?}: the last call was sent after {last_sent:?}; the operation timeout is {timeout:?}"
+            );
+        }
+        assert_eq!(operation_timeout(ATTEMPTS, Rates::default()), Duration::from_secs(278));
     }
 
     #[tokio::test(start_paused = true)]

@@ -50,6 +50,11 @@ pub struct Ops {
     pub terminations: std::sync::Arc<super::gather::Gathered<Ops>>,
     pub fleet_deletions: std::sync::Arc<super::gather::Gathered<Ops>>,
     pub spot_cancellations: std::sync::Arc<super::gather::Gathered<Ops>>,
+    /// The account's active fleets and spot fleet requests, listed once for the requests that
+    /// look for what a lost create made at the same moment (see `gather`).
+    pub fleet_listing: std::sync::Arc<super::gather::SharedListing<Ops, aws_sdk_ec2::types::FleetData>>,
+    pub spot_fleet_listing:
+        std::sync::Arc<super::gather::SharedListing<Ops, aws_sdk_ec2::types::SpotFleetRequestConfig>>,
     /// Fleets, spot fleet requests and groups this process deleted or cancelled: a release
     /// done again (it came back for a fresh look at the machines, or for EC2 to show what it
     /// made) sends nothing for them.

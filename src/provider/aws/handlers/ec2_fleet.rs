@@ -25,7 +25,7 @@ use crate::provider::{
 };
 use aws_sdk_ec2::operation::create_fleet::builders::CreateFleetFluentBuilder;
 use aws_sdk_ec2::types::{
-    DefaultTargetCapacityType, FleetExcessCapacityTerminationPolicy, FleetLaunchTemplateConfigRequest,
+    DefaultTargetCapacityType, FleetData, FleetExcessCapacityTerminationPolicy, FleetLaunchTemplateConfigRequest,
     FleetLaunchTemplateOverridesRequest, FleetLaunchTemplateSpecificationRequest, FleetOnDemandAllocationStrategy,
     FleetStateCode, InstanceLifecycle, InstanceType, OnDemandOptionsRequest, ResourceType, SpotAllocationStrategy,
     SpotInstanceInterruptionBehavior, SpotOptionsRequest, Tag, TagSpecification, TargetCapacitySpecificationRequest,
@@ -194,22 +194,18 @@ pub struct Unrecorded {
 }
 
 /// The active fleets tagged with `owner`'s uid (and this cluster) that `recorded` does not
-/// list: what a CreateFleet whose answer was lost (a crash, a timeout, a 5xx) made. A paged
-/// listing, as DescribeFleets filters by no tag; asked only when an attempt's outcome is unknown.
+/// list: what a CreateFleet whose answer was lost (a crash, a timeout, a 5xx) made. Asked only
+/// when an attempt's outcome is unknown, from a listing of the account's active fleets shared
+/// with the requests asking at the same moment (`Ops::fleet_listing`).
 pub async fn unrecorded(ops: &Ops, owner: &Owner, recorded: &[String]) -> Result<Vec<Unrecorded>, ProviderError> {
-    let mut pages = ops.ec2.describe_fleets().into_paginator().send();
-    let mut out = vec![];
+    let listed = ops.fleet_listing.call(ops).await?;
     let now = jiff::Timestamp::now();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| classify("DescribeFleets", e))?;
-        for f in page.fleets() {
-            let Some(id) = f.fleet_id() else { continue };
-            if !f.fleet_state().is_some_and(is_active)
-                || !ops::tagged_for(f.tags(), owner, &ops.cluster_id)
-                || recorded.iter().any(|r| r == id)
-            {
-                continue;
-            }
+    let mine = listed.iter().filter(|f| {
+        ops::tagged_for(f.tags(), owner, &ops.cluster_id)
+            && f.fleet_id().is_some_and(|id| !recorded.iter().any(|r| r == id))
+    });
+    let out = mine
+        .map(|f| {
             let machines = f
                 .instances()
                 .iter()
@@ -229,10 +225,21 @@ pub async fn unrecorded(ops: &Ops, owner: &Owner, recorded: &[String]) -> Result
                 .iter()
                 .find_map(|c| c.launch_template_specification()?.launch_template_id())
                 .map(str::to_string);
-            out.push(Unrecorded { fleet_id: id.to_string(), machines, launch_template_id });
-        }
-    }
+            Unrecorded { fleet_id: f.fleet_id().unwrap_or_default().to_string(), machines, launch_template_id }
+        })
+        .collect();
     Ok(out)
+}
+
+/// The account's active fleets, every page: DescribeFleets filters by no tag.
+pub async fn list_active(ops: &Ops) -> Result<Vec<FleetData>, ProviderError> {
+    let mut pages = ops.ec2.describe_fleets().into_paginator().send();
+    let mut active = vec![];
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| classify("DescribeFleets", e))?;
+        active.extend(page.fleets().iter().filter(|f| f.fleet_state().is_some_and(is_active)).cloned());
+    }
+    Ok(active)
 }
 
 /// On the replay of an attempt whose answer was lost: the fleets that create made, adopted

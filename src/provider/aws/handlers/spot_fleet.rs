@@ -188,34 +188,47 @@ pub async fn provision(ops: &Ops, request: &ProvisionRequest<'_>) -> Result<Prov
 
 /// The active spot fleet requests tagged with `owner`'s uid (and this cluster) that `recorded`
 /// does not list, each with the launch template it launches from: what a RequestSpotFleet
-/// whose answer was lost made. A paged listing, as DescribeSpotFleetRequests filters by
-/// nothing; asked only when an attempt's outcome is unknown.
+/// whose answer was lost made. Asked only when an attempt's outcome is unknown, from a listing
+/// of the account's active spot fleet requests shared with the requests asking at the same
+/// moment (`Ops::spot_fleet_listing`).
 pub async fn unrecorded(
     ops: &Ops,
     owner: &Owner,
     recorded: &[String],
 ) -> Result<Vec<(String, Option<String>)>, ProviderError> {
+    let listed = ops.spot_fleet_listing.call(ops).await?;
+    let out = listed
+        .iter()
+        .filter(|r| ops::tagged_for(r.tags(), owner, &ops.cluster_id))
+        .filter_map(|r| {
+            let id = r.spot_fleet_request_id().filter(|id| !recorded.iter().any(|known| known == id))?;
+            let launch_template = r
+                .spot_fleet_request_config()
+                .into_iter()
+                .flat_map(|c| c.launch_template_configs())
+                .find_map(|c| c.launch_template_specification()?.launch_template_id())
+                .map(str::to_string);
+            Some((id.to_string(), launch_template))
+        })
+        .collect();
+    Ok(out)
+}
+
+/// The account's active spot fleet requests, every page: DescribeSpotFleetRequests filters by
+/// no tag.
+pub async fn list_active(ops: &Ops) -> Result<Vec<SpotFleetRequestConfig>, ProviderError> {
     let mut pages = ops.ec2.describe_spot_fleet_requests().into_paginator().send();
-    let mut out = vec![];
+    let mut active = vec![];
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| classify("DescribeSpotFleetRequests", e))?;
-        for r in page.spot_fleet_request_configs() {
-            let Some(id) = r.spot_fleet_request_id() else { continue };
-            if r.spot_fleet_request_state().is_some_and(is_active)
-                && ops::tagged_for(r.tags(), owner, &ops.cluster_id)
-                && !recorded.iter().any(|known| known == id)
-            {
-                let launch_template = r
-                    .spot_fleet_request_config()
-                    .into_iter()
-                    .flat_map(|c| c.launch_template_configs())
-                    .find_map(|c| c.launch_template_specification()?.launch_template_id())
-                    .map(str::to_string);
-                out.push((id.to_string(), launch_template));
-            }
-        }
+        active.extend(
+            page.spot_fleet_request_configs()
+                .iter()
+                .filter(|r| r.spot_fleet_request_state().is_some_and(is_active))
+                .cloned(),
+        );
     }
-    Ok(out)
+    Ok(active)
 }
 
 pub fn is_active(state: &BatchState) -> bool {
