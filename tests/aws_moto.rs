@@ -687,9 +687,16 @@ async fn a_release_moments_after_a_launch_waits_for_ec2_to_show_its_machines() {
     let template = template_object(aws.template(&[("m5.large", 1)]));
     let (mut mr, sink) = (request("just-made", 2), MemoryStatus::default());
     converge(&mut mr, &template, &aws.provider, &sink, 5).await;
-    let status = sink.current().unwrap();
+    let mut status = sink.current().unwrap();
     let known: Vec<String> = status.machines.iter().map(|m| m.instance_id.clone()).collect();
     assert_eq!(known.len(), 2);
+    // The launch call was answered minutes after its attempt began (it waited behind the
+    // budget, which the SDK's operation timeout allows): the machines are seconds old all the
+    // same. Before, a release counted EC2's lag from the attempt's start only.
+    let attempt = status.attempt.as_mut().unwrap();
+    attempt.started_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(200),
+    ));
     // Deleted seconds after the launch, by an operator that restarted meanwhile (nothing in
     // memory): eventually consistent EC2 does not show the machines yet (by id or by tag).
     // Before, the release took that for "gone", reported done, and the finalizer went while

@@ -32,6 +32,10 @@ pub struct AwsProvider {
     allowed_profiles: Vec<String>,
     /// The consumer of `interruptionQueue`, when one is configured.
     queue: Option<notices::queue::InterruptionQueue>,
+    /// How long after an attempt began what it made may not show in EC2 yet: its answer may
+    /// come as late as the SDK's operation timeout (queued behind the budget), and EC2's
+    /// listings lag behind an answer for up to `VISIBILITY_WINDOW`.
+    not_shown_for: std::time::Duration,
 }
 
 impl AwsProvider {
@@ -144,6 +148,7 @@ impl AwsProvider {
             calls,
             ops,
             region: settings.region.clone(),
+            not_shown_for: client::operation_timeout(settings) + VISIBILITY_WINDOW,
             allowed_profiles: settings.allowed_instance_profiles.iter().map(|p| profile_name(p).to_string()).collect(),
         }
     }
@@ -282,8 +287,9 @@ impl AwsProvider {
     }
 }
 
-/// How long after a launch EC2 may still not show what it made (it is eventually consistent):
-/// within it, a release treats an id EC2 does not know as not yet visible rather than gone.
+/// How long after a launch's answer EC2 may still not show what it made (it is eventually
+/// consistent): within it, a release treats an id EC2 does not know as not yet visible rather
+/// than gone (counted from the attempt's start, after the longest its answer may take).
 pub const VISIBILITY_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Provider for AwsProvider {
@@ -408,7 +414,7 @@ impl Provider for AwsProvider {
         // Nothing recorded at all: it never launched (an attempt is written before any create).
         let launched =
             holdings.last_attempt.is_some() || !holdings.known.is_empty() || holdings.resources.launches_on_its_own();
-        let recent = holdings.launched_within(VISIBILITY_WINDOW, jiff::Timestamp::now());
+        let recent = holdings.launched_within(self.not_shown_for, jiff::Timestamp::now());
         let Holdings { known, resources, launch_templates_in_use, .. } = holdings;
         let (mut everything, mut known) = (resources.clone(), known.to_vec());
         if outcome_unknown {

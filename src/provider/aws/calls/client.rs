@@ -15,16 +15,24 @@ use std::time::Duration;
 /// Attempts per call when the config does not say (the SDK's standard mode default).
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
+/// The SDK's operation timeout for the provider's calls: long enough for a call queued behind
+/// the provider's budget (`limits::operation_timeout`).
+pub fn operation_timeout(settings: &AwsSettings) -> Duration {
+    limits::operation_timeout(attempts(settings), settings.rates())
+}
+
+fn attempts(settings: &AwsSettings) -> u32 {
+    settings.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS)
+}
+
 /// Builds the SDK configuration for one provider.
 pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
-    let attempts = settings.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(settings.region.clone()))
-        .retry_config(RetryConfig::standard().with_max_attempts(attempts))
+        .retry_config(RetryConfig::standard().with_max_attempts(attempts(settings)))
         .timeout_config(
             TimeoutConfig::builder()
-                // Long enough for a call queued behind the provider's budget (see there).
-                .operation_timeout(limits::operation_timeout(attempts, settings.rates()))
+                .operation_timeout(operation_timeout(settings))
                 .connect_timeout(Duration::from_secs(5))
                 .build(),
         )

@@ -14,6 +14,9 @@ use tokio::time::Instant;
 /// How long a size learnt from a timeout is kept.
 const HOLD: Duration = Duration::from_secs(10 * 60);
 
+/// Lists of one id in a row that got no answer, after which the sending ends.
+const ALONE_UNANSWERED: usize = 3;
+
 /// The ids per call, shared by every describe of one kind (by id, by uid) of one provider.
 #[derive(Debug)]
 pub struct IdLists {
@@ -53,12 +56,11 @@ impl IdLists {
 
     /// Sends `ids` through `call` in lists of `size()`; a list that got no answer in time is
     /// sent again at once as halves (logged at info). Returns each list sent and what its call
-    /// came to, in order. A list that got no answer even alone fails on its own — once: a
-    /// second in a row means the service answers nothing, not that answers are too large, so
-    /// it ends the sending (each id alone would cost an attempt's time: hours for a thousand)
-    /// and the size learnt is dropped. A list that failed otherwise (throttled, refused: the
-    /// SDK has already retried it) ends the sending too. The ids not sent share the error that
-    /// ended it.
+    /// came to, in order. A list that got no answer even alone fails on its own, but
+    /// `ALONE_UNANSWERED` in a row mean the service answers nothing, so they end the sending:
+    /// each id alone would cost an attempt's time, hours for a thousand. A list that failed
+    /// otherwise (throttled, refused: the SDK has already retried it) ends the sending too. The
+    /// ids not sent share the error that ended it.
     pub async fn each<T, F, Fut>(
         &self,
         what: &str,
@@ -71,7 +73,7 @@ impl IdLists {
     {
         let mut outcomes = vec![];
         let mut rest = ids;
-        let mut alone_unanswered = false;
+        let mut alone_unanswered = 0;
         while !rest.is_empty() {
             let (list, after) = rest.split_at(self.size().min(rest.len()));
             let outcome = call(list.to_vec()).await;
@@ -82,20 +84,14 @@ impl IdLists {
                 tracing::info!(sent = list.len(), next = size, %error, "{what} got no answer in time; naming fewer ids per call for a while");
                 continue;
             }
+            alone_unanswered = if timed_out.is_some() { alone_unanswered + 1 } else { 0 };
             let ends = match timed_out {
-                Some(error) if alone_unanswered => {
-                    tracing::info!(%error, "{what} got no answer even for one id, twice in a row: the service is not answering; the rest waits for the next try");
-                    *self.shrunk.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                Some(error) if alone_unanswered >= ALONE_UNANSWERED => {
+                    tracing::info!(%error, "{what} got no answer for one id alone, {ALONE_UNANSWERED} in a row: the service is not answering; the rest waits for the next try");
                     Some(error.clone())
                 }
-                Some(_) => {
-                    alone_unanswered = true;
-                    None
-                }
-                None => {
-                    alone_unanswered = false;
-                    outcome.as_ref().err().cloned()
-                }
+                Some(_) => None,
+                None => outcome.as_ref().err().cloned(),
             };
             outcomes.push((list.to_vec(), outcome));
             rest = after;
@@ -162,7 +158,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn two_ids_in_a_row_unanswered_alone_end_the_sending_and_the_size_comes_back() {
+    async fn ids_unanswered_alone_three_in_a_row_end_the_sending() {
         let lists = IdLists::new(4);
         let ids: Vec<String> = (0..1000).map(|i| format!("i-{i}")).collect();
         let sent = Mutex::new(vec![]);
@@ -173,20 +169,21 @@ mod tests {
                 std::future::ready(Err::<usize, _>(timeout()))
             })
             .await;
-        assert_eq!(*sent.lock().unwrap(), vec![4, 2, 1, 1], "halved down to one id, then one more alone");
+        assert_eq!(*sent.lock().unwrap(), vec![4, 2, 1, 1, 1], "halved down to one id, then three alone");
         let summary: Vec<usize> = outcomes.iter().map(|(list, _)| list.len()).collect();
-        assert_eq!(summary, vec![1, 1, 998], "the ids not sent share the timeout");
+        assert_eq!(summary, vec![1, 1, 1, 997], "the ids not sent share the timeout");
         assert!(outcomes.iter().all(|(_, outcome)| outcome.as_ref().is_err_and(ProviderError::is_timeout)));
-        assert_eq!(lists.size(), 4, "the size was not what held the answers back");
+        assert_eq!(lists.size(), 1, "the size learnt is kept: the next sending ends after three calls");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn one_id_unanswered_alone_fails_on_its_own_and_the_others_are_sent() {
+    async fn ids_unanswered_alone_two_in_a_row_fail_on_their_own_and_the_others_are_sent() {
         let lists = IdLists::new(2);
-        let ids: Vec<String> = ["slow", "a", "b", "c"].map(String::from).to_vec();
+        let ids: Vec<String> = ["slow", "slower", "a", "b"].map(String::from).to_vec();
         let outcomes = lists
             .each("DescribeInstances by request uid", &ids, |list| {
-                let outcome = if list.contains(&"slow".to_string()) { Err(timeout()) } else { Ok(list.len()) };
+                let outcome =
+                    if list.iter().any(|id| id.starts_with("slow")) { Err(timeout()) } else { Ok(list.len()) };
                 std::future::ready(outcome)
             })
             .await;
@@ -195,7 +192,7 @@ mod tests {
         let list = |ids: &[&str]| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>();
         assert_eq!(
             summary,
-            vec![(list(&["slow"]), false), (list(&["a"]), true), (list(&["b"]), true), (list(&["c"]), true)]
+            vec![(list(&["slow"]), false), (list(&["slower"]), false), (list(&["a"]), true), (list(&["b"]), true)]
         );
     }
 }
