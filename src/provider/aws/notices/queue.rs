@@ -60,6 +60,12 @@ impl Drop for InterruptionQueue {
     }
 }
 
+/// Waits `backoff` after a failed call, and doubles it for the next (at most `MAX_BACKOFF`).
+async fn back_off(backoff: &mut Duration) {
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
 struct Reader {
     sqs: aws_sdk_sqs::Client,
     queue: String,
@@ -78,8 +84,7 @@ impl Reader {
                 Ok(url) => break url,
                 Err(problem) => {
                     self.failing(problem);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    back_off(&mut backoff).await;
                 }
             }
         };
@@ -105,8 +110,7 @@ impl Reader {
                 }
                 Err(error) => {
                     self.failing(format!("interruption queue {url}: {}", classify("ReceiveMessage", error)));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    back_off(&mut backoff).await;
                 }
             }
         }
