@@ -200,12 +200,11 @@ pub struct Unrecorded {
 pub async fn unrecorded(ops: &Ops, owner: &Owner, recorded: &[String]) -> Result<Vec<Unrecorded>, ProviderError> {
     let listed = ops.fleet_listing.call(ops).await?;
     let now = jiff::Timestamp::now();
-    let mine = listed.iter().filter(|f| {
-        ops::tagged_for(f.tags(), owner, &ops.cluster_id)
-            && f.fleet_id().is_some_and(|id| !recorded.iter().any(|r| r == id))
-    });
-    let out = mine
-        .map(|f| {
+    let out = listed
+        .iter()
+        .filter(|f| ops::tagged_for(f.tags(), owner, &ops.cluster_id))
+        .filter_map(|f| {
+            let fleet_id = f.fleet_id().filter(|id| !recorded.iter().any(|r| r == id))?.to_string();
             let machines = f
                 .instances()
                 .iter()
@@ -225,7 +224,7 @@ pub async fn unrecorded(ops: &Ops, owner: &Owner, recorded: &[String]) -> Result
                 .iter()
                 .find_map(|c| c.launch_template_specification()?.launch_template_id())
                 .map(str::to_string);
-            Unrecorded { fleet_id: f.fleet_id().unwrap_or_default().to_string(), machines, launch_template_id }
+            Some(Unrecorded { fleet_id, machines, launch_template_id })
         })
         .collect();
     Ok(out)
